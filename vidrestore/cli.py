@@ -1,0 +1,250 @@
+"""The ``vidrestore`` command line.
+
+Exit codes: 0 done; 1 unexpected failure; 2 bad usage or configuration; 3 model
+weights missing or invalid; 4 input unreadable or not a video/image; 130 interrupted.
+Expected errors print one line on stderr; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from vidrestore import __version__
+from vidrestore.config import Config, config_to_dict, load_config
+from vidrestore.errors import ConfigError, VidrestoreError
+from vidrestore.models.registry import DEFAULT_REGISTRY
+from vidrestore.models.store import ModelStore, default_weights_dir
+
+__all__ = ["main"]
+
+log = logging.getLogger("vidrestore")
+
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2) instead of usage plus message."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"vidrestore: error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(2)
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _common(debug_only: bool = False) -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    g = parent.add_argument_group("general")
+    g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logs")
+    g.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar or summary")
+    g.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log each step (INFO)")
+    g.add_argument("--weights-dir", metavar="DIR", default=argparse.SUPPRESS,
+                   help="model cache folder (default: $VIDRESTORE_WEIGHTS or the user cache)")
+    if not debug_only:
+        c = parent.add_argument_group("configuration")
+        c.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS,
+                       help="YAML config file (see configs/); keys you leave out keep their defaults")
+        c.add_argument("--set", metavar="KEY=VALUE", action="append", default=argparse.SUPPRESS,
+                       help="override one key, e.g. --set restorer.blend=0.7 (repeatable)")
+        c.add_argument("--device", default=argparse.SUPPRESS, help="auto, cpu, cuda, cuda:N or mps")
+        c.add_argument("--detector", default=argparse.SUPPRESS,
+                       help="retinaface_resnet50, retinaface_mobile0.25, centerface (no download) or none")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="vidrestore",
+        description="Restore faces in videos and images: detect, track, upscale small faces, restore with "
+        "GFPGAN, paste back; audio and timestamps untouched.",
+        epilog="Exit codes: 0 done, 1 unexpected failure, 2 bad usage or config, 3 model weights missing "
+        "or invalid, 4 input unreadable, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"vidrestore {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    r = sub.add_parser("restore", parents=[_common()], help="restore the faces in videos, images or folders",
+                       description="Restore the faces in each INPUT and write the result to OUTPUT.")
+    r.add_argument("inputs", nargs="+", metavar="INPUT", help="video or image files, or folders of them")
+    r.add_argument("-o", "--output", required=True, metavar="OUTPUT",
+                   help="output file (one input) or folder (several inputs or a folder; names are kept)")
+    r.add_argument("-y", "--overwrite", action="store_true", default=None, help="replace existing outputs")
+    r.add_argument("--blend", type=float, metavar="F", help="restorer.blend: 0 original .. 1 fully restored")
+    r.add_argument("--upscale-below", type=int, metavar="PX", help="upscaler.below: upscale faces under PX first")
+    r.add_argument("--crf", type=int, help="output.crf: encoder quality (lower is better)")
+    r.add_argument("--codec", help="output.codec: libx264, libx265, libsvtav1, libvpx-vp9, h264_nvenc, hevc_nvenc")
+    r.add_argument("--scale", type=int, choices=(1, 2, 4), help="output.scale: upscale the whole frame 2x or 4x")
+    r.add_argument("--no-audio", action="store_true", default=None, help="drop audio tracks on purpose")
+    r.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config, the inputs' streams and the models; process nothing")
+    r.add_argument("--report", metavar="FILE.json", help="write counts, timings, config and versions as JSON")
+
+    i = sub.add_parser("inspect", parents=[_common()], help="show the faces and tracks found in a video",
+                       description="Detect and track faces (no restoration weights needed).")
+    i.add_argument("input", metavar="INPUT")
+    i.add_argument("--json", metavar="FILE", help="write every frame's faces as JSON ('-' for stdout)")
+    i.add_argument("--annotate", metavar="OUT", help="write a video with boxes, landmarks and track ids drawn")
+    i.add_argument("-y", "--overwrite", action="store_true", default=None, help="replace existing outputs")
+
+    m = sub.add_parser("models", help="list, fetch or locate model weights",
+                       description="Model weights live in one cache folder; downloads are verified by SHA-256.")
+    msub = m.add_subparsers(dest="models_command", metavar="ACTION", parser_class=_Parser)
+    msub.add_parser("list", parents=[_common(True)], help="each model, whether it is present, its size and path")
+    f = msub.add_parser("fetch", parents=[_common(True)], help="download and verify models")
+    f.add_argument("names", nargs="*", metavar="NAME", help="models to fetch (default: those the default config uses)")
+    f.add_argument("--force", action="store_true", help="download again even if present")
+    p = msub.add_parser("path", parents=[_common(True)], help="print where a model's file goes")
+    p.add_argument("name", metavar="NAME")
+    return parser
+
+
+def _flags_to_config(args: argparse.Namespace) -> dict[str, Any]:
+    """CLI flags as a nested override mapping (the highest precedence)."""
+    pairs: dict[str, Any] = {
+        "device": getattr(args, "device", None),
+        "weights_dir": getattr(args, "weights_dir", None),
+        "detector.model": getattr(args, "detector", None),
+        "restorer.blend": getattr(args, "blend", None),
+        "upscaler.below": getattr(args, "upscale_below", None),
+        "output.crf": getattr(args, "crf", None),
+        "output.codec": getattr(args, "codec", None),
+        "output.scale": getattr(args, "scale", None),
+        "output.overwrite": True if getattr(args, "overwrite", None) else None,
+        "output.audio": False if getattr(args, "no_audio", None) else None,
+    }
+    tree: dict[str, Any] = {}
+    for dotted, value in pairs.items():
+        if value is None:
+            continue
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(getattr(args, "config", None), getattr(args, "set", None) or (), _flags_to_config(args))
+
+
+def _store(args: argparse.Namespace, config: Config | None = None) -> ModelStore:
+    override = getattr(args, "weights_dir", None) or (config.weights_dir if config else None)
+    return ModelStore(default_weights_dir(override), DEFAULT_REGISTRY)
+
+
+def _fmt_size(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    store = _store(args)
+    action = args.models_command
+    if action == "list":
+        _out(f"weights folder: {store.root}")
+        _out(f"{'name':24} {'role':9} {'status':8} {'size':>9}  path")
+        for name in store.registry:
+            st = store.status(name)
+            size = _fmt_size(st.size_bytes) if st.size_bytes is not None else f"~{st.spec.size_mb:.0f} MB"
+            note = "" if st.spec.sha256 else "  (no confirmed checksum: supply via *.weights)"
+            _out(f"{name:24} {st.spec.role:9} {'present' if st.present else 'missing':8} {size:>9}  {st.path}{note}")
+        return 0
+    if action == "path":
+        _out(str(store.path(args.name)))
+        return 0
+    if action == "fetch":
+        from vidrestore.pipeline import models_for  # local: keeps 'models list' light
+
+        names = args.names or models_for(Config())
+        for name in names:
+            store.fetch(name, progress=_download_bar(name, quiet=getattr(args, "quiet", False)), force=args.force)
+            _out(f"{name}: {store.path(name)}")
+        return 0
+    raise ConfigError("models: choose an action: list, fetch or path")
+
+
+def _download_bar(name: str, quiet: bool) -> Any:
+    if quiet or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bar: dict[str, Any] = {}
+
+    def progress(done: int, total: int | None) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, unit="B", unit_scale=True, desc=name, leave=False)
+        b = bar["bar"]
+        b.update(done - b.n)
+        if total is not None and done >= total:
+            b.close()
+
+    return progress
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from vidrestore.pipeline import dry_run, restore_paths
+
+    config = _config(args)
+    store = _store(args, config)
+    quiet = bool(getattr(args, "quiet", False))
+    if args.dry_run:
+        _out(yaml.safe_dump(config_to_dict(config), sort_keys=False).rstrip())
+        for line in dry_run([Path(p) for p in args.inputs], config, store):
+            _out(line)
+        return 0
+    summary = restore_paths([Path(p) for p in args.inputs], Path(args.output), config, store,
+                            progress=not quiet and sys.stderr.isatty())
+    if not quiet:
+        for line in summary.lines():
+            sys.stderr.write(line + "\n")
+    if args.report:
+        Path(args.report).write_text(json.dumps(summary.report(config, store), indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from vidrestore.pipeline import inspect_path
+
+    config = _config(args)
+    inspect_path(Path(args.input), config, _store(args, config), json_out=args.json,
+                 annotate=Path(args.annotate) if args.annotate else None,
+                 progress=not getattr(args, "quiet", False) and sys.stderr.isatty())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    level = logging.DEBUG if debug else logging.INFO if getattr(args, "verbose", False) else logging.WARNING
+    logging.basicConfig(level=level, format="vidrestore: %(levelname)s: %(message)s", stream=sys.stderr)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    handlers = {"restore": _cmd_restore, "inspect": _cmd_inspect, "models": _cmd_models}
+    try:
+        return handlers[args.command](args)
+    except VidrestoreError as exc:
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"vidrestore: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("vidrestore: interrupted; nothing was written at the output path\n")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: one line, the traceback with --debug
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"vidrestore: unexpected error: {type(exc).__name__}: {exc} (run with --debug for details)\n")
+        return 1

@@ -1,0 +1,313 @@
+"""Demux and decode a video in a background thread.
+
+Frames go out through a bounded queue in presentation order, each with a strictly
+increasing pts in the video stream's own time base. Packets of the streams we copy
+(audio, subtitles) go out through a second queue, undecoded; the writer interleaves
+them. The frame queue's bound is what bounds memory: the reader blocks on it, so the
+packet queue can only run ahead by the same stretch of time.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import av.error
+import numpy as np
+
+from vidrestore.control import END, RunControl, Stopped
+from vidrestore.errors import InputError
+from vidrestore.records import Frame
+
+__all__ = ["StreamInfo", "TimestampRepair", "VideoInfo", "VideoReader", "open_input", "to_rgb"]
+
+log = logging.getLogger(__name__)
+
+# swscale colour matrices by AVColorSpace value (others: swscale's default, BT.601)
+_SWS_COLORSPACE = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the writer needs to know to write a video like the input."""
+
+    width: int
+    height: int
+    time_base: Fraction
+    rate: Fraction | None
+    pix_fmt: str
+    bit_depth: int
+    rotation: int
+    color_primaries: int
+    color_trc: int
+    colorspace: int
+    color_range: int
+    duration_s: float | None
+    start_s: float
+    frames: int  # 0 when the container does not say
+    codec: str
+    metadata: dict[str, str]
+    container_metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """A non-video stream, for dry runs and reports."""
+
+    index: int
+    kind: str
+    codec: str
+    language: str | None
+
+
+def open_input(path: Path) -> Any:
+    """``av.open(path)`` with every failure turned into an :class:`InputError` (exit 4)."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a video or image")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty")
+    try:
+        return av.open(str(path), mode="r", metadata_errors="replace")
+    except av.error.FFmpegError as exc:
+        raise InputError(f"{path}: not a readable video or image ({exc.strerror or exc})") from exc
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: cannot open ({exc})") from exc
+
+
+def _bit_depth(pix_fmt: str | None) -> int:
+    if not pix_fmt:
+        return 8
+    try:
+        fmt = av.VideoFormat(pix_fmt)
+        return max(c.bits for c in fmt.components)
+    except (ValueError, av.error.FFmpegError):
+        return 8
+
+
+def to_rgb(frame: av.VideoFrame, deep: bool) -> np.ndarray:
+    """A decoded frame as ``(H, W, 3)`` RGB: uint8, or uint16 when ``deep`` (> 8-bit source)."""
+    kwargs: dict[str, Any] = {}
+    cs = _SWS_COLORSPACE.get(int(frame.colorspace))
+    if cs is not None:
+        kwargs["src_colorspace"] = cs
+    if int(frame.color_range) in (1, 2):
+        kwargs["src_color_range"] = int(frame.color_range)
+    rgb = frame.reformat(format="rgb48le" if deep else "rgb24", **kwargs)
+    return rgb.to_ndarray()  # type: ignore[no-any-return]
+
+
+class TimestampRepair:
+    """Make decoder timestamps strictly increasing, keeping real ones wherever they are sane.
+
+    A missing pts is taken from the dts, else from the previous pts plus one nominal
+    frame duration; a pts that does not move forward (repeated, or out of order as
+    AVI with packed B-frames gives) is moved to just after the previous one.
+    """
+
+    def __init__(self, nominal: int) -> None:
+        self.nominal = max(1, nominal)
+        self.prev: int | None = None
+        self.repaired = 0
+
+    def __call__(self, pts: int | None, dts: int | None = None) -> int:
+        value = pts if pts is not None else dts
+        if self.prev is None:
+            out = 0 if value is None else value
+        elif value is None or value <= self.prev:
+            out = self.prev + self.nominal
+            self.repaired += 1
+        else:
+            out = value
+        self.prev = out
+        return out
+
+
+class VideoReader:
+    """Open ``path``; :meth:`start` the decode thread; iterate :class:`Frame` objects.
+
+    ``packets`` yields ``(stream_index, av.Packet)`` of the copied streams, then END.
+    Truncated inputs end at the last decodable frame (see ``truncated_at``); packets
+    that fail to decode are skipped and counted in ``skipped_packets``.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        control: RunControl,
+        *,
+        queue_size: int = 16,
+        threads: int = 0,
+        copy_audio: bool = True,
+        copy_subtitles: bool = True,
+    ) -> None:
+        self.path = path
+        self.control = control
+        self.container = open_input(path)
+        try:
+            self._setup(threads, copy_audio, copy_subtitles)
+        except BaseException:
+            self.container.close()
+            raise
+        self.frames: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self.packets: queue.Queue[Any] = queue.Queue()  # bounded in time by the frame queue
+        self.skipped_packets = 0
+        self.decoded = 0
+        self.truncated_at: float | None = None
+        self.last_end_s = 0.0
+        self._thread: threading.Thread | None = None
+        self._finished = False
+
+    def _setup(self, threads: int, copy_audio: bool, copy_subtitles: bool) -> None:
+        c = self.container
+        if not c.streams.video:
+            raise InputError(f"{self.path}: has no video stream")
+        v = c.streams.video[0]
+        self.video = v
+        cc = v.codec_context
+        if cc is None:
+            raise InputError(f"{self.path}: the video codec is not supported by this FFmpeg build")
+        cc.thread_type = "AUTO"  # frame and slice threads; must be set before the codec opens
+        cc.thread_count = threads
+        kinds = {"audio"} if copy_audio else set()
+        if copy_subtitles:
+            kinds.add("subtitle")
+        self.copy_streams = [s for s in c.streams if s.type in kinds]
+        tb = v.time_base or Fraction(1, 90000)
+        rate = v.average_rate or v.guessed_rate or v.base_rate
+        duration_s = float(v.duration * tb) if v.duration else (c.duration / 1e6 if c.duration else None)
+        self.info = VideoInfo(
+            width=cc.width, height=cc.height, time_base=tb, rate=Fraction(rate) if rate else None,
+            pix_fmt=cc.pix_fmt or "yuv420p", bit_depth=_bit_depth(cc.pix_fmt), rotation=0,
+            color_primaries=int(cc.color_primaries), color_trc=int(cc.color_trc),
+            colorspace=int(cc.colorspace), color_range=int(cc.color_range),
+            duration_s=duration_s, start_s=float(v.start_time * tb) if v.start_time is not None else 0.0,
+            frames=v.frames or 0, codec=cc.name, metadata=dict(v.metadata),
+            container_metadata=dict(c.metadata),
+        )
+        if cc.width <= 0 or cc.height <= 0:
+            raise InputError(f"{self.path}: the video stream has no picture size (damaged header?)")
+        nominal = int(1 / (rate * tb)) if rate else 1
+        self.repair = TimestampRepair(nominal)
+
+    def stream_infos(self) -> list[StreamInfo]:
+        out = []
+        for s in self.container.streams:
+            name = s.codec_context.name if s.codec_context is not None else "unknown"
+            out.append(StreamInfo(s.index, s.type, name, s.metadata.get("language")))
+        return out
+
+    # -- the thread -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="vidrestore-decode", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._decode_all()
+        except Stopped:
+            return
+        except BaseException as exc:
+            self.control.fail(exc)
+            return
+        finally:
+            self.packets.put(END)
+        try:
+            self.control.put(self.frames, END)
+        except Stopped:
+            return
+
+    def _decode_all(self) -> None:
+        deep = self.info.bit_depth > 8
+        demux = self.container.demux(self.video, *self.copy_streams)
+        while True:
+            try:
+                packet = next(demux)
+            except StopIteration:
+                break
+            except av.error.FFmpegError as exc:
+                self._mark_truncated(f"demuxing failed ({exc.strerror or exc})")
+                break
+            if self.control.stopped:
+                raise Stopped
+            if packet.stream.type != "video":
+                if packet.size:  # skip the empty flush packets the demuxer ends with
+                    self.packets.put((packet.stream.index, packet))
+                continue
+            if not packet.size:
+                continue  # the demuxer's end-of-stream marker: the decoder is flushed below
+            for frame in self._decode(packet):
+                self._emit(frame, deep)
+        for frame in self._decode(None):
+            self._emit(frame, deep)
+        if self.decoded == 0:
+            raise InputError(f"{self.path}: no video frame could be decoded")
+        dur = self.info.duration_s
+        if self.truncated_at is None and dur and self.last_end_s < self.info.start_s + dur - 0.5:
+            self._mark_truncated("the file ends early")
+
+    def _decode(self, packet: av.Packet | None) -> list[av.VideoFrame]:
+        try:
+            return self.video.decode(packet)  # type: ignore[no-any-return]
+        except av.error.EOFError:
+            return []
+        except av.error.FFmpegError as exc:
+            # A damaged packet: skip it. Frames referencing it may look wrong, but none is dropped
+            # by us, and the count tells the user.
+            self.skipped_packets += 1
+            log.debug("skipped a video packet that failed to decode: %s", exc)
+            return []
+
+    def _mark_truncated(self, why: str) -> None:
+        self.truncated_at = self.last_end_s
+        log.warning("%s: %s after %.2f s; the output holds what could be decoded", self.path, why, self.last_end_s)
+
+    def _emit(self, frame: av.VideoFrame, deep: bool) -> None:
+        if self.decoded == 0 and frame.rotation:
+            self.info = _with_rotation(self.info, int(frame.rotation))
+        pts = self.repair(frame.pts, frame.dts)
+        tb = self.info.time_base
+        duration = int(frame.duration or 0)
+        self.last_end_s = float((pts + (duration or self.repair.nominal)) * tb)
+        out = Frame(index=self.decoded, pts=pts, time_base=tb, image=to_rgb(frame, deep), duration=duration)
+        self.decoded += 1
+        self.control.put(self.frames, out)
+
+    # -- the consumer side ------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Frame]:
+        """Frames in order; stops early (without raising) if the run is stopped."""
+        if self._thread is None:
+            self.start()
+        while True:
+            try:
+                item = self.control.get(self.frames)
+            except Stopped:
+                return
+            if item is END:
+                self._finished = True
+                return
+            yield item
+
+    def close(self) -> None:
+        """Stop the thread if it still runs (only when the run is being abandoned) and close."""
+        if self._thread is not None:
+            if not self._finished:
+                self.control.stop()
+            self._thread.join()
+        self.container.close()
+
+
+def _with_rotation(info: VideoInfo, rotation: int) -> VideoInfo:
+    from dataclasses import replace
+
+    return replace(info, rotation=rotation)

@@ -1,0 +1,229 @@
+"""Encode frames in order in a background thread and mux the copied packets beside them.
+
+The container is set up when the first frame arrives (the rotation of a video is only
+known once a frame is decoded). Before each frame is encoded, every copied packet that
+is due by that frame's time is muxed, so audio and video are interleaved as they go;
+FFmpeg's interleaving muxer orders what remains.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import av.error
+
+from vidrestore.config import OutputConfig
+from vidrestore.control import END, RunControl, Stopped
+from vidrestore.errors import OutputError
+from vidrestore.io.encoders import check_encoder, encoder_options, pick_pix_fmt
+from vidrestore.io.reader import _SWS_COLORSPACE, VideoInfo
+from vidrestore.records import Frame
+
+__all__ = ["VideoWriter"]
+
+log = logging.getLogger(__name__)
+
+_SKIP_CONTAINER_KEYS = {"encoder", "major_brand", "minor_version", "compatible_brands", "creation_time"}
+_SKIP_STREAM_KEYS = {"encoder", "handler_name", "vendor_id", "duration", "_statistics_tags"}
+
+
+def _opens(codec: str, width: int, height: int, pix_fmt: str) -> bool:
+    """Whether ``codec`` opens here (NVENC is in the build but needs an NVIDIA GPU with NVENC)."""
+    ctx = av.CodecContext.create(codec, "w")
+    ctx.width, ctx.height, ctx.pix_fmt = width, height, pix_fmt
+    ctx.time_base = Fraction(1, 25)
+    try:
+        ctx.open()
+    except (av.error.FFmpegError, ValueError):
+        return False
+    return True
+
+
+class VideoWriter:
+    """Write frames (from :attr:`frames`) and copied packets to ``path`` (a temp file)."""
+
+    def __init__(
+        self,
+        path: Path,
+        info: Callable[[], VideoInfo],
+        copy_streams: list[Any],
+        packets: queue.Queue[Any],
+        config: OutputConfig,
+        control: RunControl,
+        *,
+        queue_size: int = 16,
+        threads: int = 0,
+    ) -> None:
+        self.path = path
+        self._info = info
+        self.copy_streams = copy_streams
+        self.packets = packets
+        self.config = config
+        self.control = control
+        self.threads = threads
+        self.frames: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self.frames_written = 0
+        self.packets_copied = 0
+        self.codec = config.codec
+        self._pending: tuple[int, Any] | None = None
+        self._packets_done = False
+        self._container: Any = None
+        self._video: Any = None
+        self._out: dict[int, Any] = {}
+        self._reencode: dict[int, tuple[Any, Any]] = {}
+        self._thread: threading.Thread | None = None
+
+    # -- set-up ---------------------------------------------------------------------
+
+    def _open(self, first: Frame) -> None:
+        info = self._info()
+        height, width = first.image.shape[:2]
+        try:
+            self._container = av.open(str(self.path), mode="w")
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise OutputError(f"cannot write {self.path.suffix!r} files: unknown container ({exc})") from exc
+        c = self._container
+        codec = self.config.codec
+        check_encoder(codec)
+        deep = first.image.dtype.itemsize > 1
+        pix_fmt = pick_pix_fmt(codec, 10 if deep else 8, width, height)
+        if codec.endswith("_nvenc") and not _opens(codec, width, height, pix_fmt):
+            log.warning("%s cannot be opened here (no NVIDIA encoder); falling back to libx264", codec)
+            codec = "libx264"
+            pix_fmt = pick_pix_fmt(codec, 10 if deep else 8, width, height)
+        self.codec = codec
+        v = c.add_stream(codec, rate=info.rate or Fraction(25))
+        v.width, v.height, v.pix_fmt = width, height, pix_fmt
+        v.time_base = info.time_base
+        cc = v.codec_context
+        cc.time_base = info.time_base
+        cc.color_primaries, cc.color_trc = info.color_primaries, info.color_trc
+        cc.colorspace = info.colorspace
+        cc.color_range = info.color_range if info.color_range in (1, 2) else 1
+        cc.thread_count = self.threads
+        v.options = encoder_options(codec, self.config.crf, self.config.preset)
+        if info.rotation:
+            v.set_display_rotation(info.rotation)
+        v.metadata.update({k: val for k, val in info.metadata.items() if k not in _SKIP_STREAM_KEYS})
+        c.metadata.update({k: val for k, val in info.container_metadata.items() if k not in _SKIP_CONTAINER_KEYS})
+        self._video = v
+        self._reformat_args: dict[str, Any] = {"format": pix_fmt, "dst_color_range": cc.color_range}
+        if (cs := _SWS_COLORSPACE.get(info.colorspace)) is not None:
+            self._reformat_args["dst_colorspace"] = cs
+        self._src_format = "rgb48le" if deep else "rgb24"
+        for s in self.copy_streams:
+            self._add_copy(c, s)
+
+    def _add_copy(self, c: Any, s: Any) -> None:
+        name = s.codec_context.name if s.codec_context is not None else "unknown"
+        label = f"track {s.index} ({s.type}, {name}" + (f", {s.metadata['language']}" if "language" in s.metadata else "") + ")"
+        if name in c.supported_codecs:
+            out = c.add_stream_from_template(s)
+        elif s.type == "audio":
+            target = c.default_audio_codec
+            log.warning("%s cannot be stored in %s: re-encoding it to %s", label, self.path.suffix, target)
+            out = c.add_stream(target, rate=s.codec_context.sample_rate)
+            out.layout = s.codec_context.layout
+            self._reencode[s.index] = (s, out)
+        else:
+            log.warning("%s cannot be stored in %s and is left out; use .mkv to keep it", label, self.path.suffix)
+            return
+        out.metadata.update({k: v for k, v in s.metadata.items() if k not in _SKIP_STREAM_KEYS})
+        self._out[s.index] = out
+
+    # -- the thread -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="vidrestore-encode", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            self._write_all()
+        except Stopped:
+            pass
+        except BaseException as exc:
+            self.control.fail(exc)
+        finally:
+            if self._container is not None:
+                try:
+                    self._container.close()
+                except (av.error.FFmpegError, OSError) as exc:
+                    if self.control.error is None:
+                        self.control.fail(OutputError(f"{self.path}: finishing the file failed ({exc})"))
+
+    def _write_all(self) -> None:
+        item = self.control.get(self.frames)
+        if item is END:
+            return
+        self._open(item)
+        while item is not END:
+            self._drain_packets(until=item.pts_seconds)
+            self._encode(item)
+            item = self.control.get(self.frames)
+        for packet in self._video.encode(None):
+            self._container.mux(packet)
+        self._drain_packets(until=None)
+        for _, out in self._reencode.values():
+            self._container.mux(out.encode(None))
+
+    def _encode(self, frame: Frame) -> None:
+        vf = av.VideoFrame.from_ndarray(frame.image, format=self._src_format)
+        vf = vf.reformat(**self._reformat_args)
+        vf.pts = frame.pts
+        vf.time_base = frame.time_base
+        if frame.duration:
+            vf.duration = frame.duration
+        self._container.mux(self._video.encode(vf))
+        self.frames_written += 1
+
+    def _next_packet(self, block: bool) -> tuple[int, Any] | None:
+        if self._pending is not None:
+            item, self._pending = self._pending, None
+            return item
+        if self._packets_done:
+            return None
+        try:
+            got = self.control.get(self.packets) if block else self.packets.get_nowait()
+        except queue.Empty:
+            return None
+        if got is END:
+            self._packets_done = True
+            return None
+        return got  # type: ignore[no-any-return]
+
+    def _drain_packets(self, until: float | None) -> None:
+        """Mux copied packets due by ``until`` seconds (all of them when None)."""
+        while (item := self._next_packet(block=until is None)) is not None:
+            index, packet = item
+            ts = packet.dts if packet.dts is not None else packet.pts
+            if until is not None and ts is not None and packet.time_base is not None:
+                if float(ts * packet.time_base) > until:
+                    self._pending = item
+                    return
+            self._mux_copy(index, packet)
+
+    def _mux_copy(self, index: int, packet: Any) -> None:
+        if index in self._reencode:
+            src, out = self._reencode[index]
+            for frame in src.decode(packet):
+                frame.pts = None  # let the encoder's own sample count time it
+                self._container.mux(out.encode(frame))
+            return
+        out = self._out.get(index)
+        if out is None:
+            return  # a track the container cannot hold (warned once at set-up)
+        packet.stream = out
+        self._container.mux(packet)
+        self.packets_copied += 1
