@@ -196,7 +196,7 @@ def _merge(base: Any, data: Mapping[str, Any], source: str, prefix: str = "") ->
         key = f"{prefix}{name}"
         if name not in fields:
             close = difflib.get_close_matches(str(name), list(fields), n=1)
-            hint = f" (did you mean {prefix}{close[0]!r}?)" if close else ""
+            hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
             raise ConfigError(f"{source}: unknown key {key!r}{hint}")
         current = getattr(base, name)
         if dataclasses.is_dataclass(current):

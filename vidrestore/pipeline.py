@@ -144,7 +144,7 @@ def build_stages(config: Config, store: ModelStore, stats: RunStats) -> FrameSta
     """The face stages for ``config`` (models loaded once here), or pass-through."""
     if config.detector.model == "none" and config.output.scale == 1:
         return _pass_through(stats)
-    from vidrestore.faces import build_face_stages
+    from vidrestore.stages import build_face_stages
 
     return build_face_stages(config, store, stats)
 
@@ -193,9 +193,7 @@ def restore_file(src: Path, dst: Path, config: Config, stages: FrameStages, stat
 
 def _restore_image(src: Path, dst: Path, config: Config, stages: FrameStages, stats: RunStats) -> None:
     still = read_image(src)
-    t0 = time.perf_counter()
     (frame,) = list(_guarded(stages(iter([still.frame])), "restore", stats))
-    stats.add_time("faces", time.perf_counter() - t0)
     stats.frames += 1
     target = AtomicTarget(dst)
     with target as tmp:
@@ -231,7 +229,6 @@ def _restore_video(src: Path, dst: Path, config: Config, stages: FrameStages, st
                              queue_size=config.pipeline.queue_size, threads=config.pipeline.encode_threads)
         writer.start()
         reader.start()
-        t0 = time.perf_counter()
         try:
             for frame in _guarded(stages(iter(reader)), "restore", stats):
                 control.put(writer.frames, frame)
@@ -244,7 +241,6 @@ def _restore_video(src: Path, dst: Path, config: Config, stages: FrameStages, st
         except BaseException as exc:
             control.fail(exc)
         finally:
-            stats.add_time("faces", time.perf_counter() - t0)
             writer.join()
             reader.close()
             if bar is not None:

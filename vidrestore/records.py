@@ -58,6 +58,7 @@ class Frame:
     time_base: Fraction
     image: np.ndarray
     duration: int = 0  # in time_base ticks; 0 when unknown
+    rotation: int = 0  # display rotation, degrees counter-clockwise (the stream's display matrix)
     faces: tuple[Face, ...] = field(default=())
 
     def __post_init__(self) -> None:

@@ -278,7 +278,8 @@ class VideoReader:
         tb = self.info.time_base
         duration = int(frame.duration or 0)
         self.last_end_s = float((pts + (duration or self.repair.nominal)) * tb)
-        out = Frame(index=self.decoded, pts=pts, time_base=tb, image=to_rgb(frame, deep), duration=duration)
+        out = Frame(index=self.decoded, pts=pts, time_base=tb, image=to_rgb(frame, deep), duration=duration,
+                    rotation=self.info.rotation)
         self.decoded += 1
         self.control.put(self.frames, out)
 

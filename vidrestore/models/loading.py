@@ -62,7 +62,7 @@ def _gfpgan(state: StateDict) -> nn.Module:
     num_mlp = _count(state, r"stylegan_decoder\.style_mlp\.(\d+)\.weight")
     channel_multiplier = 2
     if log_size >= 6:  # the 64-pixel level is the first whose width depends on it
-        ch64 = state["conv_body_up.3.conv1.weight"].shape[0]
+        ch64 = state["toRGB.3.weight"].shape[1]
         channel_multiplier = round(ch64 / (256 * narrow * 0.5))
     sft_out = state["condition_scale.0.2.weight"].shape[0]
     sft_half = sft_out == state["condition_scale.0.0.weight"].shape[0]

@@ -1,0 +1,170 @@
+"""The face stages, wired from a config: detect -> track + smooth -> (upscale) restore + paste.
+
+:func:`build_face_stages` loads every model once and returns a function that turns an
+iterator of decoded frames into an iterator of restored frames, in order, for one
+video at a time (tracking state is fresh for each call).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from vidrestore.config import Config
+from vidrestore.device import Placement, resolve_placement
+from vidrestore.models.store import ModelStore
+from vidrestore.records import Frame
+from vidrestore.stages.detect import CenterFaceDetector, Detections, Detector, RetinaFaceDetector
+from vidrestore.stages.track import TrackSmoother
+
+if TYPE_CHECKING:
+    from vidrestore.pipeline import RunStats
+    from vidrestore.stages.restore import RestoreStage
+
+__all__ = ["FaceStages", "build_detector", "build_face_stages", "detect_frames"]
+
+log = logging.getLogger(__name__)
+
+
+def _load(store: ModelStore, name: str, local: str | None, key: str, placement: Placement):  # type: ignore[no-untyped-def]
+    from vidrestore.models.loading import load_model
+
+    path = store.resolve(name, local, key=key)
+    return load_model(store.spec(name).arch, path, placement.device)
+
+
+def build_detector(config: Config, store: ModelStore, placement: Placement) -> Detector:
+    d = config.detector
+    if d.model == "centerface":
+        return CenterFaceDetector(size=d.size, threshold=d.threshold, min_face=d.min_face)
+    model = _load(store, d.model, d.weights, "detector.weights", placement)
+    return RetinaFaceDetector(model, placement.device, size=d.size, threshold=d.threshold, min_face=d.min_face)
+
+
+def _rotate_points(points: np.ndarray, k: int, h: int, w: int) -> np.ndarray:
+    """Map ``(..., 2)`` points in ``np.rot90(img, k)`` back to ``img`` (``h`` x ``w``) pixels."""
+    out = points.copy()
+    for step in range(k % 4, 0, -1):
+        # np.rot90 turns a picture of width ww a quarter counter-clockwise: (x, y) there
+        # came from (ww - 1 - y, x) in the picture before the turn
+        ww = h if (step - 1) % 2 else w
+        x, y = out[..., 0].copy(), out[..., 1].copy()
+        out[..., 0], out[..., 1] = ww - 1 - y, x
+    return out
+
+
+def detect_frames(detector: Detector, frames: Iterator[Frame], batch: int,
+                  timer: Callable[[str, float], None]) -> Iterator[tuple[Frame, Detections]]:
+    """Detect in batches of ``batch`` frames; pictures are turned upright (display rotation) first."""
+    held: list[Frame] = []
+
+    def flush() -> Iterator[tuple[Frame, Detections]]:
+        t0 = time.perf_counter()
+        k = (held[0].rotation // 90) % 4
+        images = [np.ascontiguousarray(np.rot90(f.image, k)) if k else f.image for f in held]
+        found = detector.detect(images)
+        if k:
+            h, w = held[0].image.shape[:2]
+            found = [_unrotate(d, k, h, w) for d in found]
+        timer("detect", time.perf_counter() - t0)
+        yield from zip(held, found)
+
+    for frame in frames:
+        if held and (frame.image.shape != held[0].image.shape or frame.rotation != held[0].rotation):
+            yield from flush()
+            held = []
+        held.append(frame)
+        if len(held) >= batch:
+            yield from flush()
+            held = []
+    if held:
+        yield from flush()
+
+
+def _unrotate(d: Detections, k: int, h: int, w: int) -> Detections:
+    if not len(d):
+        return d
+    corners = np.stack([d.boxes[:, [0, 1]], d.boxes[:, [2, 1]], d.boxes[:, [0, 3]], d.boxes[:, [2, 3]]], axis=1)
+    c = _rotate_points(corners, k, h, w)
+    boxes = np.concatenate([c.min(axis=1), c.max(axis=1)], axis=1).astype(np.float32)
+    return Detections(boxes, d.scores, _rotate_points(d.landmarks, k, h, w).astype(np.float32))
+
+
+@dataclass
+class FaceStages:
+    """The loaded stages; call it on an iterator of frames (one video per call)."""
+
+    config: Config
+    detector: Detector
+    restore: RestoreStage | None
+    stats: RunStats | None = None
+    last_tracker: TrackSmoother | None = field(default=None, repr=False)
+
+    def _time(self, stage: str, seconds: float) -> None:
+        if self.stats is not None:
+            self.stats.add_time(stage, seconds)
+
+    def track(self, frames: Iterator[Frame]) -> Iterator[Frame]:
+        """Detection and tracking only (what ``inspect`` shows)."""
+        tracker = TrackSmoother(self.config.smoothing)
+        self.last_tracker = tracker
+        pairs = detect_frames(self.detector, frames, self.config.detector.batch_size, self._time)
+        yield from tracker.run(pairs)
+
+    def __call__(self, frames: Iterator[Frame]) -> Iterator[Frame]:
+        tracked = self.track(frames)
+        if self.restore is None:
+            yield from tracked
+            return
+        stage = self.restore
+        out = stage.run(tracked)
+        while True:
+            t0 = time.perf_counter()
+            upstream0 = self.stats.stage_seconds.get("detect", 0.0) if self.stats else 0.0
+            try:
+                frame = next(out)
+            except StopIteration:
+                break
+            upstream = (self.stats.stage_seconds.get("detect", 0.0) if self.stats else 0.0) - upstream0
+            self._time("restore", time.perf_counter() - t0 - upstream)
+            self._count(stage, frame)
+            yield frame
+
+    def _count(self, stage: RestoreStage, frame: Frame) -> None:
+        if self.stats is None:
+            return
+        c = stage.counts
+        s = self.stats
+        s.faces_restored, s.faces_upscaled, s.faces_filled, s.faces_failed = c.restored, c.upscaled, c.filled, c.failed
+        if not frame.faces:
+            s.frames_passed_through += 1
+
+
+def build_face_stages(config: Config, store: ModelStore, stats: RunStats | None = None) -> FaceStages:
+    """Load the models ``config`` names and wire the face stages."""
+    from vidrestore.stages.models import FaceParser, GFPGANRestorer, Upscaler
+    from vidrestore.stages.restore import RestoreStage
+
+    placement = resolve_placement(config.device, config.precision)
+    log.info("running the models on %s", placement)
+    detector = build_detector(config, store, placement)
+    restore = None
+    r, u = config.restorer, config.upscaler
+    if r.model != "none":
+        restorer = GFPGANRestorer(_load(store, r.model, r.weights, "restorer.weights", placement), placement)
+        upscaler = None
+        if u.model != "none" and u.below > 0:
+            upscaler = Upscaler(_load(store, u.model, u.weights, "upscaler.weights", placement), placement)
+        parser = None
+        if r.parsing_mask:
+            parser = FaceParser(_load(store, "parsenet", r.parsing_weights, "restorer.parsing_weights", placement),
+                                placement)
+        restore = RestoreStage(restorer, placement.device, upscaler=upscaler, upscale_below=u.below,
+                               margin=u.margin, parser=parser, blend=r.blend, batch_size=r.batch_size,
+                               max_frames=max(2 * r.batch_size, 4))
+    return FaceStages(config, detector, restore, stats)

@@ -1,0 +1,102 @@
+"""Face alignment geometry: the FFHQ template, similarity transforms, device warps.
+
+Convention: a transform ``M`` is a ``(2, 3)`` float64 matrix mapping *source* pixel
+coordinates ``(x, y, 1)`` to *destination* pixel coordinates, as OpenCV's warpAffine
+takes it; pixel centres sit at integer coordinates. :func:`warp` samples
+``dst(p) = src(M^-1 p)`` bilinearly on the tensor's device.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "FFHQ_TEMPLATE_512",
+    "compose",
+    "estimate_similarity",
+    "invert",
+    "map_points",
+    "template",
+    "transformed_bounds",
+    "warp",
+]
+
+FFHQ_TEMPLATE_512 = np.array(
+    [[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935],
+     [201.26117, 371.41043], [313.08905, 371.15118]],
+    dtype=np.float64,
+)
+"""Where the 5 landmarks sit in an aligned 512x512 FFHQ face (the template facexlib uses)."""
+
+
+def template(size: int) -> np.ndarray:
+    """The FFHQ template scaled to a ``size`` x ``size`` crop."""
+    return FFHQ_TEMPLATE_512 * (size / 512.0)
+
+
+def estimate_similarity(points: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The similarity transform (rotation, uniform scale, shift) taking ``points`` to ``target``.
+
+    Robust least-median fit, the estimator facexlib uses, so crops match the reference's.
+    ``points`` and ``target``: ``(5, 2)``. Returns ``(2, 3)`` float64.
+    """
+    m, _ = cv2.estimateAffinePartial2D(points.astype(np.float64), target.astype(np.float64), method=cv2.LMEDS)
+    if m is None:  # degenerate landmarks (all on one point): plain least squares can't help either
+        raise ValueError("cannot fit a similarity transform to degenerate landmarks")
+    return np.asarray(m, dtype=np.float64)
+
+
+def _h(m: np.ndarray) -> np.ndarray:
+    return np.vstack([m, [0.0, 0.0, 1.0]])
+
+
+def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """``outer ∘ inner``: first ``inner``, then ``outer``."""
+    return (_h(outer) @ _h(inner))[:2]
+
+
+def invert(m: np.ndarray) -> np.ndarray:
+    return np.linalg.inv(_h(m))[:2]
+
+
+def map_points(m: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply ``m`` to ``(N, 2)`` points."""
+    return points @ m[:, :2].T + m[:, 2]
+
+
+def transformed_bounds(m: np.ndarray, width: int, height: int, limit_w: int, limit_h: int) -> tuple[int, int, int, int]:
+    """Integer box ``(x0, y0, x1, y1)`` (end exclusive) holding the image of a ``width`` x ``height``
+    rectangle under ``m``, grown by one pixel for bilinear support and clipped to the limits."""
+    corners = np.array([[-0.5, -0.5], [width - 0.5, -0.5], [-0.5, height - 0.5], [width - 0.5, height - 0.5]])
+    pts = map_points(m, corners)
+    x0 = max(int(np.floor(pts[:, 0].min())) - 1, 0)
+    y0 = max(int(np.floor(pts[:, 1].min())) - 1, 0)
+    x1 = min(int(np.ceil(pts[:, 0].max())) + 2, limit_w)
+    y1 = min(int(np.ceil(pts[:, 1].max())) + 2, limit_h)
+    return x0, y0, max(x0, x1), max(y0, y1)
+
+
+def warp(src: torch.Tensor, m: np.ndarray, out_w: int, out_h: int, border: tuple[float, ...] | None = None) -> torch.Tensor:
+    """Bilinear ``dst = src ∘ M^-1`` of a ``(C, H, W)`` float tensor into ``(C, out_h, out_w)``.
+
+    Outside the source, ``border`` (one value per channel) is used, else zeros.
+    """
+    c, h, w = src.shape
+    inv = torch.as_tensor(invert(m), dtype=torch.float32, device=src.device)
+    ys, xs = torch.meshgrid(
+        torch.arange(out_h, dtype=torch.float32, device=src.device),
+        torch.arange(out_w, dtype=torch.float32, device=src.device),
+        indexing="ij",
+    )
+    sx = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
+    sy = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
+    # align_corners=False: pixel centre i sits at (2i + 1) / size - 1
+    grid = torch.stack([(2 * sx + 1) / w - 1, (2 * sy + 1) / h - 1], dim=-1)[None]
+    if border is None:
+        return F.grid_sample(src[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    b = torch.tensor(border, dtype=src.dtype, device=src.device).view(c, 1, 1)
+    out = F.grid_sample((src - b)[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    return out + b
