@@ -218,9 +218,22 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     config = _config(args)
     inspect_path(Path(args.input), config, _store(args, config), json_out=args.json,
-                 annotate=Path(args.annotate) if args.annotate else None,
+                 annotate_out=Path(args.annotate) if args.annotate else None,
                  progress=not getattr(args, "quiet", False) and sys.stderr.isatty())
     return 0
+
+
+def _setup_logging(level: int) -> None:
+    """Our log lines go to stderr as ``vidrestore: warning: ...``, one line each."""
+    logger = logging.getLogger("vidrestore")
+    for handler in [h for h in logger.handlers if getattr(h, "_vidrestore", False)]:
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("vidrestore: %(levelname)s: %(message)s"))
+    handler._vidrestore = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -228,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     level = logging.DEBUG if debug else logging.INFO if getattr(args, "verbose", False) else logging.WARNING
-    logging.basicConfig(level=level, format="vidrestore: %(levelname)s: %(message)s", stream=sys.stderr)
+    _setup_logging(level)
     if args.command is None:
         parser.print_help()
         return 2

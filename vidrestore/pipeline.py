@@ -9,24 +9,36 @@ re-raises KeyboardInterrupt for the CLI to exit 130.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from vidrestore.config import Config, config_to_dict
 from vidrestore.control import END, RunControl, Stopped
-from vidrestore.errors import InputError, OutputError, PipelineError, VidrestoreError
+from vidrestore.errors import ConfigError, InputError, OutputError, PipelineError, VidrestoreError
 from vidrestore.io.atomic import AtomicTarget, check_target
 from vidrestore.io.images import is_image, read_image, write_image
 from vidrestore.io.reader import VideoReader
 from vidrestore.io.writer import VideoWriter
 from vidrestore.models.store import ModelStore
-from vidrestore.records import Frame
+from vidrestore.records import Face, Frame
 
-__all__ = ["RunStats", "Summary", "dry_run", "expand_inputs", "models_for", "restore_file", "restore_paths"]
+__all__ = [
+    "RunStats",
+    "Summary",
+    "annotate",
+    "dry_run",
+    "expand_inputs",
+    "frame_json",
+    "inspect_path",
+    "models_for",
+    "restore_file",
+    "restore_paths",
+]
 
 log = logging.getLogger(__name__)
 
@@ -285,3 +297,128 @@ def dry_run(inputs: list[Path], config: Config, store: ModelStore) -> list[str]:
         st = store.status(name)
         lines.append(f"model {name}: {'present' if st.present else 'missing'} at {st.path}")
     return lines
+
+
+def _face_json(face: Face) -> dict[str, Any]:
+    def pts(a: Any) -> Any:
+        return None if a is None else [[round(float(x), 2), round(float(y), 2)] for x, y in a]
+
+    return {
+        "track_id": face.track_id,
+        "score": round(face.score, 4),
+        "box": [round(float(v), 2) for v in face.box],
+        "landmarks_raw": pts(face.landmarks_raw),
+        "landmarks": pts(face.landmarks),
+        "interpolated": face.interpolated,
+        "weight": round(face.weight, 3),
+    }
+
+
+def frame_json(frame: Frame) -> dict[str, Any]:
+    """One frame's entry in ``inspect --json`` (the contract in DESIGN.md)."""
+    return {"index": frame.index, "pts": frame.pts, "time": round(frame.pts_seconds, 6),
+            "faces": [_face_json(f) for f in frame.faces]}
+
+
+def annotate(frame: Frame) -> Frame:
+    """Draw boxes, landmarks and track ids (filled-in faces dashed-grey, raw points red)."""
+    import cv2
+    import numpy as np
+
+    img = np.ascontiguousarray(frame.image if frame.image.dtype == np.uint8 else (frame.image >> 8).astype(np.uint8))
+    thick = max(1, round(max(img.shape[:2]) / 500))
+    for face in frame.faces:
+        colour = (160, 160, 160) if face.interpolated else (0, 220, 0)
+        x1, y1, x2, y2 = (int(round(v)) for v in face.box)
+        cv2.rectangle(img, (x1, y1), (x2, y2), colour, thick)
+        cv2.putText(img, f"#{face.track_id}" + (" filled" if face.interpolated else ""), (x1, max(y1 - 4, 10)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, colour, thick)
+        if face.landmarks_raw is not None:
+            for x, y in face.landmarks_raw:
+                cv2.circle(img, (int(round(x)), int(round(y))), thick + 1, (255, 60, 60), -1)
+        for x, y in face.landmarks:
+            cv2.circle(img, (int(round(x)), int(round(y))), thick, (255, 255, 0), -1)
+    return replace(frame, image=img)
+
+
+def inspect_path(src: Path, config: Config, store: ModelStore, json_out: str | None = None,
+                 annotate_out: Path | None = None, progress: bool = False) -> int:
+    """Detect and track faces in ``src``; write JSON and/or an annotated video. Returns frames seen."""
+    from vidrestore.device import resolve_placement
+    from vidrestore.stages import FaceStages, build_detector
+
+    if config.detector.model == "none":
+        raise ConfigError("inspect needs a detector: set detector.model (centerface needs no download)")
+    if annotate_out is not None:
+        check_target(annotate_out, [src], config.output.overwrite)
+    placement = resolve_placement(config.device, config.precision)
+    stages = FaceStages(config, build_detector(config, store, placement), None)
+    sink = _JsonSink(json_out, src)
+    try:
+        def track_and_record(frames: Iterator[Frame]) -> Iterator[Frame]:
+            for frame in stages.track(frames):
+                sink.add(frame)
+                yield annotate(frame) if annotate_out is not None else frame
+
+        stats = RunStats()
+        if annotate_out is not None:
+            restore_file(src, annotate_out, config, track_and_record, stats, progress=progress)
+        elif is_image(src):
+            for _ in track_and_record(iter([read_image(src).frame])):
+                stats.frames += 1
+        else:
+            control = RunControl()
+            reader = VideoReader(src, control, queue_size=config.pipeline.queue_size,
+                                 threads=config.pipeline.decode_threads, copy_audio=False, copy_subtitles=False)
+            try:
+                for _ in _guarded(track_and_record(iter(reader)), "inspect", stats):
+                    stats.frames += 1
+            finally:
+                reader.close()
+            if control.error is not None:
+                raise control.error
+        sink.close(ok=True)
+    except BaseException:
+        sink.close(ok=False)
+        raise
+    return stats.frames
+
+
+class _JsonSink:
+    """Streams ``inspect`` JSON to a file (atomically) or stdout, one frame at a time."""
+
+    def __init__(self, target: str | None, src: Path) -> None:
+        import sys
+
+        self.first = True
+        self.fh: Any = None
+        self.atomic: AtomicTarget | None = None
+        if target is None:
+            return
+        if target == "-":
+            self.fh = sys.stdout
+        else:
+            self.atomic = AtomicTarget(Path(target))
+            self.fh = self.atomic.tmp.open("w", encoding="utf-8")
+        self.fh.write('{"input": ' + json.dumps(str(src)) + ', "frames": [\n')
+
+    def add(self, frame: Frame) -> None:
+        if self.fh is None:
+            return
+        self.fh.write(("" if self.first else ",\n") + json.dumps(frame_json(frame)))
+        self.first = False
+
+    def close(self, ok: bool) -> None:
+        if self.fh is None:
+            return
+        if ok:
+            self.fh.write("\n]}\n")
+        if self.atomic is not None:
+            self.fh.close()
+            if ok:
+                self.atomic.commit()
+            else:
+                self.atomic.tmp.unlink(missing_ok=True)
+        else:
+            self.fh.flush()
+        self.fh = None

@@ -175,6 +175,7 @@ def write_clip(
     sample_rate: int = 48000,
     rotation: int = 0,
     metadata: dict[str, str] | None = None,
+    bt709: bool = False,
 ) -> None:
     """Encode ``images`` (RGB uint8) with PyAV, plus ``audio_tracks`` tone tracks.
 
@@ -195,6 +196,9 @@ def write_clip(
             v.options = {"crf": str(crf)}
         if rotation:
             v.set_display_rotation(rotation)
+        if bt709:  # tag the stream BT.709, limited range (as HD cameras do)
+            cc = v.codec_context
+            cc.color_primaries, cc.color_trc, cc.colorspace, cc.color_range = 1, 1, 1, 1
         streams = []
         if audio:
             name = audio if isinstance(audio, str) else ("libopus" if path.suffix == ".webm" else "aac")
@@ -207,6 +211,8 @@ def write_clip(
         sent = [0] * len(streams)
         for img, p in zip(images, pts):
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            if pix_fmt != "yuv420p" or bt709:
+                frame = frame.reformat(format=pix_fmt, dst_colorspace=1 if bt709 else None)
             frame.pts = p
             frame.time_base = time_base
             c.mux(v.encode(frame))

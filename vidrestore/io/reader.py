@@ -21,17 +21,23 @@ from typing import Any
 import av
 import av.error
 import numpy as np
+from av.video.reformatter import Interpolation
 
 from vidrestore.control import END, RunControl, Stopped
 from vidrestore.errors import InputError
 from vidrestore.records import Frame
 
-__all__ = ["StreamInfo", "TimestampRepair", "VideoInfo", "VideoReader", "open_input", "to_rgb"]
+__all__ = ["SWS_FLAGS", "StreamInfo", "TimestampRepair", "VideoInfo", "VideoReader", "open_input", "to_rgb"]
 
 log = logging.getLogger(__name__)
 
 # swscale colour matrices by AVColorSpace value (others: swscale's default, BT.601)
 _SWS_COLORSPACE = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
+
+# Accurate rounding and full-resolution chroma: without them every YUV->RGB->YUV round trip
+# darkens the picture by about one level (measured: luma mean -1.08 per trip).
+SWS_FLAGS = (Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+             | Interpolation.FULL_CHR_H_INP)
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,7 @@ def _bit_depth(pix_fmt: str | None) -> int:
 
 def to_rgb(frame: av.VideoFrame, deep: bool) -> np.ndarray:
     """A decoded frame as ``(H, W, 3)`` RGB: uint8, or uint16 when ``deep`` (> 8-bit source)."""
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"interpolation": SWS_FLAGS}
     cs = _SWS_COLORSPACE.get(int(frame.colorspace))
     if cs is not None:
         kwargs["src_colorspace"] = cs

@@ -9,6 +9,7 @@ FFmpeg's interleaving muxer orders what remains.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from vidrestore.config import OutputConfig
 from vidrestore.control import END, RunControl, Stopped
 from vidrestore.errors import OutputError
 from vidrestore.io.encoders import check_encoder, encoder_options, pick_pix_fmt
-from vidrestore.io.reader import _SWS_COLORSPACE, VideoInfo
+from vidrestore.io.reader import _SWS_COLORSPACE, SWS_FLAGS, VideoInfo
 from vidrestore.records import Frame
 
 __all__ = ["VideoWriter"]
@@ -31,7 +32,9 @@ __all__ = ["VideoWriter"]
 log = logging.getLogger(__name__)
 
 _SKIP_CONTAINER_KEYS = {"encoder", "major_brand", "minor_version", "compatible_brands", "creation_time"}
-_SKIP_STREAM_KEYS = {"encoder", "handler_name", "vendor_id", "duration", "_statistics_tags"}
+_SKIP_STREAM_KEYS = {"encoder", "handler_name", "vendor_id", "duration", "DURATION", "_statistics_tags",
+                     "_STATISTICS_TAGS", "_STATISTICS_WRITING_APP", "_STATISTICS_WRITING_DATE_UTC", "BPS",
+                     "NUMBER_OF_FRAMES", "NUMBER_OF_BYTES"}
 
 
 def _opens(codec: str, width: int, height: int, pix_fmt: str) -> bool:
@@ -99,6 +102,8 @@ class VideoWriter:
             codec = "libx264"
             pix_fmt = pick_pix_fmt(codec, 10 if deep else 8, width, height)
         self.codec = codec
+        if codec == "libsvtav1":
+            os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner per file on stderr otherwise
         v = c.add_stream(codec, rate=info.rate or Fraction(25))
         v.width, v.height, v.pix_fmt = width, height, pix_fmt
         v.time_base = info.time_base
@@ -114,7 +119,8 @@ class VideoWriter:
         v.metadata.update({k: val for k, val in info.metadata.items() if k not in _SKIP_STREAM_KEYS})
         c.metadata.update({k: val for k, val in info.container_metadata.items() if k not in _SKIP_CONTAINER_KEYS})
         self._video = v
-        self._reformat_args: dict[str, Any] = {"format": pix_fmt, "dst_color_range": cc.color_range}
+        self._reformat_args: dict[str, Any] = {"format": pix_fmt, "dst_color_range": cc.color_range,
+                                               "interpolation": SWS_FLAGS}
         if (cs := _SWS_COLORSPACE.get(info.colorspace)) is not None:
             self._reformat_args["dst_colorspace"] = cs
         self._src_format = "rgb48le" if deep else "rgb24"

@@ -1,0 +1,99 @@
+"""Shared fixtures: random-weight model files, generated clips, a CLI runner."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vidrestore.cli import main
+from vidrestore.testing import FaceClip, make_face_clip, save_random_weights
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_weights(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test ever touches the user's real weights cache."""
+    monkeypatch.setenv("VIDRESTORE_WEIGHTS", str(tmp_path_factory.mktemp("cache")))
+
+
+@dataclass(frozen=True)
+class Weights:
+    gfpgan: Path
+    upscaler: Path
+    parsenet: Path
+
+    def sets(self) -> list[str]:
+        return ["--set", f"restorer.weights={self.gfpgan}", "--set", f"upscaler.weights={self.upscaler}"]
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Weights:
+    """Small variants of the real architectures with random weights, saved like the release files."""
+    d = tmp_path_factory.mktemp("weights")
+    return Weights(
+        gfpgan=save_random_weights("gfpgan_v1_clean", d / "gfpgan-small.pth", small=True, scale=0.1),
+        upscaler=save_random_weights("srvgg_compact", d / "srvgg-small.pth", small=True, key="params"),
+        parsenet=save_random_weights("parsenet", d / "parsenet.pth", key=None),
+    )
+
+
+def wobble(i: int) -> tuple[float, float, float]:
+    return (2.0 * i - 20.0, 3.0 * math.sin(i / 4), 0.01 * i)
+
+
+@pytest.fixture(scope="session")
+def face_clip(tmp_path_factory: pytest.TempPathFactory) -> FaceClip:
+    """A 20-frame 320x240 H.264/AAC clip of a moving, real face."""
+    return make_face_clip(tmp_path_factory.mktemp("clips") / "face.mp4", frames=20, trajectory=wobble)
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    """Run ``vidrestore ARGS`` in-process; returns exit code, stdout and stderr."""
+
+    def run(*args: str | os.PathLike[str]) -> CliResult:
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse's own exits (--help, --version, usage errors)
+            code = int(exc.code or 0)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def run_subprocess(*args: str | os.PathLike[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python -m vidrestore ARGS`` in a child process (for signals and real stderr)."""
+    return subprocess.run([sys.executable, "-m", "vidrestore", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def assert_one_line_error(err: str) -> None:
+    """Expected errors: exactly one line on stderr, no traceback."""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert lines[0].startswith("vidrestore: error:"), lines[0]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)

@@ -1,0 +1,334 @@
+"""Decode/encode pass-through (detector.model: none): every frame, timestamp and track survives."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from conftest import CliResult, assert_one_line_error
+from media import probe, seconds
+from vidrestore.control import RunControl
+from vidrestore.io.encoders import encoder_options, pick_pix_fmt
+from vidrestore.io.reader import TimestampRepair, VideoReader
+from vidrestore.testing import write_clip
+
+Cli = Callable[..., CliResult]
+
+
+def frames(n: int = 25, w: int = 96, h: int = 64) -> list[np.ndarray]:
+    """Moving gradients: cheap to encode, not trivial for the encoder."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return [np.stack([(xx * 3 + i * 7) % 256, (yy * 4 + i * 5) % 256, (xx + yy + i * 11) % 256], -1).astype(np.uint8)
+            for i in range(n)]
+
+
+def passthrough(cli: Cli, src: Path, dst: Path, *extra: str) -> CliResult:
+    r = cli("restore", src, "-o", dst, "--detector", "none", "-q", *extra)
+    assert r.code == 0, r.err
+    return r
+
+
+def assert_same_timing(a_path: Path, b_path: Path, check_audio: bool = True, shift_ok: bool = False) -> None:
+    """Same frames at the same instants; ``shift_ok``: a constant shift of less than a frame is allowed
+    (Matroska cannot store the negative decode times of some encoders' B-frames, so FFmpeg shifts
+    every stream of the file together: sync holds, the clip starts a fraction of a frame later)."""
+    a, b = probe(a_path), probe(b_path)
+    assert b.frames == a.frames
+    assert all(y > x for x, y in zip(b.pts, b.pts[1:])), "pts must strictly increase"
+    one = a.frame_duration_s
+    shift = seconds(b)[0] - seconds(a)[0] if shift_ok else 0.0
+    assert abs(shift) < one
+    assert [t - shift for t in seconds(b)] == pytest.approx(seconds(a), abs=1e-3), "per-frame timestamps kept"
+    assert abs(b.video_start_s - a.video_start_s) <= one
+    assert abs(b.video_end_s - a.video_end_s) <= one
+    if check_audio:
+        assert list(b.audio.values()) == list(a.audio.values()), "audio packets byte-identical"
+        for (sa, ea), (sb, eb) in zip(a.audio_span_s.values(), b.audio_span_s.values()):
+            assert abs(sb - sa) <= one and abs(eb - ea) <= one
+
+
+def test_h264_aac_mp4(cli: Cli, tmp_path: Path) -> None:
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    write_clip(src, frames(), metadata={"title": "a call", "comment": "kept"})
+    passthrough(cli, src, dst)
+    assert_same_timing(src, dst)
+    b = probe(dst)
+    assert b.codec == "h264" and len(b.audio) == 1
+    assert b.container_metadata.get("title") == "a call"
+
+
+def test_vp9_opus_webm(cli: Cli, tmp_path: Path) -> None:
+    src, dst = tmp_path / "in.webm", tmp_path / "out.webm"
+    write_clip(src, frames(), codec="libvpx-vp9")
+    passthrough(cli, src, dst, "--codec", "libvpx-vp9")
+    assert_same_timing(src, dst)
+    assert probe(dst).codec == "vp9"
+
+
+def _with_subtitles(src: Path, dst: Path, tmp: Path) -> None:
+    srt = tmp / "subs.srt"
+    srt.write_text("1\n00:00:00,000 --> 00:00:00,400\nHello\n\n2\n00:00:00,400 --> 00:00:00,900\nWorld\n")
+    with av.open(str(src)) as a, av.open(str(srt)) as s, av.open(str(dst), "w") as out:
+        mapping = {}
+        for stream in a.streams:
+            mapping[stream.index] = out.add_stream_from_template(stream)
+            mapping[stream.index].metadata.update(stream.metadata)
+        sub = out.add_stream_from_template(s.streams[0])
+        sub.metadata["language"] = "spa"
+        for packet in a.demux():
+            if packet.size:  # not "dts is not None": a keyframe can have no dts
+                packet.stream = mapping[packet.stream.index]
+                out.mux(packet)
+        for packet in s.demux():
+            if packet.size:  # not "dts is not None": a keyframe can have no dts
+                packet.stream = sub
+                out.mux(packet)
+
+
+def test_mkv_two_audio_tracks_and_subtitles(cli: Cli, tmp_path: Path) -> None:
+    plain, src, dst = tmp_path / "plain.mkv", tmp_path / "in.mkv", tmp_path / "out.mkv"
+    write_clip(plain, frames(), audio_tracks=2)
+    _with_subtitles(plain, src, tmp_path)
+    passthrough(cli, src, dst)
+    assert_same_timing(src, dst)
+    a, b = probe(src), probe(dst)
+    assert len(b.audio) == 2
+    assert b.audio_languages == ["eng", "fra"]
+    assert b.subtitles == a.subtitles and b.subtitles[0][1] == "spa" and len(b.subtitles[0][2]) == 2
+
+
+def test_variable_frame_rate_keeps_every_timestamp(cli: Cli, tmp_path: Path) -> None:
+    src, dst = tmp_path / "vfr.mkv", tmp_path / "out.mkv"
+    # a screen recording: bursts at 30 fps, pauses of up to a second
+    gaps = [33, 33, 34, 33, 500, 33, 34, 1000, 40, 40, 16, 17, 250, 33, 33, 34, 33, 120, 33, 33]
+    pts = [0, *np.cumsum(gaps).tolist()]
+    write_clip(src, frames(len(pts)), pts=pts, time_base=Fraction(1, 1000), rate=30)
+    passthrough(cli, src, dst)
+    assert_same_timing(src, dst)
+    assert probe(dst).pts == pts  # not forced to a constant rate
+    # and into MP4 too (another time base: the same instants)
+    dst2 = tmp_path / "out.mp4"
+    passthrough(cli, src, dst2)
+    assert seconds(probe(dst2)) == pytest.approx([p / 1000 for p in pts], abs=1e-3)
+
+
+def test_odd_size(cli: Cli, tmp_path: Path) -> None:
+    src, dst = tmp_path / "odd.mkv", tmp_path / "out.mkv"
+    write_clip(src, frames(w=97, h=65), pix_fmt="yuv444p")
+    passthrough(cli, src, dst)
+    assert_same_timing(src, dst)
+    b = probe(dst)
+    assert (b.width, b.height) == (97, 65)
+
+
+def test_ten_bit_stays_ten_bit(cli: Cli, tmp_path: Path) -> None:
+    src, dst = tmp_path / "deep.mkv", tmp_path / "out.mkv"
+    write_clip(src, frames(), pix_fmt="yuv420p10le")
+    passthrough(cli, src, dst)
+    assert_same_timing(src, dst)
+    assert probe(dst).pix_fmt == "yuv420p10le"
+
+
+def test_rotation_and_colour_metadata_are_kept(cli: Cli, tmp_path: Path) -> None:
+    src, dst = tmp_path / "phone.mp4", tmp_path / "out.mp4"
+    write_clip(src, frames(), rotation=90, bt709=True)
+    a = probe(src)
+    assert a.rotation == 90 and a.color == (1, 1, 1, 1)
+    passthrough(cli, src, dst)
+    b = probe(dst)
+    assert b.rotation == 90
+    assert b.color == (1, 1, 1, 1)
+    assert_same_timing(src, dst)
+
+
+def test_no_audio_and_no_audio_flag(cli: Cli, tmp_path: Path) -> None:
+    src, dst = tmp_path / "mute.mp4", tmp_path / "out.mp4"
+    write_clip(src, frames(), audio=False)
+    passthrough(cli, src, dst)
+    assert_same_timing(src, dst, check_audio=False)
+    assert probe(dst).audio == {}
+    loud, dropped = tmp_path / "loud.mp4", tmp_path / "dropped.mp4"
+    write_clip(loud, frames())
+    passthrough(cli, loud, dropped, "--no-audio")
+    assert probe(dropped).audio == {}
+
+
+def test_audio_the_container_cannot_hold_is_reencoded_with_a_warning(cli: Cli, tmp_path: Path) -> None:
+    src, dst = tmp_path / "aac.mkv", tmp_path / "out.webm"
+    write_clip(src, frames(), audio="aac")
+    r = passthrough(cli, src, dst, "--codec", "libvpx-vp9")
+    warn = [ln for ln in r.err.splitlines() if "re-encoding" in ln]
+    assert len(warn) == 1 and "track 1" in warn[0] and "aac" in warn[0]
+    b = probe(dst)
+    assert len(b.audio) == 1 and len(next(iter(b.audio.values()))) > 10
+    assert b.frames == 25
+
+
+def test_decoded_pixels_survive_the_round_trip(cli: Cli, tmp_path: Path) -> None:
+    import cv2
+
+    from vidrestore.testing import astronaut
+
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    photo = cv2.resize(astronaut(), (192, 192), interpolation=cv2.INTER_AREA)
+    write_clip(src, [np.roll(photo, i, axis=1)[32:160] for i in range(25)], crf=10)
+    passthrough(cli, src, dst, "--crf", "10")
+    # compare what the codec stores (Y, U, V planes), so no RGB conversion of the test's own muddies it
+    a = [f.to_ndarray(format="yuv444p").astype(float) for f in av.open(str(src)).decode(video=0)]
+    b = [f.to_ndarray(format="yuv444p").astype(float) for f in av.open(str(dst)).decode(video=0)]
+    assert len(a) == len(b) == 25
+    for x, y in zip(a, b):
+        for plane in range(3):
+            mse = np.mean((x[plane] - y[plane]) ** 2)
+            assert 10 * np.log10(255**2 / max(mse, 1e-9)) > 38  # within codec tolerance
+        assert abs(float(np.mean(y[0] - x[0]))) < 0.3  # and no drift in brightness
+
+
+def test_truncated_file_is_processed_up_to_where_it_stops(cli: Cli, tmp_path: Path) -> None:
+    full, cut, dst = tmp_path / "full.mkv", tmp_path / "cut.mkv", tmp_path / "out.mkv"
+    write_clip(full, frames(50))
+    data = full.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    r = cli("restore", cut, "-o", dst, "--detector", "none")
+    assert r.code == 0, r.err
+    assert "stopped at" in r.err and "truncated" in r.err
+    decodable = sum(1 for _ in av.open(str(cut)).decode(video=0))
+    assert 0 < probe(dst).frames == decodable < 50
+
+
+def test_timestamp_repair() -> None:
+    fix = TimestampRepair(nominal=10)
+    assert [fix(p) for p in [0, 10, None, 30, 30, 25, 60]] == [0, 10, 20, 30, 40, 50, 60]
+    assert fix.repaired == 3
+    first = TimestampRepair(nominal=5)
+    assert [first(None, dts=7), first(None), first(12)] == [7, 12, 17]
+
+
+def test_reader_streams_through_a_bounded_queue(tmp_path: Path) -> None:
+    src = tmp_path / "in.mp4"
+    write_clip(src, frames(60))
+    control = RunControl()
+    reader = VideoReader(src, control, queue_size=4)
+    reader.start()
+    time.sleep(0.5)
+    assert reader.frames.qsize() <= 4  # blocked, not reading ahead
+    got = [f.index for f in reader]
+    reader.close()
+    assert got == list(range(60))
+    assert control.error is None
+
+
+@pytest.mark.parametrize("case", ["empty", "text", "audio-only", "unknown-codec", "header-only", "missing"])
+def test_bad_inputs_exit_4_with_one_line(cli: Cli, tmp_path: Path, case: str) -> None:
+    src = tmp_path / "bad.mkv"
+    if case == "empty":
+        src.write_bytes(b"")
+    elif case == "text":
+        src.write_text("this is not a video\n" * 50)
+    elif case == "audio-only":
+        src = tmp_path / "bad.m4a"
+        with av.open(str(src), "w", format="mp4") as c:
+            a = c.add_stream("aac", rate=48000, layout="stereo")
+            for i in range(20):
+                fr = av.AudioFrame.from_ndarray(np.zeros((2, 1024), np.float32), format="fltp", layout="stereo")
+                fr.sample_rate, fr.pts = 48000, i * 1024
+                c.mux(a.encode(fr))
+            c.mux(a.encode(None))
+    elif case == "unknown-codec":
+        good = tmp_path / "good.mkv"
+        write_clip(good, frames())
+        data = good.read_bytes()
+        assert data.count(b"V_MPEG4/ISO/AVC") == 1
+        src.write_bytes(data.replace(b"V_MPEG4/ISO/AVC", b"V_QQQQQ/ISO/QQQ"))
+    elif case == "header-only":
+        good = tmp_path / "good.mkv"
+        write_clip(good, frames())
+        src.write_bytes(good.read_bytes()[:300])
+    dst = tmp_path / "out.mkv"
+    r = cli("restore", src, "-o", dst, "--detector", "none")
+    assert r.code == 4, r.err
+    assert_one_line_error(r.err)
+    assert not dst.exists()
+    assert [p.name for p in tmp_path.iterdir() if ".part-" in p.name] == []
+
+
+def test_refuses_to_overwrite_the_input_or_an_existing_file(cli: Cli, tmp_path: Path) -> None:
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    write_clip(src, frames(5))
+    before = src.read_bytes()
+    r = cli("restore", src, "-o", src, "--detector", "none", "-y")
+    assert r.code == 2 and "replace the input" in r.err
+    assert src.read_bytes() == before
+    dst.write_bytes(b"precious")
+    r = cli("restore", src, "-o", dst, "--detector", "none")
+    assert r.code == 2 and "--overwrite" in r.err
+    assert_one_line_error(r.err)
+    assert dst.read_bytes() == b"precious"
+    passthrough(cli, src, dst, "-y")
+    assert probe(dst).frames == 5
+
+
+def test_unavailable_encoder_is_a_clear_error_and_nvenc_falls_back(cli: Cli, tmp_path: Path) -> None:
+    src = tmp_path / "in.mp4"
+    write_clip(src, frames(5))
+    r = cli("restore", src, "-o", tmp_path / "o.mp4", "--detector", "none", "--codec", "libx999")
+    assert r.code == 2 and "output.codec" in r.err
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("NVENC may really work here")
+    r = cli("restore", src, "-o", tmp_path / "n.mp4", "--detector", "none", "--codec", "h264_nvenc")
+    assert r.code == 0, r.err
+    assert "falling back to libx264" in r.err
+    assert probe(tmp_path / "n.mp4").codec == "h264"
+
+
+def test_encoder_option_builders() -> None:
+    assert encoder_options("libx264", 18, "medium") == {"crf": "18", "preset": "medium"}
+    assert encoder_options("libsvtav1", 30, "slow") == {"crf": "30", "preset": "5"}
+    assert encoder_options("libvpx-vp9", 31, "fast") == {"crf": "31", "b": "0", "row-mt": "1", "deadline": "good"}
+    assert encoder_options("h264_nvenc", 20, "medium") == {"rc": "vbr", "cq": "20", "preset": "p4"}
+    assert pick_pix_fmt("libx264", 8, 97, 64) == "yuv444p"
+    assert pick_pix_fmt("libx264", 10, 96, 64) == "yuv420p10le"
+    assert pick_pix_fmt("hevc_nvenc", 10, 96, 64) == "p010le"
+
+
+@pytest.mark.parametrize("codec", ["libx265", "libsvtav1"])
+def test_other_encoders(cli: Cli, tmp_path: Path, codec: str) -> None:
+    src, dst = tmp_path / "in.mp4", tmp_path / f"out-{codec}.mkv"
+    write_clip(src, frames(10, w=128, h=96))
+    passthrough(cli, src, dst, "--codec", codec, "--set", "output.preset=ultrafast")
+    assert_same_timing(src, dst, shift_ok=True)
+    assert probe(dst).codec in {"libx265": ("hevc",), "libsvtav1": ("av1", "libdav1d")}[codec]
+
+
+def test_sigint_during_encode_leaves_nothing_at_the_target(tmp_path: Path) -> None:
+    src, dst = tmp_path / "long.mp4", tmp_path / "out.mp4"
+    write_clip(src, frames(600, w=640, h=360))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vidrestore", "restore", str(src), "-o", str(dst), "--detector", "none",
+         "--set", "output.preset=veryslow"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(".part-" in p.name for p in tmp_path.iterdir()):
+        time.sleep(0.05)
+    assert any(".part-" in p.name for p in tmp_path.iterdir()), "encoding never started"
+    time.sleep(0.5)
+    sent = time.time()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert time.time() - sent < 5, "Ctrl-C must stop the run promptly"
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert not dst.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["long.mp4"]

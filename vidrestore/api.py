@@ -1,0 +1,72 @@
+"""The small Python API: restore a file, or a stream of pictures you already have.
+
+    from vidrestore import load_config, restore, restore_frames
+
+    config = load_config("configs/video-call.yaml", ["restorer.blend=0.8"])
+    summary = restore("call.mp4", "call.restored.mp4", config)
+    print(summary.lines())
+
+    for restored in restore_frames(my_rgb_arrays, config):   # (H, W, 3) uint8 RGB each
+        ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from vidrestore.config import Config
+from vidrestore.models.store import ModelStore, default_weights_dir
+from vidrestore.pipeline import RunStats, Summary, build_stages, restore_paths
+from vidrestore.records import Frame
+
+__all__ = ["restore", "restore_frames"]
+
+
+def _store(config: Config, store: ModelStore | None) -> ModelStore:
+    return store if store is not None else ModelStore(default_weights_dir(config.weights_dir))
+
+
+def restore(
+    source: str | Path | Iterable[str | Path],
+    output: str | Path,
+    config: Config | None = None,
+    *,
+    store: ModelStore | None = None,
+    progress: bool = False,
+) -> Summary:
+    """Restore a video/image file, a folder, or several of them into ``output``.
+
+    Raises the same errors the CLI reports (``vidrestore.errors``), each with its exit code.
+    """
+    config = config or Config()
+    sources = [Path(source)] if isinstance(source, (str, Path)) else [Path(s) for s in source]
+    return restore_paths(sources, Path(output), config, _store(config, store), progress=progress)
+
+
+def restore_frames(
+    frames: Iterable[np.ndarray],
+    config: Config | None = None,
+    *,
+    store: ModelStore | None = None,
+    rate: Fraction = Fraction(25),
+    stats: RunStats | None = None,
+) -> Iterator[np.ndarray]:
+    """Restore the faces in a sequence of ``(H, W, 3)`` RGB uint8 pictures, yielding each in order.
+
+    The pictures are treated as consecutive frames of one video at ``rate`` frames/s
+    (tracking and smoothing work across them); only a few are held at a time.
+    """
+    config = config or Config()
+    stages = build_stages(config, _store(config, store), stats or RunStats())
+    tb = 1 / rate
+
+    def as_frames() -> Iterator[Frame]:
+        for i, image in enumerate(frames):
+            yield Frame(index=i, pts=i, time_base=Fraction(tb), image=np.ascontiguousarray(image), duration=1)
+
+    for frame in stages(as_frames()):
+        yield frame.image
