@@ -1,0 +1,202 @@
+"""Detection, tracking and smoothing on real faces (skimage's astronaut), no downloads."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from vidrestore.config import SmoothingConfig
+from vidrestore.control import RunControl
+from vidrestore.io.reader import VideoReader
+from vidrestore.models.loading import load_model
+from vidrestore.records import Frame
+from vidrestore.stages import detect_frames
+from vidrestore.stages.detect import CenterFaceDetector, Detections, RetinaFaceDetector
+from vidrestore.stages.track import TrackSmoother
+from vidrestore.testing import ASTRONAUT_LANDMARKS, astronaut, make_face_clip, save_random_weights
+
+
+@pytest.fixture(scope="module")
+def centerface() -> CenterFaceDetector:
+    return CenterFaceDetector(size=960, threshold=0.5)
+
+
+def test_centerface_finds_the_astronaut_with_ordered_landmarks(centerface: CenterFaceDetector) -> None:
+    (d,) = centerface.detect([astronaut()])
+    assert len(d) == 1
+    lm = d.landmarks[0]
+    assert np.abs(lm - ASTRONAUT_LANDMARKS).max() < 3
+    left_eye, right_eye, nose, mouth_l, mouth_r = lm
+    assert left_eye[0] < right_eye[0] and mouth_l[0] < mouth_r[0]
+    assert max(left_eye[1], right_eye[1]) < nose[1] < min(mouth_l[1], mouth_r[1])
+    x1, y1, x2, y2 = d.boxes[0]
+    assert x1 < lm[:, 0].min() and lm[:, 0].max() < x2 and y1 < lm[:, 1].min() and lm[:, 1].max() < y2
+
+
+def test_working_resolution_maps_back_to_source_pixels() -> None:
+    big = cv2.resize(astronaut(), (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    (d,) = CenterFaceDetector(size=512, threshold=0.5).detect([big])
+    assert np.abs(d.landmarks[0] - (ASTRONAUT_LANDMARKS * 2 + 0.5)).max() < 6
+
+
+def test_batched_detection_equals_one_by_one(centerface: CenterFaceDetector) -> None:
+    imgs = [astronaut(), np.ascontiguousarray(np.roll(astronaut(), 40, axis=1)), np.zeros((512, 512, 3), np.uint8)]
+    batched = centerface.detect(imgs)
+    for img, b in zip(imgs, batched):
+        (one,) = centerface.detect([img])
+        assert len(one) == len(b)
+        np.testing.assert_allclose(one.landmarks, b.landmarks, atol=1e-3)
+    assert len(batched[2]) == 0
+
+
+def test_rotated_video_frames_are_detected_upright(centerface: CenterFaceDetector) -> None:
+    upright = astronaut()
+    stored = np.ascontiguousarray(np.rot90(upright, k=-1))  # stored turned; display matrix turns it back
+    frame = Frame(0, 0, Fraction(1, 25), stored, rotation=90)
+    ((_, d),) = list(detect_frames(centerface, iter([frame]), 4, lambda *a: None))
+    assert len(d) == 1
+    # map the known upright landmarks into the stored picture: rot90(k=-1) sends (x, y) to (H-1-y, x)
+    expected = np.stack([511 - ASTRONAUT_LANDMARKS[:, 1], ASTRONAUT_LANDMARKS[:, 0]], axis=1)
+    assert np.abs(d.landmarks[0] - expected).max() < 4
+
+
+def test_retinaface_runs_batched_through_the_real_loader(tmp_path: Path) -> None:
+    import torch
+
+    path = save_random_weights("retinaface_mobile", tmp_path / "det.pth", key=None, seed=3)
+    model = load_model("retinaface", path)
+    det = RetinaFaceDetector(model, torch.device("cpu"), size=320, threshold=0.0, min_face=1)
+    imgs = [astronaut(), astronaut()[::-1].copy()]
+    out = det.detect(imgs)
+    assert len(out) == 2
+    for d in out:
+        assert d.boxes.shape[1:] == (4,) and d.landmarks.shape[1:] == (5, 2)
+        assert np.all(np.diff(d.scores) <= 0)
+    (one,) = det.detect(imgs[:1])
+    np.testing.assert_allclose(one.scores, out[0].scores, atol=1e-4)
+
+
+# -- tracking and smoothing -----------------------------------------------------------------
+
+def _track(path: Path, detector: CenterFaceDetector, config: SmoothingConfig) -> list[Frame]:
+    reader = VideoReader(path, RunControl())
+    try:
+        return list(TrackSmoother(config).run(detect_frames(detector, iter(reader), 8, lambda *a: None)))
+    finally:
+        reader.close()
+
+
+def _slow_then_fast(i: int) -> tuple[float, float, float]:
+    if i < 40:
+        return (0.5 * i - 10, 4 * math.sin(i / 8), 0.0)  # slow drift and sway
+    return (9.5 - 8.0 * (i - 39), 4 * math.sin(39 / 8), 0.0)  # then fast: 8 px per frame, no jump
+
+
+def _jitter(err: np.ndarray) -> float:
+    """Jitter around the true trajectory: RMS of the frame-to-frame change of the landmark error.
+
+    A constant offset between a detector's points and ours is no jitter; a wobble is.
+    """
+    return float(np.sqrt((np.diff(err, axis=0) ** 2).sum(-1).mean()))
+
+
+def test_smoothing_halves_jitter_without_lagging_fast_motion(tmp_path: Path, centerface: CenterFaceDetector) -> None:
+    clip = make_face_clip(tmp_path / "jitter.mp4", frames=60, size=(480, 320), face_scale=0.7,
+                          trajectory=_slow_then_fast, blur=1.2, noise=6, crf=30)
+    frames = _track(clip.path, centerface, SmoothingConfig())
+    assert all(len(f.faces) == 1 for f in frames)
+    assert len({f.faces[0].track_id for f in frames}) == 1
+    raw = np.array([f.faces[0].landmarks_raw for f in frames]) - clip.landmarks
+    smooth = np.array([f.faces[0].landmarks for f in frames]) - clip.landmarks
+    slow, fast = slice(3, 37), slice(43, 57)
+    assert _jitter(smooth[slow]) <= 0.5 * _jitter(raw[slow])
+    assert _jitter(smooth[fast]) <= 0.5 * _jitter(raw[fast])
+    # no lag: on the fast part the smoothed points are no further from the truth than the raw ones
+    raw_err = np.linalg.norm(raw[fast], axis=-1).mean()
+    smooth_err = np.linalg.norm(smooth[fast], axis=-1).mean()
+    assert smooth_err <= raw_err
+    # smoothing 'none' hands the raw points through
+    plain = _track(clip.path, centerface, SmoothingConfig(method="none"))
+    for f in plain:
+        np.testing.assert_array_equal(f.faces[0].landmarks, f.faces[0].landmarks_raw)
+
+
+def _dets(points: list[np.ndarray | None]) -> list[Detections]:
+    out = []
+    for lm in points:
+        if lm is None:
+            out.append(Detections.empty())
+            continue
+        box = np.array([*lm.min(0) - 10, *lm.max(0) + 10], np.float32)
+        out.append(Detections(box[None], np.array([0.9], np.float32), lm[None].astype(np.float32)))
+    return out
+
+
+def _frames(n: int, cut_at: int | None = None) -> list[Frame]:
+    out = []
+    for i in range(n):
+        img = np.full((64, 64, 3), 200 if cut_at is not None and i >= cut_at else 20, np.uint8)
+        out.append(Frame(i, i, Fraction(1, 25), img))
+    return out
+
+
+BASE = np.array([[20, 20], [40, 20], [30, 30], [22, 40], [38, 40]], np.float64)
+
+
+def test_gap_of_three_frames_is_filled_by_interpolation() -> None:
+    points: list[np.ndarray | None] = [BASE + [i, 0] for i in range(20)]
+    for i in (8, 9, 10):
+        points[i] = None
+    out = list(TrackSmoother(SmoothingConfig(method="none", max_gap=5)).run(zip(_frames(20), _dets(points))))
+    assert [len(f.faces) for f in out] == [1] * 20
+    assert {f.faces[0].track_id for f in out} == {0}
+    for i in (8, 9, 10):
+        face = out[i].faces[0]
+        assert face.interpolated and face.landmarks_raw is None
+        np.testing.assert_allclose(face.landmarks, BASE + [i, 0], atol=1e-6)
+    assert not out[7].faces[0].interpolated
+
+
+def test_a_gap_longer_than_max_gap_splits_the_track() -> None:
+    points: list[np.ndarray | None] = [BASE.copy() for _ in range(20)]
+    for i in range(5, 12):
+        points[i] = None
+    out = list(TrackSmoother(SmoothingConfig(method="none", max_gap=3, fade_frames=0)).run(
+        zip(_frames(20), _dets(points))))
+    assert [len(f.faces) for f in out[5:12]] == [0] * 7
+    assert out[4].faces[0].track_id != out[12].faces[0].track_id
+
+
+def test_scene_cut_ends_tracks_and_ending_tracks_fade_out() -> None:
+    points: list[np.ndarray | None] = [BASE.copy() for _ in range(30)]
+    out = list(TrackSmoother(SmoothingConfig(method="none")).run(zip(_frames(30, cut_at=15), _dets(points))))
+    assert out[14].faces[0].track_id != out[15].faces[0].track_id  # a new person after the cut
+    assert all(f.faces[0].weight == 1.0 for f in out)  # cuts and the end of the video do not fade
+    # a face that leaves for good fades out over its last frames instead of snapping back
+    leaving: list[np.ndarray | None] = [BASE.copy() if i < 12 else None for i in range(30)]
+    cfg = SmoothingConfig(method="none", fade_frames=4, max_gap=3)
+    out = list(TrackSmoother(cfg).run(zip(_frames(30), _dets(leaving))))
+    weights = [f.faces[0].weight for f in out[:12]]
+    assert weights[:8] == [1.0] * 8
+    assert weights[8:] == pytest.approx([4 / 5, 3 / 5, 2 / 5, 1 / 5])
+
+
+def test_two_faces_keep_their_own_tracks_whatever_the_detection_order() -> None:
+    frames = _frames(12)
+    dets = []
+    for i in range(12):
+        a, b = BASE + [2 * i, 0], BASE + [2 * i, 60]
+        both = _dets([a])[0], _dets([b])[0]
+        order = both if i % 2 else both[::-1]  # the detector lists them in any order
+        dets.append(Detections(np.concatenate([o.boxes for o in order]), np.concatenate([o.scores for o in order]),
+                               np.concatenate([o.landmarks for o in order])))
+    out = list(TrackSmoother(SmoothingConfig(method="none")).run(zip(frames, dets)))
+    top = min(out[0].faces, key=lambda face: face.landmarks[0, 1]).track_id
+    for f in out:
+        assert len(f.faces) == 2
+        assert min(f.faces, key=lambda face: face.landmarks[0, 1]).track_id == top

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from conftest import CliResult
+from media import probe
+from vidrestore.io.images import read_image
+from vidrestore.testing import astronaut, write_clip
+
+Cli = Callable[..., CliResult]
+
+
+def test_png_with_alpha_round_trips_exactly(cli: Cli, tmp_path: Path) -> None:
+    rgb = astronaut()[:200, :300]
+    alpha = np.tile(np.linspace(0, 255, 300, dtype=np.uint8), (200, 1))
+    src, dst = tmp_path / "in.png", tmp_path / "out.png"
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(src)
+    r = cli("restore", src, "-o", dst, "--detector", "none")
+    assert r.code == 0, r.err
+    out = np.asarray(Image.open(dst))
+    assert out.shape == (200, 300, 4)
+    assert np.array_equal(out[:, :, :3], rgb)  # no face: bit-identical
+    assert np.array_equal(out[:, :, 3], alpha)  # alpha kept
+
+
+def test_jpeg_exif_orientation_is_respected(cli: Cli, tmp_path: Path) -> None:
+    upright = astronaut()[:, :400]  # 512 tall, 400 wide
+    stored = np.rot90(upright, k=1)  # what a phone stores; EXIF 6 says: rotate 90 clockwise to view
+    src, dst = tmp_path / "photo.jpg", tmp_path / "out.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(stored)).save(src, quality=95, exif=exif)
+    still = read_image(src)
+    assert still.frame.image.shape == upright.shape
+    assert np.abs(still.frame.image.astype(int) - upright).mean() < 4
+    r = cli("restore", src, "-o", dst, "--detector", "none")
+    assert r.code == 0, r.err
+    with Image.open(dst) as out:
+        assert out.format == "JPEG"
+        assert out.size == (400, 512)
+        assert out.getexif().get(0x0112, 1) == 1
+
+
+def test_webp_and_a_folder_of_images_and_videos(cli: Cli, tmp_path: Path) -> None:
+    folder = tmp_path / "shots"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(astronaut()[:128, :128]).save(folder / "a.webp", quality=90)
+    Image.fromarray(astronaut()[128:256, :128]).save(folder / "sub" / "b.png")
+    write_clip(folder / "clip.mp4", [astronaut()[:64, :96]] * 5)
+    (folder / "notes.txt").write_text("not media")
+    out = tmp_path / "out"
+    r = cli("restore", folder, "-o", out, "--detector", "none")
+    assert r.code == 0, r.err
+    assert Image.open(out / "shots" / "a.webp").format == "WEBP"
+    assert np.array_equal(np.asarray(Image.open(out / "shots" / "sub" / "b.png")), astronaut()[128:256, :128])
+    assert probe(out / "shots" / "clip.mp4").frames == 5
+    assert not (out / "shots" / "notes.txt").exists()
+
+
+def test_not_an_image_exits_4(cli: Cli, tmp_path: Path) -> None:
+    src = tmp_path / "fake.png"
+    src.write_bytes(b"\x89PNG not really")
+    r = cli("restore", src, "-o", tmp_path / "o.png", "--detector", "none")
+    assert r.code == 4
+    assert not (tmp_path / "o.png").exists()

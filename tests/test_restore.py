@@ -1,0 +1,212 @@
+"""Upscale, align, restore, paste back: pixel-level promises, on small real-architecture models."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from conftest import Weights, psnr
+from vidrestore.config import load_config
+from vidrestore.device import Placement
+from vidrestore.geometry import estimate_similarity, invert, template, transformed_bounds
+from vidrestore.models.loading import load_model
+from vidrestore.records import Face, Frame
+from vidrestore.stages.detect import CenterFaceDetector
+from vidrestore.stages.models import FaceParser, GFPGANRestorer, Upscaler
+from vidrestore.stages.restore import RestoreStage
+from vidrestore.testing import astronaut
+
+CPU = Placement(torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="module")
+def restorer(weights: Weights) -> GFPGANRestorer:
+    return GFPGANRestorer(load_model("gfpgan_v1_clean", weights.gfpgan), CPU)
+
+
+@pytest.fixture(scope="module")
+def upscaler(weights: Weights) -> Upscaler:
+    return Upscaler(load_model("srvgg_compact", weights.upscaler), CPU)
+
+
+def face_of(image: np.ndarray, track_id: int = 0) -> Face:
+    (d,) = CenterFaceDetector(threshold=0.5).detect([image])
+    return Face(track_id, float(d.scores[0]), d.boxes[0], d.landmarks[0], d.landmarks[0].copy())
+
+
+def frame_with(image: np.ndarray, faces: tuple[Face, ...], index: int = 0) -> Frame:
+    return Frame(index, index, Fraction(1, 25), image, faces=faces)
+
+
+def region_of(face: Face, size: int, w: int, h: int) -> tuple[int, int, int, int]:
+    return transformed_bounds(invert(estimate_similarity(face.landmarks, template(size))), size, size, w, h)
+
+
+def test_frame_without_faces_is_bit_identical(restorer: GFPGANRestorer) -> None:
+    img = astronaut()
+    stage = RestoreStage(restorer, CPU.device)
+    (out,) = list(stage.run(iter([frame_with(img, ())])))
+    assert out.image is img or np.array_equal(out.image, img)
+
+
+def test_pixels_outside_the_face_region_are_untouched(restorer: GFPGANRestorer) -> None:
+    img = np.ascontiguousarray(np.pad(astronaut(), ((0, 100), (0, 300), (0, 0)), mode="edge"))
+    face = face_of(img)
+    (out,) = list(RestoreStage(restorer, CPU.device).run(iter([frame_with(img, (face,))])))
+    x0, y0, x1, y1 = region_of(face, restorer.size, img.shape[1], img.shape[0])
+    outside = np.ones(img.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    assert np.array_equal(out.image[outside], img[outside])
+    assert not np.array_equal(out.image[y0:y1, x0:x1], img[y0:y1, x0:x1])  # and the face did change
+    assert outside.sum() > 0.5 * outside.size
+
+
+def test_blend_zero_keeps_the_original_exactly(restorer: GFPGANRestorer) -> None:
+    img = astronaut()
+    (out,) = list(RestoreStage(restorer, CPU.device, blend=0.0).run(iter([frame_with(img, (face_of(img),))])))
+    assert np.array_equal(out.image, img)
+
+
+def test_batches_give_the_same_pixels_as_one_at_a_time(restorer: GFPGANRestorer) -> None:
+    base = astronaut()
+    frames = []
+    for i in range(5):
+        img = np.ascontiguousarray(np.roll(base, 7 * i, axis=1))
+        frames.append(frame_with(img, (face_of(img),), index=i))
+    one = list(RestoreStage(restorer, CPU.device, batch_size=1, max_frames=1).run(iter(frames)))
+    batched = list(RestoreStage(restorer, CPU.device, batch_size=4, max_frames=8).run(iter(frames)))
+    assert [f.index for f in batched] == list(range(5))
+    for a, b in zip(one, batched):
+        assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 1
+
+
+def test_same_input_gives_the_same_output(restorer: GFPGANRestorer) -> None:
+    img = astronaut()
+    face = face_of(img)
+    a = list(RestoreStage(restorer, CPU.device).run(iter([frame_with(img, (face,))])))[0]
+    b = list(RestoreStage(restorer, CPU.device).run(iter([frame_with(img, (face,))])))[0]
+    assert np.array_equal(a.image, b.image)  # randomize_noise=False: no flicker from fresh noise
+
+
+def test_small_faces_are_upscaled_on_their_crop_only(restorer: GFPGANRestorer, upscaler: Upscaler) -> None:
+    frame_img = np.full((480, 640, 3), 90, np.uint8)
+    small = cv2.resize(astronaut(), (96, 96), interpolation=cv2.INTER_AREA)
+    frame_img[200:296, 300:396] = small
+    face = face_of(frame_img)
+    assert face.size < 40
+    seen: list[tuple[int, ...]] = []
+    hook = upscaler.model.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    try:
+        stage = RestoreStage(restorer, CPU.device, upscaler=upscaler, upscale_below=64, margin=0.5)
+        (out,) = list(stage.run(iter([frame_with(frame_img, (face,))])))
+    finally:
+        hook.remove()
+    assert len(seen) == 1
+    _, _, h, w = seen[0]
+    assert h <= 2 * face.size + 2 and w <= 2 * face.size + 2  # the crop around the face, never 480x640
+    assert stage.counts.upscaled == 1 and stage.counts.restored == 1
+    big = face_of(astronaut())
+    stage2 = RestoreStage(restorer, CPU.device, upscaler=upscaler, upscale_below=64)
+    list(stage2.run(iter([frame_with(astronaut(), (big,))])))
+    assert stage2.counts.upscaled == 0  # large faces go straight to the restorer
+    assert out.image.shape == frame_img.shape
+
+
+def test_a_face_that_fails_keeps_its_pixels_and_the_frame_survives(restorer: GFPGANRestorer) -> None:
+    class Flaky:
+        size = restorer.size
+
+        def restore(self, faces: torch.Tensor) -> torch.Tensor:
+            if faces.shape[0] > 1 or faces[0].mean() > 0.6:
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return restorer.restore(faces)
+
+    img = (astronaut() * 0.6).astype(np.uint8)
+    bright = np.clip(astronaut().astype(int) + 120, 0, 255).astype(np.uint8)
+    frames = [frame_with(img, (face_of(img),), 0), frame_with(bright, (face_of(bright),), 1)]
+    stage = RestoreStage(Flaky(), CPU.device, batch_size=2)  # type: ignore[arg-type]
+    out = list(stage.run(iter(frames)))
+    assert [f.index for f in out] == [0, 1]
+    assert not np.array_equal(out[0].image, img)
+    assert np.array_equal(out[1].image, bright)
+    assert stage.counts.failed == 1 and stage.counts.restored == 1
+
+
+def test_parsing_mask_path(restorer: GFPGANRestorer, weights: Weights) -> None:
+    parser = FaceParser(load_model("parsenet", weights.parsenet), CPU)
+    img = astronaut()
+    face = face_of(img)
+    (out,) = list(RestoreStage(restorer, CPU.device, parser=parser).run(iter([frame_with(img, (face,))])))
+    assert out.image.shape == img.shape and out.image.dtype == np.uint8
+
+
+def test_deep_frames_stay_deep(restorer: GFPGANRestorer) -> None:
+    img16 = astronaut().astype(np.uint16) * 257
+    face = face_of(astronaut())
+    (out,) = list(RestoreStage(restorer, CPU.device).run(iter([frame_with(img16, (face,))])))
+    assert out.image.dtype == np.uint16
+    x0, y0, x1, y1 = region_of(face, restorer.size, 512, 512)
+    assert np.array_equal(out.image[:y0], img16[:y0])
+
+
+# -- fidelity to the gfpgan package's own per-frame loop ------------------------------------
+
+class _FixedNoise(torch.nn.Module):
+    """GFPGANer calls the network with its default randomize_noise=True; fix it the way we do."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, **kwargs: Any) -> Any:
+        kwargs.pop("weight", None)
+        return self.net(x, randomize_noise=False, **kwargs)
+
+
+class _SameDetector:
+    """facexlib's detector interface over our CenterFace: both sides see the same landmarks."""
+
+    def __init__(self) -> None:
+        self.det = CenterFaceDetector(threshold=0.5)
+
+    def detect_faces(self, bgr: np.ndarray, conf: float = 0.8) -> np.ndarray:
+        (d,) = self.det.detect([np.ascontiguousarray(bgr[:, :, ::-1])])
+        return np.concatenate([d.boxes, d.scores[:, None], d.landmarks.reshape(-1, 10)], axis=1)
+
+
+def test_matches_gfpganer_enhance_on_a_still(weights: Weights, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from vidrestore.models.compat import import_research_module
+
+    helper_mod = import_research_module("facexlib.utils.face_restoration_helper")
+    gfpgan_utils = import_research_module("gfpgan.utils")
+    parse_net = load_model("parsenet", weights.parsenet)
+    monkeypatch.setattr(helper_mod, "init_detection_model", lambda *a, **k: _SameDetector())
+    monkeypatch.setattr(helper_mod, "init_parsing_model", lambda *a, **k: parse_net)
+
+    ref = gfpgan_utils.GFPGANer.__new__(gfpgan_utils.GFPGANer)  # its constructor would download weights
+    ref.upscale, ref.bg_upsampler, ref.device = 1, None, torch.device("cpu")
+    ref.face_helper = helper_mod.FaceRestoreHelper(1, face_size=512, crop_ratio=(1, 1), det_model="retinaface_resnet50",
+                                                   save_ext="png", use_parse=True, device=ref.device)
+    ref.gfpgan = _FixedNoise(load_model("gfpgan_v1_clean", weights.gfpgan))
+
+    img = np.ascontiguousarray(np.pad(astronaut(), ((40, 40), (60, 60), (0, 0)), mode="reflect"))
+    _, _, expected_bgr = ref.enhance(img[:, :, ::-1].copy(), paste_back=True)
+    expected = expected_bgr[:, :, ::-1]
+
+    from vidrestore import restore_frames
+
+    config = load_config(None, ["detector.model=centerface", "detector.threshold=0.5", "smoothing.method=none",
+                                "upscaler.model=none", f"restorer.weights={weights.gfpgan}",
+                                "restorer.parsing_mask=true", f"restorer.parsing_weights={weights.parsenet}"])
+    (ours,) = list(restore_frames([img], config))
+    face = face_of(img)
+    x0, y0, x1, y1 = region_of(face, 512, img.shape[1], img.shape[0])
+    assert not np.array_equal(expected[y0:y1, x0:x1], img[y0:y1, x0:x1])
+    assert psnr(ours[y0:y1, x0:x1], expected[y0:y1, x0:x1]) >= 40
