@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from vidrestore.config import Config
+from vidrestore.errors import InputError
 from vidrestore.models.store import ModelStore, default_weights_dir
 from vidrestore.pipeline import RunStats, Summary, build_stages, restore_paths
 from vidrestore.records import Frame
@@ -66,6 +67,9 @@ def restore_frames(
 
     def as_frames() -> Iterator[Frame]:
         for i, image in enumerate(frames):
+            image = np.asarray(image)
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype not in (np.uint8, np.uint16):
+                raise InputError(f"picture {i}: expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
             yield Frame(index=i, pts=i, time_base=Fraction(tb), image=np.ascontiguousarray(image), duration=1)
 
     for frame in stages(as_frames()):

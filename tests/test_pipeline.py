@@ -1,0 +1,171 @@
+"""The whole product: CLI and API runs on generated clips with small random-weight models."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import CliResult, Weights, assert_one_line_error, psnr
+from media import probe
+from vidrestore import load_config, restore, restore_frames
+from vidrestore.errors import InputError
+from vidrestore.testing import FaceClip, astronaut, make_face_clip
+
+Cli = Callable[..., CliResult]
+
+
+def test_end_to_end_restore_keeps_frames_timestamps_and_audio(cli: Cli, face_clip: FaceClip, weights: Weights,
+                                                             tmp_path: Path) -> None:
+    out, report = tmp_path / "restored.mp4", tmp_path / "report.json"
+    r = cli("restore", face_clip.path, "-o", out, "--detector", "centerface", *weights.sets(),
+            "--report", report)
+    assert r.code == 0, r.err
+    a, b = probe(face_clip.path, keep_images=True), probe(out, keep_images=True)
+    assert b.frames == a.frames == 20
+    assert b.pts == a.pts
+    assert b.audio and list(b.audio.values()) == list(a.audio.values())
+    data = json.loads(report.read_text())
+    counts = data["counts"]
+    assert counts["frames"] == 20
+    assert counts["faces_restored"] == 20 and counts["faces_failed"] == 0
+    assert counts["faces_upscaled"] == 20  # the clip's face is ~70 px, under upscaler.below (96)
+    assert data["config"]["detector"]["model"] == "centerface"
+    assert {"vidrestore", "torch", "av"} <= set(data["versions"])
+    assert "detect" in data["stage_seconds"] and "restore" in data["stage_seconds"]
+    # faces changed; the rest of the frame stays within codec tolerance of the input
+    for i, (x, y) in enumerate(zip(a.images, b.images)):
+        lm = face_clip.landmarks[i]
+        cx, cy = lm.mean(axis=0)
+        face = (slice(int(cy) - 25, int(cy) + 25), slice(int(cx) - 20, int(cx) + 20))
+        assert psnr(x[face], y[face]) < 30, "the face should be restored (changed)"
+        keep = np.ones(x.shape[:2], bool)
+        keep[max(int(cy) - 110, 0):int(cy) + 110, max(int(cx) - 110, 0):int(cx) + 110] = False
+        assert psnr(x[keep], y[keep]) > 35, "the background must stay as it was"
+    assert "faces: 20 restored" in r.err
+
+
+class _MissesSomeFrames:
+    """A detector that misses the face in chosen frames (as an occlusion or a bad frame would)."""
+
+    def __init__(self, inner: object, missed: set[int]) -> None:
+        self.inner, self.missed, self.seen = inner, missed, 0
+
+    def detect(self, images: list[np.ndarray]) -> list[object]:
+        from vidrestore.stages.detect import Detections
+
+        found = self.inner.detect(images)  # type: ignore[attr-defined]
+        out = []
+        for d in found:
+            out.append(Detections.empty() if self.seen in self.missed else d)
+            self.seen += 1
+        return out
+
+
+def test_a_face_missing_for_three_frames_is_still_restored(face_clip: FaceClip, weights: Weights) -> None:
+    from vidrestore.control import RunControl
+    from vidrestore.io.reader import VideoReader
+    from vidrestore.pipeline import RunStats
+    from vidrestore.stages import build_face_stages
+
+    config = load_config(None, ["detector.model=centerface", f"restorer.weights={weights.gfpgan}",
+                                "upscaler.model=none"])
+    stats = RunStats()
+    stages = build_face_stages(config, _store(), stats)
+    stages.detector = _MissesSomeFrames(stages.detector, {6, 7, 8})  # type: ignore[assignment]
+    reader = VideoReader(face_clip.path, RunControl())
+    decoded = list(reader)
+    reader.close()
+    out = list(stages(iter(decoded)))
+    assert [f.index for f in out] == list(range(20))
+    for i in (6, 7, 8):
+        (face,) = out[i].faces
+        assert face.interpolated and face.landmarks_raw is None
+        assert not np.array_equal(out[i].image, decoded[i].image), f"frame {i} was not restored"
+    assert stats.faces_filled == 3 and stats.faces_restored == 20
+
+
+def _store():  # type: ignore[no-untyped-def]
+    from vidrestore.models.store import ModelStore, default_weights_dir
+
+    return ModelStore(default_weights_dir())
+
+
+def test_error_in_the_restore_stage_stops_cleanly(cli: Cli, face_clip: FaceClip, weights: Weights,
+                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vidrestore.stages.restore import RestoreStage
+
+    real = RestoreStage._paste
+    calls = {"n": 0}
+
+    def broken(self: RestoreStage, image: np.ndarray, jobs: list) -> np.ndarray:  # type: ignore[type-arg]
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise ValueError("simulated bug in paste-back")
+        return real(self, image, jobs)
+
+    monkeypatch.setattr(RestoreStage, "_paste", broken)
+    before = threading.active_count()
+    out = tmp_path / "never.mp4"
+    r = cli("restore", face_clip.path, "-o", out, "--detector", "centerface", *weights.sets(),
+            "--set", "restorer.batch_size=2")
+    assert r.code == 1
+    assert_one_line_error(r.err)
+    assert "stage 'restore'" in r.err and "frame 4" in r.err and "simulated bug" in r.err
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == []
+    assert threading.active_count() == before, "no thread left running"
+
+
+def test_python_api(face_clip: FaceClip, weights: Weights, tmp_path: Path) -> None:
+    config = load_config(None, ["detector.model=centerface", f"restorer.weights={weights.gfpgan}",
+                                f"upscaler.weights={weights.upscaler}", "restorer.blend=0.5"])
+    summary = restore(face_clip.path, tmp_path / "api.mkv", config)
+    assert summary.stats.frames == 20 and summary.outputs == [tmp_path / "api.mkv"]
+    assert probe(tmp_path / "api.mkv").frames == 20
+    pictures = [astronaut(), np.zeros((512, 512, 3), np.uint8)]
+    got = list(restore_frames(pictures, config))
+    assert len(got) == 2
+    assert not np.array_equal(got[0], pictures[0])
+    assert np.array_equal(got[1], pictures[1])
+    with pytest.raises(InputError, match=r"picture 0: expected \(H, W, 3\) uint8 RGB"):
+        list(restore_frames([np.zeros((4, 4), np.uint8)], config))
+
+
+def test_dry_run_shows_config_streams_and_models(cli: Cli, face_clip: FaceClip, tmp_path: Path) -> None:
+    r = cli("restore", face_clip.path, "-o", tmp_path / "o.mp4", "--dry-run", "--blend", "0.7")
+    assert r.code == 0, r.err
+    assert "blend: 0.7" in r.out
+    assert "video h264 320x240" in r.out and "audio aac" in r.out
+    assert "model gfpgan-1.4: missing" in r.out and "model retinaface_resnet50: missing" in r.out
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_inspect_json_and_annotation(cli: Cli, face_clip: FaceClip, tmp_path: Path) -> None:
+    js, ann = tmp_path / "faces.json", tmp_path / "annotated.mp4"
+    r = cli("inspect", face_clip.path, "--detector", "centerface", "--json", js, "--annotate", ann)
+    assert r.code == 0, r.err
+    data = json.loads(js.read_text())
+    assert len(data["frames"]) == 20
+    f = data["frames"][3]
+    assert {"index", "pts", "time", "faces"} <= set(f)
+    face = f["faces"][0]
+    assert {"track_id", "score", "box", "landmarks_raw", "landmarks", "interpolated"} <= set(face)
+    assert np.array(face["landmarks"]).shape == (5, 2)
+    assert f["time"] == pytest.approx(3 / 25)
+    a = probe(ann, keep_images=True)
+    assert a.frames == 20 and list(a.audio.values()) == list(probe(face_clip.path).audio.values())
+    assert not np.array_equal(a.images[0], probe(face_clip.path, keep_images=True).images[0])
+
+
+def test_several_inputs_go_to_a_folder(cli: Cli, face_clip: FaceClip, tmp_path: Path) -> None:
+    second = tmp_path / "second.mp4"
+    second.write_bytes(face_clip.path.read_bytes())
+    out = tmp_path / "out"
+    r = cli("restore", face_clip.path, second, "-o", out, "--detector", "none")
+    assert r.code == 0, r.err
+    assert sorted(p.name for p in out.iterdir()) == ["face.mp4", "second.mp4"]
