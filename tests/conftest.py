@@ -82,8 +82,13 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
 
 def run_subprocess(*args: str | os.PathLike[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``python -m vidrestore ARGS`` in a child process (for signals and real stderr)."""
-    return subprocess.run([sys.executable, "-m", "vidrestore", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "vidrestore", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def assert_one_line_error(err: str) -> None:

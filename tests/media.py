@@ -50,8 +50,11 @@ def probe(path: Path, keep_images: bool = False) -> Probe:
         out.container_metadata = dict(c.metadata)
         audio_idx = [s.index for s in c.streams if s.type == "audio"]
         out.audio_languages = [c.streams[i].metadata.get("language") for i in audio_idx]
-        subs = {s.index: (s.codec_context.name if s.codec_context else "?", s.metadata.get("language"), [])
-                for s in c.streams if s.type == "subtitle"}
+        subs = {
+            s.index: (s.codec_context.name if s.codec_context else "?", s.metadata.get("language"), [])
+            for s in c.streams
+            if s.type == "subtitle"
+        }
         for i in audio_idx:
             out.audio[i] = []
         last_dur = 0

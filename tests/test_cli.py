@@ -5,8 +5,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from conftest import CliResult, assert_one_line_error, run_subprocess
+
 from vidrestore import __version__
 from vidrestore.models.registry import DEFAULT_REGISTRY
 
@@ -66,8 +66,9 @@ def test_models_path(cli: Cli, tmp_path: Path) -> None:
     assert_one_line_error(r.err)
 
 
-def test_models_fetch_offline_exits_3_with_url_and_path(cli: Cli, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_models_fetch_offline_exits_3_with_url_and_path(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def offline(*a: object, **k: object) -> None:
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
@@ -103,8 +104,20 @@ def test_device_errors_are_config_errors(cli: Cli, face_clip, tmp_path: Path) ->
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA device exists here")
-    r = cli("restore", face_clip.path, "-o", tmp_path / "o.mp4", "--device", "cuda", "--detector", "centerface",
-            "--set", "restorer.model=none", "--set", "upscaler.model=none")
+    r = cli(
+        "restore",
+        face_clip.path,
+        "-o",
+        tmp_path / "o.mp4",
+        "--device",
+        "cuda",
+        "--detector",
+        "centerface",
+        "--set",
+        "restorer.model=none",
+        "--set",
+        "upscaler.model=none",
+    )
     assert r.code == 2
     assert_one_line_error(r.err)
     assert "no CUDA GPU" in r.err

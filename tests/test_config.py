@@ -26,9 +26,21 @@ def test_default_yaml_lists_every_key_with_its_default_and_a_comment() -> None:
 
 def test_design_keys_exist() -> None:
     keys = {k for k, _, _ in iter_keys()}
-    for required in ("device", "detector.model", "detector.weights", "restorer.model", "restorer.weights",
-                     "restorer.blend", "upscaler.model", "upscaler.weights", "upscaler.below",
-                     "smoothing.method", "output.codec", "output.crf", "pipeline.queue_size"):
+    for required in (
+        "device",
+        "detector.model",
+        "detector.weights",
+        "restorer.model",
+        "restorer.weights",
+        "restorer.blend",
+        "upscaler.model",
+        "upscaler.weights",
+        "upscaler.below",
+        "smoothing.method",
+        "output.codec",
+        "output.crf",
+        "pipeline.queue_size",
+    ):
         assert required in keys
 
 
@@ -70,17 +82,20 @@ def test_unknown_key_is_named_with_the_file_and_a_suggestion(tmp_path: Path) -> 
         load_config(None, ["colour=1"])
 
 
-@pytest.mark.parametrize(("item", "message"), [
-    ("restorer.blend=1.5", r"restorer\.blend = 1\.5 is out of range \[0\.0, 1\.0\]"),
-    ("restorer.blend=high", r"restorer\.blend must be float"),
-    ("restorer.batch_size=2.5", r"restorer\.batch_size must be int"),
-    ("output.audio=maybe", r"output\.audio must be bool"),
-    ("detector.model=retinaface", r"detector\.model = 'retinaface' is not valid.*did you mean"),
-    ("smoothing.window=4", r"smoothing\.window must be odd"),
-    ("output.scale=3", r"output\.scale must be 1, 2 or 4"),
-    ("device=gpu", r"device = 'gpu' is not valid"),
-    ("restorer=1", r"restorer must be a mapping"),
-])
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("restorer.blend=1.5", r"restorer\.blend = 1\.5 is out of range \[0\.0, 1\.0\]"),
+        ("restorer.blend=high", r"restorer\.blend must be float"),
+        ("restorer.batch_size=2.5", r"restorer\.batch_size must be int"),
+        ("output.audio=maybe", r"output\.audio must be bool"),
+        ("detector.model=retinaface", r"detector\.model = 'retinaface' is not valid.*did you mean"),
+        ("smoothing.window=4", r"smoothing\.window must be odd"),
+        ("output.scale=3", r"output\.scale must be 1, 2 or 4"),
+        ("device=gpu", r"device = 'gpu' is not valid"),
+        ("restorer=1", r"restorer must be a mapping"),
+    ],
+)
 def test_bad_values_are_errors_naming_the_key(item: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(None, [item])
@@ -88,7 +103,11 @@ def test_bad_values_are_errors_naming_the_key(item: str, message: str) -> None:
 
 def test_set_values_are_parsed_as_yaml_scalars_not_code() -> None:
     assert parse_set(["a.b=1", "c=true", "d=x", "e=__import__('os')"]) == {
-        "a": {"b": 1}, "c": True, "d": "x", "e": "__import__('os')"}
+        "a": {"b": 1},
+        "c": True,
+        "d": "x",
+        "e": "__import__('os')",
+    }
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         parse_set(["novalue"])
 

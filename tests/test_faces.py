@@ -83,6 +83,7 @@ def test_retinaface_runs_batched_through_the_real_loader(tmp_path: Path) -> None
 
 # -- tracking and smoothing -----------------------------------------------------------------
 
+
 def _track(path: Path, detector: CenterFaceDetector, config: SmoothingConfig) -> list[Frame]:
     reader = VideoReader(path, RunControl())
     try:
@@ -106,8 +107,16 @@ def _jitter(err: np.ndarray) -> float:
 
 
 def test_smoothing_halves_jitter_without_lagging_fast_motion(tmp_path: Path, centerface: CenterFaceDetector) -> None:
-    clip = make_face_clip(tmp_path / "jitter.mp4", frames=60, size=(480, 320), face_scale=0.7,
-                          trajectory=_slow_then_fast, blur=1.2, noise=6, crf=30)
+    clip = make_face_clip(
+        tmp_path / "jitter.mp4",
+        frames=60,
+        size=(480, 320),
+        face_scale=0.7,
+        trajectory=_slow_then_fast,
+        blur=1.2,
+        noise=6,
+        crf=30,
+    )
     frames = _track(clip.path, centerface, SmoothingConfig())
     assert all(len(f.faces) == 1 for f in frames)
     assert len({f.faces[0].track_id for f in frames}) == 1
@@ -166,8 +175,9 @@ def test_a_gap_longer_than_max_gap_splits_the_track() -> None:
     points: list[np.ndarray | None] = [BASE.copy() for _ in range(20)]
     for i in range(5, 12):
         points[i] = None
-    out = list(TrackSmoother(SmoothingConfig(method="none", max_gap=3, fade_frames=0)).run(
-        zip(_frames(20), _dets(points))))
+    out = list(
+        TrackSmoother(SmoothingConfig(method="none", max_gap=3, fade_frames=0)).run(zip(_frames(20), _dets(points)))
+    )
     assert [len(f.faces) for f in out[5:12]] == [0] * 7
     assert out[4].faces[0].track_id != out[12].faces[0].track_id
 
@@ -193,8 +203,13 @@ def test_two_faces_keep_their_own_tracks_whatever_the_detection_order() -> None:
         a, b = BASE + [2 * i, 0], BASE + [2 * i, 60]
         both = _dets([a])[0], _dets([b])[0]
         order = both if i % 2 else both[::-1]  # the detector lists them in any order
-        dets.append(Detections(np.concatenate([o.boxes for o in order]), np.concatenate([o.scores for o in order]),
-                               np.concatenate([o.landmarks for o in order])))
+        dets.append(
+            Detections(
+                np.concatenate([o.boxes for o in order]),
+                np.concatenate([o.scores for o in order]),
+                np.concatenate([o.landmarks for o in order]),
+            )
+        )
     out = list(TrackSmoother(SmoothingConfig(method="none")).run(zip(frames, dets)))
     top = min(out[0].faces, key=lambda face: face.landmarks[0, 1]).track_id
     for f in out:

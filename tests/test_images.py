@@ -4,10 +4,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from conftest import CliResult
 from media import probe
+from PIL import Image
+
 from vidrestore.io.images import read_image
 from vidrestore.testing import astronaut, write_clip
 

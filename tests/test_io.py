@@ -14,9 +14,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-
 from conftest import CliResult, assert_one_line_error
 from media import probe, seconds
+
 from vidrestore.control import RunControl
 from vidrestore.io.encoders import encoder_options, pick_pix_fmt
 from vidrestore.io.reader import TimestampRepair, VideoReader
@@ -28,8 +28,10 @@ Cli = Callable[..., CliResult]
 def frames(n: int = 25, w: int = 96, h: int = 64) -> list[np.ndarray]:
     """Moving gradients: cheap to encode, not trivial for the encoder."""
     yy, xx = np.mgrid[0:h, 0:w]
-    return [np.stack([(xx * 3 + i * 7) % 256, (yy * 4 + i * 5) % 256, (xx + yy + i * 11) % 256], -1).astype(np.uint8)
-            for i in range(n)]
+    return [
+        np.stack([(xx * 3 + i * 7) % 256, (yy * 4 + i * 5) % 256, (xx + yy + i * 11) % 256], -1).astype(np.uint8)
+        for i in range(n)
+    ]
 
 
 def passthrough(cli: Cli, src: Path, dst: Path, *extra: str) -> CliResult:
@@ -316,9 +318,24 @@ def test_sigint_during_encode_leaves_nothing_at_the_target(tmp_path: Path) -> No
     src, dst = tmp_path / "long.mp4", tmp_path / "out.mp4"
     write_clip(src, frames(600, w=640, h=360))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vidrestore", "restore", str(src), "-o", str(dst), "--detector", "none",
-         "--set", "output.preset=veryslow"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        [
+            sys.executable,
+            "-m",
+            "vidrestore",
+            "restore",
+            str(src),
+            "-o",
+            str(dst),
+            "--detector",
+            "none",
+            "--set",
+            "output.preset=veryslow",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not any(".part-" in p.name for p in tmp_path.iterdir()):
         time.sleep(0.05)

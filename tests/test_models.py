@@ -106,7 +106,7 @@ def test_tampered_cached_file_is_caught_at_load_time(tmp_path: Path, payload: Pa
 class _Truncating(http.server.BaseHTTPRequestHandler):
     body = b"x" * 5000
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()

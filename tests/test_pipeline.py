@@ -9,21 +9,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import CliResult, Weights, assert_one_line_error, psnr
 from media import probe
+
 from vidrestore import load_config, restore, restore_frames
 from vidrestore.errors import InputError
-from vidrestore.testing import FaceClip, astronaut, make_face_clip
+from vidrestore.testing import FaceClip, astronaut
 
 Cli = Callable[..., CliResult]
 
 
-def test_end_to_end_restore_keeps_frames_timestamps_and_audio(cli: Cli, face_clip: FaceClip, weights: Weights,
-                                                             tmp_path: Path) -> None:
+def test_end_to_end_restore_keeps_frames_timestamps_and_audio(
+    cli: Cli, face_clip: FaceClip, weights: Weights, tmp_path: Path
+) -> None:
     out, report = tmp_path / "restored.mp4", tmp_path / "report.json"
-    r = cli("restore", face_clip.path, "-o", out, "--detector", "centerface", *weights.sets(),
-            "--report", report)
+    r = cli("restore", face_clip.path, "-o", out, "--detector", "centerface", *weights.sets(), "--report", report)
     assert r.code == 0, r.err
     a, b = probe(face_clip.path, keep_images=True), probe(out, keep_images=True)
     assert b.frames == a.frames == 20
@@ -44,7 +44,7 @@ def test_end_to_end_restore_keeps_frames_timestamps_and_audio(cli: Cli, face_cli
         face = (slice(int(cy) - 25, int(cy) + 25), slice(int(cx) - 20, int(cx) + 20))
         assert psnr(x[face], y[face]) < 30, "the face should be restored (changed)"
         keep = np.ones(x.shape[:2], bool)
-        keep[max(int(cy) - 110, 0):int(cy) + 110, max(int(cx) - 110, 0):int(cx) + 110] = False
+        keep[max(int(cy) - 110, 0) : int(cy) + 110, max(int(cx) - 110, 0) : int(cx) + 110] = False
         assert psnr(x[keep], y[keep]) > 35, "the background must stay as it was"
     assert "faces: 20 restored" in r.err
 
@@ -72,8 +72,9 @@ def test_a_face_missing_for_three_frames_is_still_restored(face_clip: FaceClip, 
     from vidrestore.pipeline import RunStats
     from vidrestore.stages import build_face_stages
 
-    config = load_config(None, ["detector.model=centerface", f"restorer.weights={weights.gfpgan}",
-                                "upscaler.model=none"])
+    config = load_config(
+        None, ["detector.model=centerface", f"restorer.weights={weights.gfpgan}", "upscaler.model=none"]
+    )
     stats = RunStats()
     stages = build_face_stages(config, _store(), stats)
     stages.detector = _MissesSomeFrames(stages.detector, {6, 7, 8})  # type: ignore[assignment]
@@ -95,8 +96,9 @@ def _store():  # type: ignore[no-untyped-def]
     return ModelStore(default_weights_dir())
 
 
-def test_error_in_the_restore_stage_stops_cleanly(cli: Cli, face_clip: FaceClip, weights: Weights,
-                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_error_in_the_restore_stage_stops_cleanly(
+    cli: Cli, face_clip: FaceClip, weights: Weights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from vidrestore.stages.restore import RestoreStage
 
     real = RestoreStage._paste
@@ -111,8 +113,17 @@ def test_error_in_the_restore_stage_stops_cleanly(cli: Cli, face_clip: FaceClip,
     monkeypatch.setattr(RestoreStage, "_paste", broken)
     before = threading.active_count()
     out = tmp_path / "never.mp4"
-    r = cli("restore", face_clip.path, "-o", out, "--detector", "centerface", *weights.sets(),
-            "--set", "restorer.batch_size=2")
+    r = cli(
+        "restore",
+        face_clip.path,
+        "-o",
+        out,
+        "--detector",
+        "centerface",
+        *weights.sets(),
+        "--set",
+        "restorer.batch_size=2",
+    )
     assert r.code == 1
     assert_one_line_error(r.err)
     assert "stage 'restore'" in r.err and "frame 4" in r.err and "simulated bug" in r.err
@@ -122,8 +133,15 @@ def test_error_in_the_restore_stage_stops_cleanly(cli: Cli, face_clip: FaceClip,
 
 
 def test_python_api(face_clip: FaceClip, weights: Weights, tmp_path: Path) -> None:
-    config = load_config(None, ["detector.model=centerface", f"restorer.weights={weights.gfpgan}",
-                                f"upscaler.weights={weights.upscaler}", "restorer.blend=0.5"])
+    config = load_config(
+        None,
+        [
+            "detector.model=centerface",
+            f"restorer.weights={weights.gfpgan}",
+            f"upscaler.weights={weights.upscaler}",
+            "restorer.blend=0.5",
+        ],
+    )
     summary = restore(face_clip.path, tmp_path / "api.mkv", config)
     assert summary.stats.frames == 20 and summary.outputs == [tmp_path / "api.mkv"]
     assert probe(tmp_path / "api.mkv").frames == 20

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import Weights, psnr
+
 from vidrestore.config import load_config
 from vidrestore.device import Placement
 from vidrestore.geometry import estimate_similarity, invert, template, transformed_bounds
@@ -89,8 +89,8 @@ def test_batches_give_the_same_pixels_as_one_at_a_time(restorer: GFPGANRestorer)
 def test_same_input_gives_the_same_output(restorer: GFPGANRestorer) -> None:
     img = astronaut()
     face = face_of(img)
-    a = list(RestoreStage(restorer, CPU.device).run(iter([frame_with(img, (face,))])))[0]
-    b = list(RestoreStage(restorer, CPU.device).run(iter([frame_with(img, (face,))])))[0]
+    a = next(iter(RestoreStage(restorer, CPU.device).run(iter([frame_with(img, (face,))]))))
+    b = next(iter(RestoreStage(restorer, CPU.device).run(iter([frame_with(img, (face,))]))))
     assert np.array_equal(a.image, b.image)  # randomize_noise=False: no flicker from fresh noise
 
 
@@ -151,11 +151,12 @@ def test_deep_frames_stay_deep(restorer: GFPGANRestorer) -> None:
     face = face_of(astronaut())
     (out,) = list(RestoreStage(restorer, CPU.device).run(iter([frame_with(img16, (face,))])))
     assert out.image.dtype == np.uint16
-    x0, y0, x1, y1 = region_of(face, restorer.size, 512, 512)
+    _x0, y0, _x1, _y1 = region_of(face, restorer.size, 512, 512)
     assert np.array_equal(out.image[:y0], img16[:y0])
 
 
 # -- fidelity to the gfpgan package's own per-frame loop ------------------------------------
+
 
 class _FixedNoise(torch.nn.Module):
     """GFPGANer calls the network with its default randomize_noise=True; fix it the way we do."""
@@ -180,8 +181,7 @@ class _SameDetector:
         return np.concatenate([d.boxes, d.scores[:, None], d.landmarks.reshape(-1, 10)], axis=1)
 
 
-def test_matches_gfpganer_enhance_on_a_still(weights: Weights, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_matches_gfpganer_enhance_on_a_still(weights: Weights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from vidrestore.models.compat import import_research_module
 
     helper_mod = import_research_module("facexlib.utils.face_restoration_helper")
@@ -192,8 +192,15 @@ def test_matches_gfpganer_enhance_on_a_still(weights: Weights, tmp_path: Path,
 
     ref = gfpgan_utils.GFPGANer.__new__(gfpgan_utils.GFPGANer)  # its constructor would download weights
     ref.upscale, ref.bg_upsampler, ref.device = 1, None, torch.device("cpu")
-    ref.face_helper = helper_mod.FaceRestoreHelper(1, face_size=512, crop_ratio=(1, 1), det_model="retinaface_resnet50",
-                                                   save_ext="png", use_parse=True, device=ref.device)
+    ref.face_helper = helper_mod.FaceRestoreHelper(
+        1,
+        face_size=512,
+        crop_ratio=(1, 1),
+        det_model="retinaface_resnet50",
+        save_ext="png",
+        use_parse=True,
+        device=ref.device,
+    )
     ref.gfpgan = _FixedNoise(load_model("gfpgan_v1_clean", weights.gfpgan))
 
     img = np.ascontiguousarray(np.pad(astronaut(), ((40, 40), (60, 60), (0, 0)), mode="reflect"))
@@ -202,9 +209,18 @@ def test_matches_gfpganer_enhance_on_a_still(weights: Weights, tmp_path: Path,
 
     from vidrestore import restore_frames
 
-    config = load_config(None, ["detector.model=centerface", "detector.threshold=0.5", "smoothing.method=none",
-                                "upscaler.model=none", f"restorer.weights={weights.gfpgan}",
-                                "restorer.parsing_mask=true", f"restorer.parsing_weights={weights.parsenet}"])
+    config = load_config(
+        None,
+        [
+            "detector.model=centerface",
+            "detector.threshold=0.5",
+            "smoothing.method=none",
+            "upscaler.model=none",
+            f"restorer.weights={weights.gfpgan}",
+            "restorer.parsing_mask=true",
+            f"restorer.parsing_weights={weights.parsenet}",
+        ],
+    )
     (ours,) = list(restore_frames([img], config))
     face = face_of(img)
     x0, y0, x1, y1 = region_of(face, 512, img.shape[1], img.shape[0])

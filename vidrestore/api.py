@@ -1,13 +1,13 @@
 """The small Python API: restore a file, or a stream of pictures you already have.
 
-    from vidrestore import load_config, restore, restore_frames
+from vidrestore import load_config, restore, restore_frames
 
-    config = load_config("configs/video-call.yaml", ["restorer.blend=0.8"])
-    summary = restore("call.mp4", "call.restored.mp4", config)
-    print(summary.lines())
+config = load_config("configs/video-call.yaml", ["restorer.blend=0.8"])
+summary = restore("call.mp4", "call.restored.mp4", config)
+print(summary.lines())
 
-    for restored in restore_frames(my_rgb_arrays, config):   # (H, W, 3) uint8 RGB each
-        ...
+for restored in restore_frames(my_rgb_arrays, config):   # (H, W, 3) uint8 RGB each
+    ...
 """
 
 from __future__ import annotations

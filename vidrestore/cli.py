@@ -43,23 +43,40 @@ def _out(text: str = "") -> None:
     sys.stdout.write(text + "\n")
 
 
-def _common(debug_only: bool = False) -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
+def _common(debug_only: bool = False) -> _Parser:
+    parent = _Parser(add_help=False)
     g = parent.add_argument_group("general")
     g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logs")
     g.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar or summary")
     g.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log each step (INFO)")
-    g.add_argument("--weights-dir", metavar="DIR", default=argparse.SUPPRESS,
-                   help="model cache folder (default: $VIDRESTORE_WEIGHTS or the user cache)")
+    g.add_argument(
+        "--weights-dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="model cache folder (default: $VIDRESTORE_WEIGHTS or the user cache)",
+    )
     if not debug_only:
         c = parent.add_argument_group("configuration")
-        c.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS,
-                       help="YAML config file (see configs/); keys you leave out keep their defaults")
-        c.add_argument("--set", metavar="KEY=VALUE", action="append", default=argparse.SUPPRESS,
-                       help="override one key, e.g. --set restorer.blend=0.7 (repeatable)")
+        c.add_argument(
+            "-c",
+            "--config",
+            metavar="FILE",
+            default=argparse.SUPPRESS,
+            help="YAML config file (see configs/); keys you leave out keep their defaults",
+        )
+        c.add_argument(
+            "--set",
+            metavar="KEY=VALUE",
+            action="append",
+            default=argparse.SUPPRESS,
+            help="override one key, e.g. --set restorer.blend=0.7 (repeatable)",
+        )
         c.add_argument("--device", default=argparse.SUPPRESS, help="auto, cpu, cuda, cuda:N or mps")
-        c.add_argument("--detector", default=argparse.SUPPRESS,
-                       help="retinaface_resnet50, retinaface_mobile0.25, centerface (no download) or none")
+        c.add_argument(
+            "--detector",
+            default=argparse.SUPPRESS,
+            help="retinaface_resnet50, retinaface_mobile0.25, centerface (no download) or none",
+        )
     return parent
 
 
@@ -72,13 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
         "or invalid, 4 input unreadable, 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"vidrestore {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)  # type: ignore[arg-type]
 
-    r = sub.add_parser("restore", parents=[_common()], help="restore the faces in videos, images or folders",
-                       description="Restore the faces in each INPUT and write the result to OUTPUT.")
+    r = sub.add_parser(
+        "restore",
+        parents=[_common()],
+        help="restore the faces in videos, images or folders",
+        description="Restore the faces in each INPUT and write the result to OUTPUT.",
+    )
     r.add_argument("inputs", nargs="+", metavar="INPUT", help="video or image files, or folders of them")
-    r.add_argument("-o", "--output", required=True, metavar="OUTPUT",
-                   help="output file (one input) or folder (several inputs or a folder; names are kept)")
+    r.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUTPUT",
+        help="output file (one input) or folder (several inputs or a folder; names are kept)",
+    )
     r.add_argument("-y", "--overwrite", action="store_true", default=None, help="replace existing outputs")
     r.add_argument("--blend", type=float, metavar="F", help="restorer.blend: 0 original .. 1 fully restored")
     r.add_argument("--upscale-below", type=int, metavar="PX", help="upscaler.below: upscale faces under PX first")
@@ -86,20 +112,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--codec", help="output.codec: libx264, libx265, libsvtav1, libvpx-vp9, h264_nvenc, hevc_nvenc")
     r.add_argument("--scale", type=int, choices=(1, 2, 4), help="output.scale: upscale the whole frame 2x or 4x")
     r.add_argument("--no-audio", action="store_true", default=None, help="drop audio tracks on purpose")
-    r.add_argument("--dry-run", action="store_true",
-                   help="print the resolved config, the inputs' streams and the models; process nothing")
+    r.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved config, the inputs' streams and the models; process nothing",
+    )
     r.add_argument("--report", metavar="FILE.json", help="write counts, timings, config and versions as JSON")
 
-    i = sub.add_parser("inspect", parents=[_common()], help="show the faces and tracks found in a video",
-                       description="Detect and track faces (no restoration weights needed).")
+    i = sub.add_parser(
+        "inspect",
+        parents=[_common()],
+        help="show the faces and tracks found in a video",
+        description="Detect and track faces (no restoration weights needed).",
+    )
     i.add_argument("input", metavar="INPUT")
     i.add_argument("--json", metavar="FILE", help="write every frame's faces as JSON ('-' for stdout)")
     i.add_argument("--annotate", metavar="OUT", help="write a video with boxes, landmarks and track ids drawn")
     i.add_argument("-y", "--overwrite", action="store_true", default=None, help="replace existing outputs")
 
-    m = sub.add_parser("models", help="list, fetch or locate model weights",
-                       description="Model weights live in one cache folder; downloads are verified by SHA-256.")
-    msub = m.add_subparsers(dest="models_command", metavar="ACTION", parser_class=_Parser)
+    m = sub.add_parser(
+        "models",
+        help="list, fetch or locate model weights",
+        description="Model weights live in one cache folder; downloads are verified by SHA-256.",
+    )
+    msub = m.add_subparsers(dest="models_command", metavar="ACTION", parser_class=_Parser)  # type: ignore[arg-type]
     msub.add_parser("list", parents=[_common(True)], help="each model, whether it is present, its size and path")
     f = msub.add_parser("fetch", parents=[_common(True)], help="download and verify models")
     f.add_argument("names", nargs="*", metavar="NAME", help="models to fetch (default: those the default config uses)")
@@ -203,8 +239,9 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         for line in dry_run([Path(p) for p in args.inputs], config, store):
             _out(line)
         return 0
-    summary = restore_paths([Path(p) for p in args.inputs], Path(args.output), config, store,
-                            progress=not quiet and sys.stderr.isatty())
+    summary = restore_paths(
+        [Path(p) for p in args.inputs], Path(args.output), config, store, progress=not quiet and sys.stderr.isatty()
+    )
     if not quiet:
         for line in summary.lines():
             sys.stderr.write(line + "\n")
@@ -217,9 +254,14 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from vidrestore.pipeline import inspect_path
 
     config = _config(args)
-    inspect_path(Path(args.input), config, _store(args, config), json_out=args.json,
-                 annotate_out=Path(args.annotate) if args.annotate else None,
-                 progress=not getattr(args, "quiet", False) and sys.stderr.isatty())
+    inspect_path(
+        Path(args.input),
+        config,
+        _store(args, config),
+        json_out=args.json,
+        annotate_out=Path(args.annotate) if args.annotate else None,
+        progress=not getattr(args, "quiet", False) and sys.stderr.isatty(),
+    )
     return 0
 
 

@@ -165,9 +165,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if value not in choices:
             close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(
-                f"{source}: {key} = {value!r} is not valid; choose {_type_name(tp)[7:]}{hint}"
-            )
+            raise ConfigError(f"{source}: {key} = {value!r} is not valid; choose {_type_name(tp)[7:]}{hint}")
         return value
     ok = (
         (tp is bool and isinstance(value, bool))

@@ -25,8 +25,13 @@ __all__ = [
 ]
 
 FFHQ_TEMPLATE_512 = np.array(
-    [[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935],
-     [201.26117, 371.41043], [313.08905, 371.15118]],
+    [
+        [192.98138, 239.94708],
+        [318.90277, 240.1936],
+        [256.63416, 314.01935],
+        [201.26117, 371.41043],
+        [313.08905, 371.15118],
+    ],
     dtype=np.float64,
 )
 """Where the 5 landmarks sit in an aligned 512x512 FFHQ face (the template facexlib uses)."""
@@ -55,16 +60,19 @@ def _h(m: np.ndarray) -> np.ndarray:
 
 def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
     """``outer ∘ inner``: first ``inner``, then ``outer``."""
-    return (_h(outer) @ _h(inner))[:2]
+    out: np.ndarray = (_h(outer) @ _h(inner))[:2]
+    return out
 
 
 def invert(m: np.ndarray) -> np.ndarray:
-    return np.linalg.inv(_h(m))[:2]
+    out: np.ndarray = np.linalg.inv(_h(m))[:2]
+    return out
 
 
 def map_points(m: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply ``m`` to ``(N, 2)`` points."""
-    return points @ m[:, :2].T + m[:, 2]
+    out: np.ndarray = points @ m[:, :2].T + m[:, 2]
+    return out
 
 
 def transformed_bounds(m: np.ndarray, width: int, height: int, limit_w: int, limit_h: int) -> tuple[int, int, int, int]:
@@ -79,7 +87,9 @@ def transformed_bounds(m: np.ndarray, width: int, height: int, limit_w: int, lim
     return x0, y0, max(x0, x1), max(y0, y1)
 
 
-def warp(src: torch.Tensor, m: np.ndarray, out_w: int, out_h: int, border: tuple[float, ...] | None = None) -> torch.Tensor:
+def warp(
+    src: torch.Tensor, m: np.ndarray, out_w: int, out_h: int, border: tuple[float, ...] | None = None
+) -> torch.Tensor:
     """Bilinear ``dst = src ∘ M^-1`` of a ``(C, H, W)`` float tensor into ``(C, out_h, out_w)``.
 
     Outside the source, ``border`` (one value per channel) is used, else zeros.

@@ -106,14 +106,19 @@ class Summary:
             "stage_seconds": self.stats.stage_seconds,
             "config": config_to_dict(config),
             "models": used,
-            "versions": {"vidrestore": __version__, "python": platform.python_version(), "torch": torch.__version__,
-                         "av": av.__version__, "ffmpeg": ".".join(map(str, av.library_versions["libavcodec"]))},
+            "versions": {
+                "vidrestore": __version__,
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "av": av.__version__,
+                "ffmpeg": ".".join(map(str, av.library_versions["libavcodec"])),
+            },
         }
 
 
 def models_for(config: Config) -> list[str]:
     """Registry names of the models ``config`` uses from the cache (not local ``*.weights``)."""
-    names = []
+    names: list[str] = []
     if config.detector.model not in ("none", "centerface") and not config.detector.weights:
         names.append(config.detector.model)
     if config.detector.model != "none" and config.restorer.model != "none":
@@ -136,8 +141,13 @@ def expand_inputs(inputs: Iterable[Path], output: Path) -> list[tuple[Path, Path
     as_folder = len(inputs) > 1 or any(p.is_dir() for p in inputs)
     for src in inputs:
         if src.is_dir():
-            files = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith(".")
-                           and (p.suffix.lower() in IMAGE_SUFFIXES or p.suffix.lower() in VIDEO_SUFFIXES))
+            files = sorted(
+                p
+                for p in src.rglob("*")
+                if p.is_file()
+                and not p.name.startswith(".")
+                and (p.suffix.lower() in IMAGE_SUFFIXES or p.suffix.lower() in VIDEO_SUFFIXES)
+            )
             if not files:
                 raise InputError(f"{src}: the folder holds no video or image files")
             pairs.extend((f, output / f.relative_to(src.parent)) for f in files)
@@ -148,8 +158,9 @@ def expand_inputs(inputs: Iterable[Path], output: Path) -> list[tuple[Path, Path
     return pairs
 
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".ts", ".mts", ".flv", ".wmv", ".mpg",
-                            ".mpeg", ".3gp", ".ogv"})
+VIDEO_SUFFIXES = frozenset(
+    {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".ts", ".mts", ".flv", ".wmv", ".mpg", ".mpeg", ".3gp", ".ogv"}
+)
 
 
 def build_stages(config: Config, store: ModelStore, stats: RunStats) -> FrameStages:
@@ -170,31 +181,36 @@ def _pass_through(stats: RunStats) -> FrameStages:
     return run
 
 
-def restore_paths(inputs: list[Path], output: Path, config: Config, store: ModelStore,
-                  progress: bool = False) -> Summary:
+def restore_paths(
+    inputs: list[Path], output: Path, config: Config, store: ModelStore, progress: bool = False
+) -> Summary:
     """Restore every input (files or folders) into ``output``; return what was done."""
     pairs = expand_inputs(inputs, output)
     if len(pairs) > 1 or any(p.is_dir() for p in inputs):
         if output.exists() and not output.is_dir():
             raise OutputError(f"{output}: several inputs need an output folder, and this is a file")
-    for src, dst in pairs:
+    sources = [s for s, _ in pairs]
+    for src, dst in pairs:  # refuse before any work, not after the first file
         if not src.exists():
             raise InputError(f"{src}: no such file")
+        if dst.parent.is_dir():
+            check_target(dst, sources, config.output.overwrite)
     stats = RunStats()
     stages = build_stages(config, store, stats)
     start = time.perf_counter()
     outputs = []
     for src, dst in pairs:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        check_target(dst, [s for s, _ in pairs], config.output.overwrite)
+        check_target(dst, sources, config.output.overwrite)
         restore_file(src, dst, config, stages, stats, progress=progress)
         outputs.append(dst)
     stats.wall_seconds = time.perf_counter() - start
     return Summary(stats, outputs)
 
 
-def restore_file(src: Path, dst: Path, config: Config, stages: FrameStages, stats: RunStats,
-                 progress: bool = False) -> None:
+def restore_file(
+    src: Path, dst: Path, config: Config, stages: FrameStages, stats: RunStats, progress: bool = False
+) -> None:
     """Restore one video or image ``src`` into ``dst`` (atomically)."""
     if is_image(src):
         _restore_image(src, dst, config, stages, stats)
@@ -209,8 +225,9 @@ def _restore_image(src: Path, dst: Path, config: Config, stages: FrameStages, st
     stats.frames += 1
     target = AtomicTarget(dst)
     with target as tmp:
-        write_image(tmp, frame.image, still.alpha, config.output.image_quality, still.icc_profile,
-                    fmt_suffix=dst.suffix)
+        write_image(
+            tmp, frame.image, still.alpha, config.output.image_quality, still.icc_profile, fmt_suffix=dst.suffix
+        )
         target.commit()
 
 
@@ -225,20 +242,34 @@ def _guarded(frames: Iterator[Frame], stage: str, stats: RunStats) -> Iterator[F
         raise
     except Exception as exc:
         where = getattr(exc, "frame_index", None)
-        raise PipelineError(getattr(exc, "stage", stage), where if where is not None else last + 1,
-                            f"{type(exc).__name__}: {exc}") from exc
+        raise PipelineError(
+            getattr(exc, "stage", stage), where if where is not None else last + 1, f"{type(exc).__name__}: {exc}"
+        ) from exc
 
 
-def _restore_video(src: Path, dst: Path, config: Config, stages: FrameStages, stats: RunStats,
-                   progress: bool) -> None:
+def _restore_video(src: Path, dst: Path, config: Config, stages: FrameStages, stats: RunStats, progress: bool) -> None:
     control = RunControl()
-    reader = VideoReader(src, control, queue_size=config.pipeline.queue_size, threads=config.pipeline.decode_threads,
-                         copy_audio=config.output.audio, copy_subtitles=config.output.subtitles)
+    reader = VideoReader(
+        src,
+        control,
+        queue_size=config.pipeline.queue_size,
+        threads=config.pipeline.decode_threads,
+        copy_audio=config.output.audio,
+        copy_subtitles=config.output.subtitles,
+    )
     bar = _progress_bar(reader, src, progress)
     target = AtomicTarget(dst)
     with target as tmp:
-        writer = VideoWriter(tmp, lambda: reader.info, reader.copy_streams, reader.packets, config.output, control,
-                             queue_size=config.pipeline.queue_size, threads=config.pipeline.encode_threads)
+        writer = VideoWriter(
+            tmp,
+            lambda: reader.info,
+            reader.copy_streams,
+            reader.packets,
+            config.output,
+            control,
+            queue_size=config.pipeline.queue_size,
+            threads=config.pipeline.encode_threads,
+        )
         writer.start()
         reader.start()
         try:
@@ -261,8 +292,10 @@ def _restore_video(src: Path, dst: Path, config: Config, stages: FrameStages, st
             raise control.error
         stats.skipped_packets += reader.skipped_packets
         if reader.truncated_at is not None:
-            stats.truncated.append(f"{src}: the input stopped at {reader.truncated_at:.2f} s (truncated?); "
-                                   f"the output holds the {reader.decoded} frames before that")
+            stats.truncated.append(
+                f"{src}: the input stopped at {reader.truncated_at:.2f} s (truncated?); "
+                f"the output holds the {reader.decoded} frames before that"
+            )
         target.commit()
 
 
@@ -287,10 +320,14 @@ def dry_run(inputs: list[Path], config: Config, store: ModelStore) -> list[str]:
         reader = VideoReader(src, RunControl())
         try:
             i = reader.info
-            lines.append(f"input {src}: video {i.codec} {i.width}x{i.height} {i.pix_fmt}, "
-                         f"{float(i.rate or 0):.3f} fps, {i.duration_s or 0:.2f} s")
-            lines.extend(f"  stream {s.index}: {s.kind} {s.codec}" + (f" [{s.language}]" if s.language else "")
-                         for s in reader.stream_infos())
+            lines.append(
+                f"input {src}: video {i.codec} {i.width}x{i.height} {i.pix_fmt}, "
+                f"{float(i.rate or 0):.3f} fps, {i.duration_s or 0:.2f} s"
+            )
+            lines.extend(
+                f"  stream {s.index}: {s.kind} {s.codec}" + (f" [{s.language}]" if s.language else "")
+                for s in reader.stream_infos()
+            )
         finally:
             reader.close()
     for name in models_for(config):
@@ -316,8 +353,12 @@ def _face_json(face: Face) -> dict[str, Any]:
 
 def frame_json(frame: Frame) -> dict[str, Any]:
     """One frame's entry in ``inspect --json`` (the contract in DESIGN.md)."""
-    return {"index": frame.index, "pts": frame.pts, "time": round(frame.pts_seconds, 6),
-            "faces": [_face_json(f) for f in frame.faces]}
+    return {
+        "index": frame.index,
+        "pts": frame.pts,
+        "time": round(frame.pts_seconds, 6),
+        "faces": [_face_json(f) for f in frame.faces],
+    }
 
 
 def annotate(frame: Frame) -> Frame:
@@ -329,20 +370,33 @@ def annotate(frame: Frame) -> Frame:
     thick = max(1, round(max(img.shape[:2]) / 500))
     for face in frame.faces:
         colour = (160, 160, 160) if face.interpolated else (0, 220, 0)
-        x1, y1, x2, y2 = (int(round(v)) for v in face.box)
+        x1, y1, x2, y2 = (round(v) for v in face.box)
         cv2.rectangle(img, (x1, y1), (x2, y2), colour, thick)
-        cv2.putText(img, f"#{face.track_id}" + (" filled" if face.interpolated else ""), (x1, max(y1 - 4, 10)),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, colour, thick)
+        cv2.putText(
+            img,
+            f"#{face.track_id}" + (" filled" if face.interpolated else ""),
+            (x1, max(y1 - 4, 10)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4 * thick,
+            colour,
+            thick,
+        )
         if face.landmarks_raw is not None:
             for x, y in face.landmarks_raw:
-                cv2.circle(img, (int(round(x)), int(round(y))), thick + 1, (255, 60, 60), -1)
+                cv2.circle(img, (round(x), round(y)), thick + 1, (255, 60, 60), -1)
         for x, y in face.landmarks:
-            cv2.circle(img, (int(round(x)), int(round(y))), thick, (255, 255, 0), -1)
+            cv2.circle(img, (round(x), round(y)), thick, (255, 255, 0), -1)
     return replace(frame, image=img)
 
 
-def inspect_path(src: Path, config: Config, store: ModelStore, json_out: str | None = None,
-                 annotate_out: Path | None = None, progress: bool = False) -> int:
+def inspect_path(
+    src: Path,
+    config: Config,
+    store: ModelStore,
+    json_out: str | None = None,
+    annotate_out: Path | None = None,
+    progress: bool = False,
+) -> int:
     """Detect and track faces in ``src``; write JSON and/or an annotated video. Returns frames seen."""
     from vidrestore.device import resolve_placement
     from vidrestore.stages import FaceStages, build_detector
@@ -355,6 +409,7 @@ def inspect_path(src: Path, config: Config, store: ModelStore, json_out: str | N
     stages = FaceStages(config, build_detector(config, store, placement), None)
     sink = _JsonSink(json_out, src)
     try:
+
         def track_and_record(frames: Iterator[Frame]) -> Iterator[Frame]:
             for frame in stages.track(frames):
                 sink.add(frame)
@@ -368,8 +423,14 @@ def inspect_path(src: Path, config: Config, store: ModelStore, json_out: str | N
                 stats.frames += 1
         else:
             control = RunControl()
-            reader = VideoReader(src, control, queue_size=config.pipeline.queue_size,
-                                 threads=config.pipeline.decode_threads, copy_audio=False, copy_subtitles=False)
+            reader = VideoReader(
+                src,
+                control,
+                queue_size=config.pipeline.queue_size,
+                threads=config.pipeline.decode_threads,
+                copy_audio=False,
+                copy_subtitles=False,
+            )
             try:
                 for _ in _guarded(track_and_record(iter(reader)), "inspect", stats):
                     stats.frames += 1

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,28 +35,64 @@ ASTRONAUT_LANDMARKS = np.array(
 )
 
 
-def _model(arch: str, small: bool) -> torch.nn.Module:
+def _model(arch: str, small: bool) -> Any:
     if arch == "gfpgan_v1_clean":
         m = import_research_module("gfpgan.archs.gfpganv1_clean_arch")
         if small:
-            return m.GFPGANv1Clean(out_size=512, num_style_feat=64, channel_multiplier=1, decoder_load_path=None,
-                                   fix_decoder=False, num_mlp=2, input_is_latent=True, different_w=True,
-                                   narrow=0.125, sft_half=True)
-        return m.GFPGANv1Clean(out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None,
-                               fix_decoder=False, num_mlp=8, input_is_latent=True, different_w=True, narrow=1,
-                               sft_half=True)
+            return m.GFPGANv1Clean(
+                out_size=512,
+                num_style_feat=64,
+                channel_multiplier=1,
+                decoder_load_path=None,
+                fix_decoder=False,
+                num_mlp=2,
+                input_is_latent=True,
+                different_w=True,
+                narrow=0.125,
+                sft_half=True,
+            )
+        return m.GFPGANv1Clean(
+            out_size=512,
+            num_style_feat=512,
+            channel_multiplier=2,
+            decoder_load_path=None,
+            fix_decoder=False,
+            num_mlp=8,
+            input_is_latent=True,
+            different_w=True,
+            narrow=1,
+            sft_half=True,
+        )
     if arch == "srvgg_compact":
         m = import_research_module("realesrgan.archs.srvgg_arch")
-        return m.SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=16 if small else 64,
-                                 num_conv=4 if small else 32, upscale=4, act_type="prelu")
+        return m.SRVGGNetCompact(
+            num_in_ch=3,
+            num_out_ch=3,
+            num_feat=16 if small else 64,
+            num_conv=4 if small else 32,
+            upscale=4,
+            act_type="prelu",
+        )
     if arch == "rrdbnet":
         m = import_research_module("basicsr.archs.rrdbnet_arch")
-        return m.RRDBNet(num_in_ch=3, num_out_ch=3, scale=4, num_feat=16 if small else 64,
-                         num_block=2 if small else 23, num_grow_ch=8 if small else 32)
+        return m.RRDBNet(
+            num_in_ch=3,
+            num_out_ch=3,
+            scale=4,
+            num_feat=16 if small else 64,
+            num_block=2 if small else 23,
+            num_grow_ch=8 if small else 32,
+        )
     if arch == "rrdbnet_x2":
         m = import_research_module("basicsr.archs.rrdbnet_arch")
-        return m.RRDBNet(num_in_ch=3, num_out_ch=3, scale=2, num_feat=16 if small else 64,
-                         num_block=2 if small else 23, num_grow_ch=8 if small else 32)
+        return m.RRDBNet(
+            num_in_ch=3,
+            num_out_ch=3,
+            scale=2,
+            num_feat=16 if small else 64,
+            num_block=2 if small else 23,
+            num_grow_ch=8 if small else 32,
+        )
     if arch in ("retinaface", "retinaface_mobile"):
         m = import_research_module("facexlib.detection.retinaface")
         net = "mobile0.25" if arch == "retinaface_mobile" or small else "resnet50"
@@ -66,8 +103,9 @@ def _model(arch: str, small: bool) -> torch.nn.Module:
     raise ValueError(f"unknown architecture {arch!r}")
 
 
-def save_random_weights(arch: str, path: Path, *, small: bool = True, seed: int = 0,
-                        key: str | None = "params_ema", scale: float = 1.0) -> Path:
+def save_random_weights(
+    arch: str, path: Path, *, small: bool = True, seed: int = 0, key: str | None = "params_ema", scale: float = 1.0
+) -> Path:
     """Build ``arch`` with random weights and save its state dict like the release files do.
 
     ``key`` wraps the state dict (``params_ema`` for GFPGAN/x4plus, ``params`` for
@@ -144,6 +182,7 @@ def make_face_clip(
     for i in range(frames):
         dx, dy, angle = traj(i)
         m = _place((h, w), face_scale, dx, dy, angle)
+        img: np.ndarray
         if i in blank:
             img = background.copy()
         else:
@@ -188,7 +227,7 @@ def write_clip(
     with av.open(str(path), "w") as c:
         if metadata:
             c.metadata.update(metadata)
-        v = c.add_stream(codec, rate=rate)
+        v: Any = c.add_stream(codec, rate=rate)
         v.width, v.height, v.pix_fmt = w, h, pix_fmt
         v.time_base = time_base
         v.codec_context.time_base = time_base
@@ -199,11 +238,11 @@ def write_clip(
         if bt709:  # tag the stream BT.709, limited range (as HD cameras do)
             cc = v.codec_context
             cc.color_primaries, cc.color_trc, cc.colorspace, cc.color_range = 1, 1, 1, 1
-        streams = []
+        streams: list[Any] = []
         if audio:
             name = audio if isinstance(audio, str) else ("libopus" if path.suffix == ".webm" else "aac")
             for k in range(audio_tracks):
-                a = c.add_stream(name, rate=sample_rate, layout="stereo")
+                a: Any = c.add_stream(name, rate=sample_rate, layout="stereo")
                 a.metadata["language"] = ("eng", "fra", "deu")[k % 3]
                 streams.append(a)
         end_s = float((pts[-1] + (pts[-1] - pts[-2] if len(pts) > 1 else 1)) * time_base)

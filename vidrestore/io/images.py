@@ -20,8 +20,15 @@ from vidrestore.records import Frame
 __all__ = ["IMAGE_SUFFIXES", "StillImage", "is_image", "read_image", "write_image"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
-_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
-            ".tiff": "TIFF"}
+_FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
 
 
 def is_image(path: Path) -> bool:
@@ -59,8 +66,14 @@ def read_image(path: Path) -> StillImage:
     return StillImage(frame, alpha, icc)
 
 
-def write_image(path: Path, image: np.ndarray, alpha: np.ndarray | None, quality: int,
-                icc_profile: bytes | None = None, fmt_suffix: str | None = None) -> None:
+def write_image(
+    path: Path,
+    image: np.ndarray,
+    alpha: np.ndarray | None,
+    quality: int,
+    icc_profile: bytes | None = None,
+    fmt_suffix: str | None = None,
+) -> None:
     """Write RGB ``image`` (+ ``alpha``) to ``path`` in the format its suffix names."""
     suffix = (fmt_suffix or path.suffix).lower()
     fmt = _FORMATS.get(suffix)

@@ -36,8 +36,9 @@ _SWS_COLORSPACE = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
 
 # Accurate rounding and full-resolution chroma: without them every YUV->RGB->YUV round trip
 # darkens the picture by about one level (measured: luma mean -1.08 per trip).
-SWS_FLAGS = (Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
-             | Interpolation.FULL_CHR_H_INP)
+SWS_FLAGS = (
+    Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT | Interpolation.FULL_CHR_H_INP
+)
 
 
 @dataclass(frozen=True)
@@ -191,12 +192,22 @@ class VideoReader:
         rate = v.average_rate or v.guessed_rate or v.base_rate
         duration_s = float(v.duration * tb) if v.duration else (c.duration / 1e6 if c.duration else None)
         self.info = VideoInfo(
-            width=cc.width, height=cc.height, time_base=tb, rate=Fraction(rate) if rate else None,
-            pix_fmt=cc.pix_fmt or "yuv420p", bit_depth=_bit_depth(cc.pix_fmt), rotation=0,
-            color_primaries=int(cc.color_primaries), color_trc=int(cc.color_trc),
-            colorspace=int(cc.colorspace), color_range=int(cc.color_range),
-            duration_s=duration_s, start_s=float(v.start_time * tb) if v.start_time is not None else 0.0,
-            frames=v.frames or 0, codec=cc.name, metadata=dict(v.metadata),
+            width=cc.width,
+            height=cc.height,
+            time_base=tb,
+            rate=Fraction(rate) if rate else None,
+            pix_fmt=cc.pix_fmt or "yuv420p",
+            bit_depth=_bit_depth(cc.pix_fmt),
+            rotation=0,
+            color_primaries=int(cc.color_primaries),
+            color_trc=int(cc.color_trc),
+            colorspace=int(cc.colorspace),
+            color_range=int(cc.color_range),
+            duration_s=duration_s,
+            start_s=float(v.start_time * tb) if v.start_time is not None else 0.0,
+            frames=v.frames or 0,
+            codec=cc.name,
+            metadata=dict(v.metadata),
             container_metadata=dict(c.metadata),
         )
         if cc.width <= 0 or cc.height <= 0:
@@ -261,7 +272,7 @@ class VideoReader:
         if self.truncated_at is None and dur and self.last_end_s < self.info.start_s + dur - 0.5:
             self._mark_truncated("the file ends early")
 
-    def _decode(self, packet: av.Packet | None) -> list[av.VideoFrame]:
+    def _decode(self, packet: Any) -> list[av.VideoFrame]:
         try:
             return self.video.decode(packet)  # type: ignore[no-any-return]
         except av.error.EOFError:
@@ -284,8 +295,14 @@ class VideoReader:
         tb = self.info.time_base
         duration = int(frame.duration or 0)
         self.last_end_s = float((pts + (duration or self.repair.nominal)) * tb)
-        out = Frame(index=self.decoded, pts=pts, time_base=tb, image=to_rgb(frame, deep), duration=duration,
-                    rotation=self.info.rotation)
+        out = Frame(
+            index=self.decoded,
+            pts=pts,
+            time_base=tb,
+            image=to_rgb(frame, deep),
+            duration=duration,
+            rotation=self.info.rotation,
+        )
         self.decoded += 1
         self.control.put(self.frames, out)
 

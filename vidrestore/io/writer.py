@@ -32,14 +32,25 @@ __all__ = ["VideoWriter"]
 log = logging.getLogger(__name__)
 
 _SKIP_CONTAINER_KEYS = {"encoder", "major_brand", "minor_version", "compatible_brands", "creation_time"}
-_SKIP_STREAM_KEYS = {"encoder", "handler_name", "vendor_id", "duration", "DURATION", "_statistics_tags",
-                     "_STATISTICS_TAGS", "_STATISTICS_WRITING_APP", "_STATISTICS_WRITING_DATE_UTC", "BPS",
-                     "NUMBER_OF_FRAMES", "NUMBER_OF_BYTES"}
+_SKIP_STREAM_KEYS = {
+    "encoder",
+    "handler_name",
+    "vendor_id",
+    "duration",
+    "DURATION",
+    "_statistics_tags",
+    "_STATISTICS_TAGS",
+    "_STATISTICS_WRITING_APP",
+    "_STATISTICS_WRITING_DATE_UTC",
+    "BPS",
+    "NUMBER_OF_FRAMES",
+    "NUMBER_OF_BYTES",
+}
 
 
 def _opens(codec: str, width: int, height: int, pix_fmt: str) -> bool:
     """Whether ``codec`` opens here (NVENC is in the build but needs an NVIDIA GPU with NVENC)."""
-    ctx = av.CodecContext.create(codec, "w")
+    ctx: Any = av.CodecContext.create(codec, "w")
     ctx.width, ctx.height, ctx.pix_fmt = width, height, pix_fmt
     ctx.time_base = Fraction(1, 25)
     try:
@@ -119,8 +130,11 @@ class VideoWriter:
         v.metadata.update({k: val for k, val in info.metadata.items() if k not in _SKIP_STREAM_KEYS})
         c.metadata.update({k: val for k, val in info.container_metadata.items() if k not in _SKIP_CONTAINER_KEYS})
         self._video = v
-        self._reformat_args: dict[str, Any] = {"format": pix_fmt, "dst_color_range": cc.color_range,
-                                               "interpolation": SWS_FLAGS}
+        self._reformat_args: dict[str, Any] = {
+            "format": pix_fmt,
+            "dst_color_range": cc.color_range,
+            "interpolation": SWS_FLAGS,
+        }
         if (cs := _SWS_COLORSPACE.get(info.colorspace)) is not None:
             self._reformat_args["dst_colorspace"] = cs
         self._src_format = "rgb48le" if deep else "rgb24"
@@ -129,7 +143,11 @@ class VideoWriter:
 
     def _add_copy(self, c: Any, s: Any) -> None:
         name = s.codec_context.name if s.codec_context is not None else "unknown"
-        label = f"track {s.index} ({s.type}, {name}" + (f", {s.metadata['language']}" if "language" in s.metadata else "") + ")"
+        label = (
+            f"track {s.index} ({s.type}, {name}"
+            + (f", {s.metadata['language']}" if "language" in s.metadata else "")
+            + ")"
+        )
         if name in c.supported_codecs:
             out = c.add_stream_from_template(s)
         elif s.type == "audio":

@@ -14,7 +14,6 @@ import re
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -68,9 +67,16 @@ def _gfpgan(state: StateDict) -> nn.Module:
     sft_half = sft_out == state["condition_scale.0.0.weight"].shape[0]
     different_w = state["final_linear.weight"].shape[0] != num_style_feat
     return arch.GFPGANv1Clean(  # type: ignore[no-any-return]
-        out_size=2**log_size, num_style_feat=num_style_feat, channel_multiplier=channel_multiplier,
-        decoder_load_path=None, fix_decoder=False, num_mlp=num_mlp, input_is_latent=True,
-        different_w=different_w, narrow=narrow, sft_half=sft_half,
+        out_size=2**log_size,
+        num_style_feat=num_style_feat,
+        channel_multiplier=channel_multiplier,
+        decoder_load_path=None,
+        fix_decoder=False,
+        num_mlp=num_mlp,
+        input_is_latent=True,
+        different_w=different_w,
+        narrow=narrow,
+        sft_half=sft_half,
     )
 
 
@@ -81,8 +87,11 @@ def _rrdbnet(state: StateDict) -> nn.Module:
     if scale is None:
         raise ValueError(f"unexpected conv_first input channels {in_ch}")
     return arch.RRDBNet(  # type: ignore[no-any-return]
-        num_in_ch=3, num_out_ch=state["conv_last.weight"].shape[0], scale=scale,
-        num_feat=state["conv_first.weight"].shape[0], num_block=_count(state, r"body\.(\d+)\."),
+        num_in_ch=3,
+        num_out_ch=state["conv_last.weight"].shape[0],
+        scale=scale,
+        num_feat=state["conv_first.weight"].shape[0],
+        num_block=_count(state, r"body\.(\d+)\."),
         num_grow_ch=state["body.0.rdb1.conv1.weight"].shape[0],
     )
 
@@ -93,8 +102,12 @@ def _srvgg(state: StateDict) -> nn.Module:
     last = state[f"body.{convs[-1]}.weight"]
     upscale = math.isqrt(last.shape[0] // 3)
     return arch.SRVGGNetCompact(  # type: ignore[no-any-return]
-        num_in_ch=3, num_out_ch=3, num_feat=state["body.0.weight"].shape[0],
-        num_conv=len(convs) - 2, upscale=upscale, act_type="prelu",
+        num_in_ch=3,
+        num_out_ch=3,
+        num_feat=state["body.0.weight"].shape[0],
+        num_conv=len(convs) - 2,
+        upscale=upscale,
+        act_type="prelu",
     )
 
 

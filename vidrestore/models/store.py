@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import platformdirs
 
@@ -170,11 +171,11 @@ class ModelStore:
         return target
 
     @staticmethod
-    def _download(spec: ModelSpec, out: object, progress: ProgressCallback | None, target: Path) -> str:
+    def _download(spec: ModelSpec, out: BinaryIO, progress: ProgressCallback | None, target: Path) -> str:
         digest = hashlib.sha256()
-        write = getattr(out, "write")
+        write = out.write
         try:
-            with urllib.request.urlopen(spec.url, timeout=60) as resp:  # noqa: S310 (URL from registry)
+            with urllib.request.urlopen(spec.url, timeout=60) as resp:
                 length = resp.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
                 done = 0
@@ -187,8 +188,7 @@ class ModelStore:
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", None) or exc
             raise ModelError(
-                f"cannot download {spec.name} from {spec.url} ({reason}); "
-                f"download it yourself and save it as {target}"
+                f"cannot download {spec.name} from {spec.url} ({reason}); download it yourself and save it as {target}"
             ) from exc
         if total is not None and done != total:
             raise ModelError(

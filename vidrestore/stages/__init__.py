@@ -58,8 +58,9 @@ def _rotate_points(points: np.ndarray, k: int, h: int, w: int) -> np.ndarray:
     return out
 
 
-def detect_frames(detector: Detector, frames: Iterator[Frame], batch: int,
-                  timer: Callable[[str, float], None]) -> Iterator[tuple[Frame, Detections]]:
+def detect_frames(
+    detector: Detector, frames: Iterator[Frame], batch: int, timer: Callable[[str, float], None]
+) -> Iterator[tuple[Frame, Detections]]:
     """Detect in batches of ``batch`` frames; pictures are turned upright (display rotation) first."""
     held: list[Frame] = []
 
@@ -162,9 +163,18 @@ def build_face_stages(config: Config, store: ModelStore, stats: RunStats | None 
             upscaler = Upscaler(_load(store, u.model, u.weights, "upscaler.weights", placement), placement)
         parser = None
         if r.parsing_mask:
-            parser = FaceParser(_load(store, "parsenet", r.parsing_weights, "restorer.parsing_weights", placement),
-                                placement)
-        restore = RestoreStage(restorer, placement.device, upscaler=upscaler, upscale_below=u.below,
-                               margin=u.margin, parser=parser, blend=r.blend, batch_size=r.batch_size,
-                               max_frames=max(2 * r.batch_size, 4))
+            parser = FaceParser(
+                _load(store, "parsenet", r.parsing_weights, "restorer.parsing_weights", placement), placement
+            )
+        restore = RestoreStage(
+            restorer,
+            placement.device,
+            upscaler=upscaler,
+            upscale_below=u.below,
+            margin=u.margin,
+            parser=parser,
+            blend=r.blend,
+            batch_size=r.batch_size,
+            max_frames=max(2 * r.batch_size, 4),
+        )
     return FaceStages(config, detector, restore, stats)

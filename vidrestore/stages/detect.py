@@ -59,8 +59,9 @@ def working_scale(height: int, width: int, size: int) -> float:
     return min(1.0, size / max(height, width))
 
 
-def _finish(boxes: torch.Tensor, scores: torch.Tensor, landmarks: torch.Tensor, min_face: int,
-            nms_iou: float) -> Detections:
+def _finish(
+    boxes: torch.Tensor, scores: torch.Tensor, landmarks: torch.Tensor, min_face: int, nms_iou: float
+) -> Detections:
     """NMS, minimum size, sort by score; tensors are already in source pixels."""
     if boxes.numel() == 0:
         return Detections.empty()
@@ -109,8 +110,17 @@ class CenterFaceDetector:
         heat, scale, offset, lms = self.net.forward(["537", "538", "539", "540"])
         return [self._decode(heat[i, 0], scale[i], offset[i], lms[i], sx, sy, wn, hn) for i in range(len(images))]
 
-    def _decode(self, heat: np.ndarray, scale: np.ndarray, offset: np.ndarray, lms: np.ndarray,
-                sx: float, sy: float, wn: int, hn: int) -> Detections:
+    def _decode(
+        self,
+        heat: np.ndarray,
+        scale: np.ndarray,
+        offset: np.ndarray,
+        lms: np.ndarray,
+        sx: float,
+        sy: float,
+        wn: int,
+        hn: int,
+    ) -> Detections:
         ys, xs = np.nonzero(heat > self.threshold)
         if len(ys) == 0:
             return Detections.empty()
@@ -126,8 +136,13 @@ class CenterFaceDetector:
         ly = lms[0::2][:, ys, xs].T * s0[:, None] + y1[:, None]
         boxes = np.stack([x1 / sx, y1 / sy, x2 / sx, y2 / sy], axis=1)
         points = np.stack([lx / sx, ly / sy], axis=2)
-        return _finish(torch.from_numpy(boxes), torch.from_numpy(heat[ys, xs].astype(np.float32)),
-                       torch.from_numpy(points), self.min_face, self.nms_iou)
+        return _finish(
+            torch.from_numpy(boxes),
+            torch.from_numpy(heat[ys, xs].astype(np.float32)),
+            torch.from_numpy(points),
+            self.min_face,
+            self.nms_iou,
+        )
 
 
 class RetinaFaceDetector:
@@ -135,10 +150,17 @@ class RetinaFaceDetector:
 
     _MEAN_BGR = (104.0, 117.0, 123.0)
 
-    def __init__(self, model: nn.Module, device: torch.device, size: int = 960, threshold: float = 0.6,
-                 min_face: int = 8, nms_iou: float = 0.4) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        size: int = 960,
+        threshold: float = 0.6,
+        min_face: int = 8,
+        nms_iou: float = 0.4,
+    ) -> None:
         self.model = model
-        self.model.device = device  # facexlib keeps a device attribute of its own
+        self.model.device = device  # type: ignore[assignment]  # facexlib keeps a device attribute
         self.device = device
         self.size, self.threshold, self.min_face, self.nms_iou = size, threshold, min_face, nms_iou
         self._utils = import_research_module("facexlib.detection.retinaface_utils")
@@ -160,13 +182,14 @@ class RetinaFaceDetector:
         x = torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2).float() * (255.0 / full)
         x = x.flip(1)  # RGB -> BGR, as RetinaFace was trained
         if s < 1.0:
-            x = F.interpolate(x, size=(round(h * s), round(w * s)), mode="bilinear", antialias=True,
-                              align_corners=False)
+            x = F.interpolate(
+                x, size=(round(h * s), round(w * s)), mode="bilinear", antialias=True, align_corners=False
+            )
         hn, wn = x.shape[2:]
         x = x - torch.tensor(self._MEAN_BGR, device=self.device).view(1, 3, 1, 1)
         loc, conf, landm = self.model(x)
         priors = self._prior(hn, wn)[None]
-        var = self.model.cfg["variance"]  # type: ignore[attr-defined]
+        var = self.model.cfg["variance"]  # type: ignore[index]
         # decoded boxes and points are fractions of the picture: scale by the source size
         boxes = self._utils.batched_decode(loc, priors, var) * torch.tensor([w, h] * 2, device=self.device)
         points = self._utils.batched_decode_landm(landm, priors, var) * torch.tensor([w, h] * 5, device=self.device)

@@ -54,7 +54,7 @@ class GFPGANRestorer:
     def __init__(self, model: nn.Module, placement: Placement) -> None:
         self.model = model.to(placement.device, placement.dtype)
         self.placement = placement
-        self.size = int(2 ** model.log_size)  # type: ignore[operator]
+        self.size = int(2**model.log_size)  # type: ignore[operator]
 
     @torch.inference_mode()
     def restore(self, faces: torch.Tensor) -> torch.Tensor:
@@ -88,8 +88,9 @@ class Upscaler:
                 y1, x1 = min(y + tile + pad, h), min(x + tile + pad, w)
                 up = self.upscale(image[:, :, y0:y1, x0:x1])
                 ty1, tx1 = min(y + tile, h), min(x + tile, w)
-                out[:, :, y * s:ty1 * s, x * s:tx1 * s] = up[:, :, (y - y0) * s:(ty1 - y0) * s,
-                                                            (x - x0) * s:(tx1 - x0) * s]
+                out[:, :, y * s : ty1 * s, x * s : tx1 * s] = up[
+                    :, :, (y - y0) * s : (ty1 - y0) * s, (x - x0) * s : (tx1 - x0) * s
+                ]
         return out
 
 
@@ -119,7 +120,7 @@ class FaceParser:
     @torch.inference_mode()
     def masks(self, faces: torch.Tensor) -> torch.Tensor:
         """``(N, 3, S, S)`` restored faces -> ``(N, 1, S, S)`` masks in [0, 1]."""
-        n, _, s, _ = faces.shape
+        _n, _, s, _ = faces.shape
         x = faces if s == 512 else F.interpolate(faces, size=(512, 512), mode="bilinear", align_corners=False)
         logits = self.model(((x * 2) - 1).to(self.placement.dtype))[0].float()
         mask = self.keep[logits.argmax(dim=1)][:, None] * 255.0

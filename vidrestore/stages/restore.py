@@ -113,7 +113,7 @@ class RestoreStage:
     def _process(self, frames: list[Frame]) -> Iterator[Frame]:
         jobs = [job for pos, f in enumerate(frames) for face in f.faces if (job := self._prepare(pos, f, face))]
         for start in range(0, len(jobs), self.batch_size):
-            self._restore(jobs[start:start + self.batch_size])
+            self._restore(jobs[start : start + self.batch_size])
         by_frame: dict[int, list[_Job]] = {}
         for job in jobs:
             if job.restored is not None:

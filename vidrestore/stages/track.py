@@ -126,13 +126,15 @@ class TrackSmoother:
                 still.append(track)
         self.active = still
         matched = self._match(dets)
-        for det, track in enumerate(matched):
-            obs = _Obs(dets.boxes[det].copy(), float(dets.scores[det]), dets.landmarks[det].copy(),
-                       dets.landmarks[det].copy())
-            if track is None:
+        for det, found in enumerate(matched):
+            obs = _Obs(
+                dets.boxes[det].copy(), float(dets.scores[det]), dets.landmarks[det].copy(), dets.landmarks[det].copy()
+            )
+            if found is None:
                 track = _Track(next(self._ids), index, obs)
                 self.active.append(track)
             else:
+                track = found
                 self._fill_gap(track, index, obs)
                 track.last_index, track.last = index, obs
             slot.obs[track.id] = obs
@@ -145,8 +147,12 @@ class TrackSmoother:
         tracks = self.active
         iou = box_iou(np.stack([t.last.box for t in tracks]), dets.boxes)
         # landmark distance relative to the face size, for small or fast faces whose boxes barely overlap
-        dist = np.array([[np.linalg.norm(t.last.points - lm, axis=1).mean() / _size(t.last.box)
-                          for lm in dets.landmarks] for t in tracks])
+        dist = np.array(
+            [
+                [np.linalg.norm(t.last.points - lm, axis=1).mean() / _size(t.last.box) for lm in dets.landmarks]
+                for t in tracks
+            ]
+        )
         score = np.where(iou >= self.min_iou, 1.0 + iou, np.where(dist < 0.5, 1.0 - dist, 0.0))
         used_t, used_d = set(), set()
         for flat in np.argsort(-score, axis=None):
@@ -190,7 +196,7 @@ class TrackSmoother:
                 break
             left.append(s.obs[track_id].points)
         right: list[np.ndarray] = []
-        for s in after[pos + 1:]:
+        for s in after[pos + 1 :]:
             if track_id not in s.obs or len(right) >= self.half:
                 break
             right.append(s.obs[track_id].points)
@@ -222,12 +228,17 @@ class TrackSmoother:
         slot = self.pending[0]
         faces = []
         for track_id, obs in sorted(slot.obs.items()):
-            faces.append(Face(
-                track_id=track_id, score=obs.score, box=obs.box.astype(np.float32),
-                landmarks_raw=None if obs.raw is None else obs.raw.astype(np.float32),
-                landmarks=self._smooth(track_id, obs).astype(np.float32),
-                interpolated=obs.raw is None, weight=self._weight(track_id, slot.index),
-            ))
+            faces.append(
+                Face(
+                    track_id=track_id,
+                    score=obs.score,
+                    box=obs.box.astype(np.float32),
+                    landmarks_raw=None if obs.raw is None else obs.raw.astype(np.float32),
+                    landmarks=self._smooth(track_id, obs).astype(np.float32),
+                    interpolated=obs.raw is None,
+                    weight=self._weight(track_id, slot.index),
+                )
+            )
         self.pending.popleft()
         frame = slot.frame
         assert frame is not None
