@@ -14,7 +14,7 @@ from media import probe
 
 from vidrestore import load_config, restore, restore_frames
 from vidrestore.errors import InputError
-from vidrestore.testing import FaceClip, astronaut
+from vidrestore.testing import FaceClip, astronaut, make_face_clip
 
 Cli = Callable[..., CliResult]
 
@@ -187,3 +187,28 @@ def test_several_inputs_go_to_a_folder(cli: Cli, face_clip: FaceClip, tmp_path: 
     r = cli("restore", face_clip.path, second, "-o", out, "--detector", "none")
     assert r.code == 0, r.err
     assert sorted(p.name for p in out.iterdir()) == ["face.mp4", "second.mp4"]
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_output_scale_upscales_the_whole_frame_then_restores(cli: Cli, weights: Weights, tmp_path: Path,
+                                                             scale: int) -> None:
+    clip = make_face_clip(tmp_path / "small.mp4", frames=4, size=(160, 120), face_scale=0.3)
+    out = tmp_path / f"x{scale}.mp4"
+    r = cli("restore", clip.path, "-o", out, "--detector", "centerface", *weights.sets(), "--scale", str(scale),
+            "--set", "detector.threshold=0.3")
+    assert r.code == 0, r.err
+    p = probe(out)
+    assert (p.width, p.height) == (160 * scale, 120 * scale)
+    assert p.frames == 4 and p.pts == probe(clip.path).pts
+    assert "4 restored" in r.err
+
+
+def test_output_scale_without_faces_and_for_images(cli: Cli, weights: Weights, tmp_path: Path) -> None:
+    from PIL import Image
+
+    src = tmp_path / "shot.png"
+    Image.fromarray(astronaut()[:100, :150]).save(src)
+    r = cli("restore", src, "-o", tmp_path / "big.png", "--detector", "none", "--scale", "2",
+            "--set", f"upscaler.weights={weights.upscaler}")
+    assert r.code == 0, r.err
+    assert Image.open(tmp_path / "big.png").size == (300, 200)

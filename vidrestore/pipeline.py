@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from vidrestore.io.reader import VideoReader
 from vidrestore.io.writer import VideoWriter
 from vidrestore.models.store import ModelStore
 from vidrestore.records import Face, Frame
+from vidrestore.stats import RunStats
 
 __all__ = [
     "RunStats",
@@ -44,26 +45,6 @@ log = logging.getLogger(__name__)
 
 FrameStages = Callable[[Iterator[Frame]], Iterator[Frame]]
 """The face stages as one generator transform: frames in order in, the same frames out."""
-
-
-@dataclass
-class RunStats:
-    """Counts and timings, added to by every stage of one or more runs."""
-
-    files: int = 0
-    frames: int = 0
-    faces_restored: int = 0
-    faces_upscaled: int = 0
-    faces_filled: int = 0
-    faces_failed: int = 0
-    frames_passed_through: int = 0
-    skipped_packets: int = 0
-    truncated: list[str] = field(default_factory=list)
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    wall_seconds: float = 0.0
-
-    def add_time(self, stage: str, seconds: float) -> None:
-        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
 
 
 @dataclass

@@ -10,20 +10,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vidrestore.config import Config
 from vidrestore.device import Placement, resolve_placement
+from vidrestore.errors import ConfigError
 from vidrestore.models.store import ModelStore
-from vidrestore.records import Frame
+from vidrestore.records import Face, Frame
 from vidrestore.stages.detect import CenterFaceDetector, Detections, Detector, RetinaFaceDetector
+from vidrestore.stages.models import Upscaler
 from vidrestore.stages.track import TrackSmoother
+from vidrestore.stats import RunStats
 
 if TYPE_CHECKING:
-    from vidrestore.pipeline import RunStats
     from vidrestore.stages.restore import RestoreStage
 
 __all__ = ["FaceStages", "build_detector", "build_face_stages", "detect_frames"]
@@ -101,9 +103,10 @@ class FaceStages:
     """The loaded stages; call it on an iterator of frames (one video per call)."""
 
     config: Config
-    detector: Detector
+    detector: Detector | None
     restore: RestoreStage | None
     stats: RunStats | None = None
+    frame_upscaler: Upscaler | None = None
     last_tracker: TrackSmoother | None = field(default=None, repr=False)
 
     def _time(self, stage: str, seconds: float) -> None:
@@ -112,6 +115,9 @@ class FaceStages:
 
     def track(self, frames: Iterator[Frame]) -> Iterator[Frame]:
         """Detection and tracking only (what ``inspect`` shows)."""
+        if self.detector is None:
+            yield from frames
+            return
         tracker = TrackSmoother(self.config.smoothing)
         self.last_tracker = tracker
         pairs = detect_frames(self.detector, frames, self.config.detector.batch_size, self._time)
@@ -119,6 +125,8 @@ class FaceStages:
 
     def __call__(self, frames: Iterator[Frame]) -> Iterator[Frame]:
         tracked = self.track(frames)
+        if self.frame_upscaler is not None:
+            tracked = self._upscale_frames(tracked)
         if self.restore is None:
             yield from tracked
             return
@@ -136,6 +144,18 @@ class FaceStages:
             self._count(stage, frame)
             yield frame
 
+    def _upscale_frames(self, frames: Iterator[Frame]) -> Iterator[Frame]:
+        """``output.scale`` 2 or 4: the whole frame through Real-ESRGAN (tiled), faces scaled with it."""
+        assert self.frame_upscaler is not None
+        for frame in frames:
+            t0 = time.perf_counter()
+            image, factor = upscale_image(
+                self.frame_upscaler, frame.image, self.config.output.scale, self.config.upscaler.tile
+            )
+            faces = tuple(_scale_face(f, factor) for f in frame.faces)
+            self._time("upscale frame", time.perf_counter() - t0)
+            yield replace(frame, image=image, faces=faces)
+
     def _count(self, stage: RestoreStage, frame: Frame) -> None:
         if self.stats is None:
             return
@@ -146,21 +166,48 @@ class FaceStages:
             s.frames_passed_through += 1
 
 
+def _scale_face(face: Face, s: float) -> Face:
+    """A face's coordinates in a picture ``s`` times larger (pixel centres stay centres)."""
+
+    def sc(a: np.ndarray) -> np.ndarray:
+        return ((a + 0.5) * s - 0.5).astype(np.float32)
+
+    raw = None if face.landmarks_raw is None else sc(face.landmarks_raw)
+    return replace(face, box=sc(face.box), landmarks_raw=raw, landmarks=sc(face.landmarks))
+
+
+def upscale_image(upscaler: Upscaler, image: np.ndarray, scale: int, tile: int) -> tuple[np.ndarray, float]:
+    """The whole picture ``scale`` times larger through Real-ESRGAN; x4 models are resized to x2."""
+    import torch
+    import torch.nn.functional as F
+
+    full = 255.0 if image.dtype == np.uint8 else 65535.0
+    device = upscaler.placement.device
+    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float() / full
+    up = upscaler.upscale_tiled(x, tile)
+    h, w = image.shape[:2]
+    if up.shape[2] != h * scale:
+        up = F.interpolate(up, size=(h * scale, w * scale), mode="bicubic", antialias=True, align_corners=False)
+    out = (up[0].clamp(0, 1) * full).round().permute(1, 2, 0).cpu().numpy().astype(image.dtype)
+    return out, float(scale)
+
+
 def build_face_stages(config: Config, store: ModelStore, stats: RunStats | None = None) -> FaceStages:
     """Load the models ``config`` names and wire the face stages."""
-    from vidrestore.stages.models import FaceParser, GFPGANRestorer, Upscaler
+    from vidrestore.stages.models import FaceParser, GFPGANRestorer
     from vidrestore.stages.restore import RestoreStage
 
     placement = resolve_placement(config.device, config.precision)
     log.info("running the models on %s", placement)
-    detector = build_detector(config, store, placement)
+    detector = build_detector(config, store, placement) if config.detector.model != "none" else None
     restore = None
     r, u = config.restorer, config.upscaler
-    if r.model != "none":
+    shared: Upscaler | None = None
+    if u.model != "none" and (config.output.scale > 1 or (u.below > 0 and r.model != "none" and detector)):
+        shared = Upscaler(_load(store, u.model, u.weights, "upscaler.weights", placement), placement)
+    if r.model != "none" and detector is not None:
         restorer = GFPGANRestorer(_load(store, r.model, r.weights, "restorer.weights", placement), placement)
-        upscaler = None
-        if u.model != "none" and u.below > 0:
-            upscaler = Upscaler(_load(store, u.model, u.weights, "upscaler.weights", placement), placement)
+        upscaler = shared if u.below > 0 else None
         parser = None
         if r.parsing_mask:
             parser = FaceParser(
@@ -177,4 +224,10 @@ def build_face_stages(config: Config, store: ModelStore, stats: RunStats | None 
             batch_size=r.batch_size,
             max_frames=max(2 * r.batch_size, 4),
         )
-    return FaceStages(config, detector, restore, stats)
+    frame_upscaler = shared if config.output.scale > 1 else None
+    if frame_upscaler is not None and frame_upscaler.scale < config.output.scale:
+        raise ConfigError(
+            f"output.scale = {config.output.scale} needs a x{config.output.scale} upscaler; "
+            f"{u.model} is x{frame_upscaler.scale}"
+        )
+    return FaceStages(config, detector, restore, stats, frame_upscaler=frame_upscaler)

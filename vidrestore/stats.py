@@ -1,0 +1,27 @@
+"""Counts and timings of a run, shared by the stages and the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["RunStats"]
+
+
+@dataclass
+class RunStats:
+    """Counts and timings, added to by every stage of one or more runs."""
+
+    files: int = 0
+    frames: int = 0
+    faces_restored: int = 0
+    faces_upscaled: int = 0
+    faces_filled: int = 0
+    faces_failed: int = 0
+    frames_passed_through: int = 0
+    skipped_packets: int = 0
+    truncated: list[str] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
