@@ -32,8 +32,12 @@ class Weights:
     upscaler: Path
     parsenet: Path
 
-    def sets(self) -> list[str]:
-        return ["--set", f"restorer.weights={self.gfpgan}", "--set", f"upscaler.weights={self.upscaler}"]
+    def sets(self, parsing: bool = False) -> list[str]:
+        """CLI overrides that use these files (the parsing mask off unless asked: it is slow on a CPU)."""
+        out = ["--set", f"restorer.weights={self.gfpgan}", "--set", f"upscaler.weights={self.upscaler}"]
+        if parsing:
+            return [*out, "--set", f"restorer.parsing_weights={self.parsenet}"]
+        return [*out, "--set", "restorer.parsing_mask=false"]
 
 
 @pytest.fixture(scope="session")

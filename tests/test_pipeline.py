@@ -13,6 +13,7 @@ from conftest import CliResult, Weights, assert_one_line_error, psnr
 from media import probe
 
 from vidrestore import load_config, restore, restore_frames
+from vidrestore.config import apply_overrides
 from vidrestore.errors import InputError
 from vidrestore.testing import FaceClip, astronaut, make_face_clip
 
@@ -73,7 +74,13 @@ def test_a_face_missing_for_three_frames_is_still_restored(face_clip: FaceClip, 
     from vidrestore.stages import build_face_stages
 
     config = load_config(
-        None, ["detector.model=centerface", f"restorer.weights={weights.gfpgan}", "upscaler.model=none"]
+        None,
+        [
+            "detector.model=centerface",
+            f"restorer.weights={weights.gfpgan}",
+            "upscaler.model=none",
+            "restorer.parsing_mask=false",
+        ],
     )
     stats = RunStats()
     stages = build_face_stages(config, _store(), stats)
@@ -140,13 +147,17 @@ def test_python_api(face_clip: FaceClip, weights: Weights, tmp_path: Path) -> No
             f"restorer.weights={weights.gfpgan}",
             f"upscaler.weights={weights.upscaler}",
             "restorer.blend=0.5",
+            "restorer.parsing_mask=false",
         ],
     )
     summary = restore(face_clip.path, tmp_path / "api.mkv", config)
     assert summary.stats.frames == 20 and summary.outputs == [tmp_path / "api.mkv"]
     assert probe(tmp_path / "api.mkv").frames == 20
     pictures = [astronaut(), np.zeros((512, 512, 3), np.uint8)]
-    got = list(restore_frames(pictures, config))
+    with_mask = apply_overrides(
+        config, {"restorer": {"parsing_mask": True, "parsing_weights": str(weights.parsenet)}}, "test"
+    )
+    got = list(restore_frames(pictures, with_mask))  # the default paste-back mask, end to end
     assert len(got) == 2
     assert not np.array_equal(got[0], pictures[0])
     assert np.array_equal(got[1], pictures[1])
@@ -190,12 +201,24 @@ def test_several_inputs_go_to_a_folder(cli: Cli, face_clip: FaceClip, tmp_path: 
 
 
 @pytest.mark.parametrize("scale", [2, 4])
-def test_output_scale_upscales_the_whole_frame_then_restores(cli: Cli, weights: Weights, tmp_path: Path,
-                                                             scale: int) -> None:
+def test_output_scale_upscales_the_whole_frame_then_restores(
+    cli: Cli, weights: Weights, tmp_path: Path, scale: int
+) -> None:
     clip = make_face_clip(tmp_path / "small.mp4", frames=4, size=(160, 120), face_scale=0.3)
     out = tmp_path / f"x{scale}.mp4"
-    r = cli("restore", clip.path, "-o", out, "--detector", "centerface", *weights.sets(), "--scale", str(scale),
-            "--set", "detector.threshold=0.3")
+    r = cli(
+        "restore",
+        clip.path,
+        "-o",
+        out,
+        "--detector",
+        "centerface",
+        *weights.sets(),
+        "--scale",
+        str(scale),
+        "--set",
+        "detector.threshold=0.3",
+    )
     assert r.code == 0, r.err
     p = probe(out)
     assert (p.width, p.height) == (160 * scale, 120 * scale)
@@ -208,7 +231,17 @@ def test_output_scale_without_faces_and_for_images(cli: Cli, weights: Weights, t
 
     src = tmp_path / "shot.png"
     Image.fromarray(astronaut()[:100, :150]).save(src)
-    r = cli("restore", src, "-o", tmp_path / "big.png", "--detector", "none", "--scale", "2",
-            "--set", f"upscaler.weights={weights.upscaler}")
+    r = cli(
+        "restore",
+        src,
+        "-o",
+        tmp_path / "big.png",
+        "--detector",
+        "none",
+        "--scale",
+        "2",
+        "--set",
+        f"upscaler.weights={weights.upscaler}",
+    )
     assert r.code == 0, r.err
     assert Image.open(tmp_path / "big.png").size == (300, 200)

@@ -59,9 +59,9 @@ def read_image(path: Path) -> StillImage:
     if upright.mode in ("RGBA", "LA", "PA") or (upright.mode == "P" and "transparency" in upright.info):
         rgba = upright.convert("RGBA")
         alpha = np.asarray(rgba)[:, :, 3].copy()
-        rgb = np.asarray(rgba.convert("RGB"))
+        rgb = np.array(rgba.convert("RGB"))
     else:
-        rgb = np.asarray(upright.convert("RGB"))
+        rgb = np.array(upright.convert("RGB"))  # writable: stages may hand it to torch
     frame = Frame(index=0, pts=0, time_base=Fraction(1, 1), image=np.ascontiguousarray(rgb), duration=1)
     return StillImage(frame, alpha, icc)
 

@@ -211,7 +211,9 @@ def build_face_stages(config: Config, store: ModelStore, stats: RunStats | None 
         parser = None
         if r.parsing_mask:
             parser = FaceParser(
-                _load(store, "parsenet", r.parsing_weights, "restorer.parsing_weights", placement), placement
+                _load(store, "parsenet", r.parsing_weights, "restorer.parsing_weights", placement),
+                placement,
+                size=r.parsing_size,
             )
         restore = RestoreStage(
             restorer,
