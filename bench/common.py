@@ -66,13 +66,13 @@ def run_measured(args: list[str], env: dict[str, str] | None = None) -> tuple[fl
     t0 = time.perf_counter()
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
-    _, err = proc.communicate()
+    out, err = proc.communicate()
     seconds = time.perf_counter() - t0
     done.set()
     thread.join()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {err[-2000:]}")
-    return seconds, peak, err
+    return seconds, peak, out
 
 
 def save(name: str, data: dict[str, Any]) -> Path:

@@ -70,7 +70,7 @@ def main() -> None:
         for seconds in args.lengths:
             clip = d / f"clip{seconds}.mp4"
             make_clip(clip, seconds, size, rate)
-            wall, peak, _ = run_measured(
+            wall, peak, _out = run_measured(
                 [
                     "-m",
                     "vidrestore",

@@ -226,3 +226,14 @@ def test_basicsr_imports_with_current_torchvision() -> None:
     module = import_research_module("basicsr.archs.rrdbnet_arch")
     assert hasattr(module, "RRDBNet")
     assert "torchvision.transforms.functional_tensor" in sys.modules
+
+
+def test_default_fetch_list_and_its_size_match_the_readme() -> None:
+    from vidrestore.config import Config
+    from vidrestore.pipeline import models_for
+
+    names = models_for(Config())
+    assert names == ["retinaface_resnet50", "gfpgan-1.4", "parsenet", "realesr-general-x4v3"]
+    total = sum(DEFAULT_REGISTRY[n].size_mb for n in names)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert f"~{total:.0f} MB" in readme

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from fractions import Fraction
-from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -158,56 +156,18 @@ def test_deep_frames_stay_deep(restorer: GFPGANRestorer) -> None:
 # -- fidelity to the gfpgan package's own per-frame loop ------------------------------------
 
 
-class _FixedNoise(torch.nn.Module):
-    """GFPGANer calls the network with its default randomize_noise=True; fix it the way we do."""
+def test_matches_gfpganer_enhance_on_a_still(weights: Weights) -> None:
+    from vidrestore import restore_frames
+    from vidrestore.testing import reference_gfpganer
 
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor, **kwargs: Any) -> Any:
-        kwargs.pop("weight", None)
-        return self.net(x, randomize_noise=False, **kwargs)
-
-
-class _SameDetector:
-    """facexlib's detector interface over our CenterFace: both sides see the same landmarks."""
-
-    def __init__(self) -> None:
-        self.det = CenterFaceDetector(threshold=0.5)
-
-    def detect_faces(self, bgr: np.ndarray, conf: float = 0.8) -> np.ndarray:
-        (d,) = self.det.detect([np.ascontiguousarray(bgr[:, :, ::-1])])
-        return np.concatenate([d.boxes, d.scores[:, None], d.landmarks.reshape(-1, 10)], axis=1)
-
-
-def test_matches_gfpganer_enhance_on_a_still(weights: Weights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vidrestore.models.compat import import_research_module
-
-    helper_mod = import_research_module("facexlib.utils.face_restoration_helper")
-    gfpgan_utils = import_research_module("gfpgan.utils")
-    parse_net = load_model("parsenet", weights.parsenet)
-    monkeypatch.setattr(helper_mod, "init_detection_model", lambda *a, **k: _SameDetector())
-    monkeypatch.setattr(helper_mod, "init_parsing_model", lambda *a, **k: parse_net)
-
-    ref = gfpgan_utils.GFPGANer.__new__(gfpgan_utils.GFPGANer)  # its constructor would download weights
-    ref.upscale, ref.bg_upsampler, ref.device = 1, None, torch.device("cpu")
-    ref.face_helper = helper_mod.FaceRestoreHelper(
-        1,
-        face_size=512,
-        crop_ratio=(1, 1),
-        det_model="retinaface_resnet50",
-        save_ext="png",
-        use_parse=True,
-        device=ref.device,
+    ref = reference_gfpganer(
+        load_model("gfpgan_v1_clean", weights.gfpgan),
+        load_model("parsenet", weights.parsenet),
+        CenterFaceDetector(threshold=0.5),
     )
-    ref.gfpgan = _FixedNoise(load_model("gfpgan_v1_clean", weights.gfpgan))
-
     img = np.ascontiguousarray(np.pad(astronaut(), ((40, 40), (60, 60), (0, 0)), mode="reflect"))
     _, _, expected_bgr = ref.enhance(img[:, :, ::-1].copy(), paste_back=True)
     expected = expected_bgr[:, :, ::-1]
-
-    from vidrestore import restore_frames
 
     config = load_config(
         None,
@@ -217,12 +177,12 @@ def test_matches_gfpganer_enhance_on_a_still(weights: Weights, tmp_path: Path, m
             "smoothing.method=none",
             "upscaler.model=none",
             f"restorer.weights={weights.gfpgan}",
-            "restorer.parsing_mask=true",
-            f"restorer.parsing_weights={weights.parsenet}",
+            f"restorer.parsing_weights={weights.parsenet}",  # parsing mask on (the default), at 256 px
         ],
     )
     (ours,) = list(restore_frames([img], config))
     face = face_of(img)
     x0, y0, x1, y1 = region_of(face, 512, img.shape[1], img.shape[0])
     assert not np.array_equal(expected[y0:y1, x0:x1], img[y0:y1, x0:x1])
-    assert psnr(ours[y0:y1, x0:x1], expected[y0:y1, x0:x1]) >= 40
+    value = psnr(ours[y0:y1, x0:x1], expected[y0:y1, x0:x1])
+    assert value >= 40, f"PSNR {value:.1f} dB"

@@ -280,3 +280,66 @@ def _write_tone(c: object, stream: object, start: int, stop: int, rate: int, k: 
         c.mux(stream.encode(frame))  # type: ignore[attr-defined]
         start += n
     return start
+
+
+# -- the gfpgan package's own loop, for comparisons ------------------------------------------
+
+
+class _FixedNoise(torch.nn.Module):
+    """GFPGANer calls the network with ``randomize_noise=True`` (its default); fix the noise as we do."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, **kwargs: Any) -> Any:
+        kwargs.pop("weight", None)  # GFPGANv1Clean ignores it
+        return self.net(x, randomize_noise=False, **kwargs)
+
+
+class FacexlibDetector:
+    """facexlib's ``detect_faces(bgr, threshold)`` interface over one of our detectors,
+    so the reference loop sees exactly the landmarks vidrestore sees."""
+
+    def __init__(self, detector: Any) -> None:
+        self.detector = detector
+
+    def detect_faces(self, bgr: np.ndarray, conf_threshold: float = 0.8) -> np.ndarray:
+        (d,) = self.detector.detect([np.ascontiguousarray(bgr[:, :, ::-1])])
+        return np.concatenate([d.boxes, d.scores[:, None], d.landmarks.reshape(-1, 10)], axis=1)
+
+
+def reference_gfpganer(
+    gfpgan: torch.nn.Module,
+    parser: torch.nn.Module,
+    detector: Any,
+    device: torch.device | str = "cpu",
+    upscale: int = 1,
+) -> Any:
+    """The gfpgan package's ``GFPGANer`` around the given networks, without its downloads.
+
+    Its constructor would fetch RetinaFace and ParseNet from the internet; this builds the
+    same object with the detector (any of ours, through :class:`FacexlibDetector`) and the
+    networks handed in, and the GFPGAN noise fixed. ``enhance()`` is the package's own code.
+    """
+    helper_mod = import_research_module("facexlib.utils.face_restoration_helper")
+    gfpgan_utils = import_research_module("gfpgan.utils")
+    saved = helper_mod.init_detection_model, helper_mod.init_parsing_model
+    helper_mod.init_detection_model = lambda *a, **k: FacexlibDetector(detector)
+    helper_mod.init_parsing_model = lambda *a, **k: parser
+    try:
+        ref = gfpgan_utils.GFPGANer.__new__(gfpgan_utils.GFPGANer)
+        ref.upscale, ref.bg_upsampler, ref.device = upscale, None, torch.device(device)
+        ref.face_helper = helper_mod.FaceRestoreHelper(
+            upscale,
+            face_size=512,
+            crop_ratio=(1, 1),
+            det_model="retinaface_resnet50",
+            save_ext="png",
+            use_parse=True,
+            device=ref.device,
+        )
+    finally:
+        helper_mod.init_detection_model, helper_mod.init_parsing_model = saved
+    ref.gfpgan = _FixedNoise(gfpgan).to(ref.device)
+    return ref
