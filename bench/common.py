@@ -41,10 +41,10 @@ def machine() -> dict[str, Any]:
 
 
 def run_measured(args: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
-    """Run ``python ARGS`` in a child; return (seconds, peak RSS bytes of it and its children, stderr)."""
+    """Run ``python ARGS`` in a child; return (seconds, peak RSS bytes of it and its children, stdout)."""
     proc = subprocess.Popen(
         [sys.executable, *args],
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **(env or {})},

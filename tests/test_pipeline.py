@@ -245,3 +245,28 @@ def test_output_scale_without_faces_and_for_images(cli: Cli, weights: Weights, t
     )
     assert r.code == 0, r.err
     assert Image.open(tmp_path / "big.png").size == (300, 200)
+
+
+def test_the_readme_main_command(weights: Weights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's command on clips/sample.mp4: exit 3 with the store's message without weights,
+    and a full run once weights are there (here: the small random-weight files, by *.weights)."""
+    import re
+    import shlex
+
+    from vidrestore.cli import main
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    line = next(ln for ln in readme.splitlines() if ln.startswith("vidrestore restore clips/"))
+    args = shlex.split(re.sub(r"\s+#.*$", "", line))[1:]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "sample.mp4").write_bytes((root / "clips" / "sample.mp4").read_bytes())
+    assert main(args) == 3
+    out = Path(args[args.index("-o") + 1])
+    assert not out.exists()
+    code = main([*args, "--detector", "centerface", "-q", *weights.sets(parsing=True)])
+    assert code == 0
+    p, src = probe(out), probe(tmp_path / "clips" / "sample.mp4")
+    assert p.frames == src.frames == 75 and p.pts == src.pts
+    assert list(p.audio.values()) == list(src.audio.values())

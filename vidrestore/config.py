@@ -70,7 +70,9 @@ class RestorerConfig:
     model: RestorerName = _key("gfpgan-1.4", "face restorer")
     weights: str | None = _key(None, "local weights file used as-is instead of the registry's")
     blend: float = _key(1.0, "0 keeps the original face, 1 the fully restored one", 0.0, 1.0)
-    batch_size: int = _key(8, "faces per restorer call", 1, 256)
+    batch_size: int = _key(
+        0, "faces per restorer call; 0: auto (8 on a GPU; 1 on the CPU, where batches run slower)", 0, 256
+    )
     parsing_mask: bool = _key(True, "paste back through a face-parsing mask (hair, ears, edges); false: a soft square")
     parsing_size: int = _key(
         256, "resolution the parsing model runs at; its mask is blurred by 101 px anyway (512: as GFPGAN)", 128, 512

@@ -228,16 +228,20 @@ def _guarded(frames: Iterator[Frame], stage: str, stats: RunStats) -> Iterator[F
         ) from exc
 
 
-def _restore_video(src: Path, dst: Path, config: Config, stages: FrameStages, stats: RunStats, progress: bool) -> None:
-    control = RunControl()
-    reader = VideoReader(
+def _open_reader(src: Path, config: Config, control: RunControl, copy_streams: bool = True) -> VideoReader:
+    return VideoReader(
         src,
         control,
         queue_size=config.pipeline.queue_size,
         threads=config.pipeline.decode_threads,
-        copy_audio=config.output.audio,
-        copy_subtitles=config.output.subtitles,
+        copy_audio=copy_streams and config.output.audio,
+        copy_subtitles=copy_streams and config.output.subtitles,
     )
+
+
+def _restore_video(src: Path, dst: Path, config: Config, stages: FrameStages, stats: RunStats, progress: bool) -> None:
+    control = RunControl()
+    reader = _open_reader(src, config, control)
     bar = _progress_bar(reader, src, progress)
     target = AtomicTarget(dst)
     with target as tmp:
@@ -404,14 +408,7 @@ def inspect_path(
                 stats.frames += 1
         else:
             control = RunControl()
-            reader = VideoReader(
-                src,
-                control,
-                queue_size=config.pipeline.queue_size,
-                threads=config.pipeline.decode_threads,
-                copy_audio=False,
-                copy_subtitles=False,
-            )
+            reader = _open_reader(src, config, control, copy_streams=False)
             try:
                 for _ in _guarded(track_and_record(iter(reader)), "inspect", stats):
                     stats.frames += 1

@@ -38,30 +38,20 @@ ASTRONAUT_LANDMARKS = np.array(
 def _model(arch: str, small: bool) -> Any:
     if arch == "gfpgan_v1_clean":
         m = import_research_module("gfpgan.archs.gfpganv1_clean_arch")
-        if small:
-            return m.GFPGANv1Clean(
-                out_size=512,
-                num_style_feat=64,
-                channel_multiplier=1,
-                decoder_load_path=None,
-                fix_decoder=False,
-                num_mlp=2,
-                input_is_latent=True,
-                different_w=True,
-                narrow=0.125,
-                sft_half=True,
-            )
+        # v1.3/v1.4 as released, or the same architecture narrower and with fewer style layers
+        width = (
+            {"num_style_feat": 64, "channel_multiplier": 1, "num_mlp": 2, "narrow": 0.125}
+            if small
+            else {"num_style_feat": 512, "channel_multiplier": 2, "num_mlp": 8, "narrow": 1}
+        )
         return m.GFPGANv1Clean(
             out_size=512,
-            num_style_feat=512,
-            channel_multiplier=2,
             decoder_load_path=None,
             fix_decoder=False,
-            num_mlp=8,
             input_is_latent=True,
             different_w=True,
-            narrow=1,
             sft_half=True,
+            **width,
         )
     if arch == "srvgg_compact":
         m = import_research_module("realesrgan.archs.srvgg_arch")
