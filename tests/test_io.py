@@ -349,3 +349,30 @@ def test_sigint_during_encode_leaves_nothing_at_the_target(tmp_path: Path) -> No
     assert "Traceback" not in err
     assert not dst.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["long.mp4"]
+
+
+def test_a_damaged_packet_mid_stream_is_skipped_and_counted(cli: Cli, tmp_path: Path) -> None:
+    good, bad, dst = tmp_path / "good.mkv", tmp_path / "bad.mkv", tmp_path / "out.mkv"
+    write_clip(good, frames(30))
+    with av.open(str(good)) as src, av.open(str(bad), "w") as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in src.streams}
+        n = 0
+        for packet in src.demux():
+            if not packet.size:
+                continue
+            index = packet.stream.index
+            if packet.stream.type == "video":
+                n += 1
+                if n == 12:  # replace one frame's data with garbage of the same size
+                    damaged = av.Packet(bytes([0xFF]) * packet.size)
+                    damaged.pts, damaged.dts, damaged.time_base = packet.pts, packet.dts, packet.time_base
+                    packet = damaged
+            packet.stream = streams[index]
+            out.mux(packet)
+    r = cli("restore", bad, "-o", dst, "--detector", "none")
+    assert r.code == 0, r.err
+    assert "damaged video packet(s) were skipped" in r.err
+    p = probe(dst)
+    assert 0 < p.frames < 30
+    assert all(y > x for x, y in zip(p.pts, p.pts[1:]))
+    assert list(p.audio.values()) == list(probe(good).audio.values())  # the audio is all there

@@ -131,16 +131,7 @@ class FaceStages:
             yield from tracked
             return
         stage = self.restore
-        out = stage.run(tracked)
-        while True:
-            t0 = time.perf_counter()
-            upstream0 = self.stats.stage_seconds.get("detect", 0.0) if self.stats else 0.0
-            try:
-                frame = next(out)
-            except StopIteration:
-                break
-            upstream = (self.stats.stage_seconds.get("detect", 0.0) if self.stats else 0.0) - upstream0
-            self._time("restore", time.perf_counter() - t0 - upstream)
+        for frame in stage.run(tracked):
             self._count(stage, frame)
             yield frame
 
@@ -228,6 +219,7 @@ def build_face_stages(config: Config, store: ModelStore, stats: RunStats | None 
             blend=r.blend,
             batch_size=batch,
             max_frames=max(2 * batch, 4),
+            timer=stats.add_time if stats is not None else None,
         )
     frame_upscaler = shared if config.output.scale > 1 else None
     if frame_upscaler is not None and frame_upscaler.scale < config.output.scale:

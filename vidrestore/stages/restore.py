@@ -10,7 +10,8 @@ only each face's own region; every other pixel is the decoded pixel, bit for bit
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -81,6 +82,7 @@ class RestoreStage:
         blend: float = 1.0,
         batch_size: int = 8,
         max_frames: int = 16,
+        timer: Callable[[str, float], None] | None = None,
     ) -> None:
         self.restorer = restorer
         self.device = device
@@ -95,6 +97,8 @@ class RestoreStage:
         self.template = template(self.size)
         self.feather = feather_mask(self.size, device)
         self.counts = FaceCounts()
+        self.timer = timer or (lambda stage, seconds: None)
+        self._upscale_s = 0.0
 
     def run(self, frames: Iterator[Frame]) -> Iterator[Frame]:
         held: list[Frame] = []
@@ -111,16 +115,27 @@ class RestoreStage:
     # -- one group of frames ---------------------------------------------------------
 
     def _process(self, frames: list[Frame]) -> Iterator[Frame]:
+        t0, self._upscale_s = time.perf_counter(), 0.0
         jobs = [job for pos, f in enumerate(frames) for face in f.faces if (job := self._prepare(pos, f, face))]
+        t1 = time.perf_counter()
+        self.timer("upscale faces", self._upscale_s)
+        self.timer("align", t1 - t0 - self._upscale_s)
         for start in range(0, len(jobs), self.batch_size):
             self._restore(jobs[start : start + self.batch_size])
+        self.timer("restorer", time.perf_counter() - t1)
         by_frame: dict[int, list[_Job]] = {}
         for job in jobs:
             if job.restored is not None:
                 by_frame.setdefault(job.frame_pos, []).append(job)
         for pos, frame in enumerate(frames):
             done = by_frame.get(pos)
-            yield frame if not done else replace(frame, image=self._paste(frame.image, done))
+            if not done:
+                yield frame
+                continue
+            t2 = time.perf_counter()
+            pasted = replace(frame, image=self._paste(frame.image, done))
+            self.timer("mask + paste", time.perf_counter() - t2)
+            yield pasted
 
     def _prepare(self, pos: int, frame: Frame, face: Face) -> _Job | None:
         image = frame.image
@@ -151,7 +166,9 @@ class RestoreStage:
         x0, y0 = max(int(np.floor(cx - half)), 0), max(int(np.floor(cy - half)), 0)
         x1, y1 = min(int(np.ceil(cx + half)), w), min(int(np.ceil(cy + half)), h)
         crop = _to_float(image[y0:y1, x0:x1], self.device)[None]
+        t0 = time.perf_counter()
         up = self.upscaler.upscale(crop)[0]
+        self._upscale_s += time.perf_counter() - t0
         s = self.upscaler.scale
         # frame pixel centre x -> upscaled-crop pixel centre (x - x0 + 0.5) * s - 0.5
         to_up = np.array([[s, 0.0, s * (0.5 - x0) - 0.5], [0.0, s, s * (0.5 - y0) - 0.5]])
