@@ -37,7 +37,7 @@ def test_end_to_end_restore_keeps_frames_timestamps_and_audio(
     assert counts["faces_upscaled"] == 20  # the clip's face is ~70 px, under upscaler.below (96)
     assert data["config"]["detector"]["model"] == "centerface"
     assert {"vidrestore", "torch", "av"} <= set(data["versions"])
-    assert "detect" in data["stage_seconds"] and "restore" in data["stage_seconds"]
+    assert {"detect", "upscale faces", "align", "restorer", "mask + paste"} <= set(data["stage_seconds"])
     # faces changed; the rest of the frame stays within codec tolerance of the input
     for i, (x, y) in enumerate(zip(a.images, b.images)):
         lm = face_clip.landmarks[i]
