@@ -63,22 +63,12 @@ def _model(arch: str, small: bool) -> Any:
             upscale=4,
             act_type="prelu",
         )
-    if arch == "rrdbnet":
+    if arch in ("rrdbnet", "rrdbnet_x2"):  # Real-ESRGAN x4plus, or x2plus
         m = import_research_module("basicsr.archs.rrdbnet_arch")
         return m.RRDBNet(
             num_in_ch=3,
             num_out_ch=3,
-            scale=4,
-            num_feat=16 if small else 64,
-            num_block=2 if small else 23,
-            num_grow_ch=8 if small else 32,
-        )
-    if arch == "rrdbnet_x2":
-        m = import_research_module("basicsr.archs.rrdbnet_arch")
-        return m.RRDBNet(
-            num_in_ch=3,
-            num_out_ch=3,
-            scale=2,
+            scale=2 if arch == "rrdbnet_x2" else 4,
             num_feat=16 if small else 64,
             num_block=2 if small else 23,
             num_grow_ch=8 if small else 32,
