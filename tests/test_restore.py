@@ -108,11 +108,11 @@ def test_small_faces_are_upscaled_on_their_crop_only(restorer: GFPGANRestorer, u
     assert len(seen) == 1
     _, _, h, w = seen[0]
     assert h <= 2 * face.size + 2 and w <= 2 * face.size + 2  # the crop around the face, never 480x640
-    assert stage.counts.upscaled == 1 and stage.counts.restored == 1
+    assert stage.stats.faces_upscaled == 1 and stage.stats.faces_restored == 1
     big = face_of(astronaut())
     stage2 = RestoreStage(restorer, CPU.device, upscaler=upscaler, upscale_below=64)
     list(stage2.run(iter([frame_with(astronaut(), (big,))])))
-    assert stage2.counts.upscaled == 0  # large faces go straight to the restorer
+    assert stage2.stats.faces_upscaled == 0  # large faces go straight to the restorer
     assert out.image.shape == frame_img.shape
 
 
@@ -133,7 +133,7 @@ def test_a_face_that_fails_keeps_its_pixels_and_the_frame_survives(restorer: GFP
     assert [f.index for f in out] == [0, 1]
     assert not np.array_equal(out[0].image, img)
     assert np.array_equal(out[1].image, bright)
-    assert stage.counts.failed == 1 and stage.counts.restored == 1
+    assert stage.stats.faces_failed == 1 and stage.stats.faces_restored == 1
 
 
 def test_parsing_mask_path(restorer: GFPGANRestorer, weights: Weights) -> None:

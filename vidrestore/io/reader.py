@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -290,7 +290,7 @@ class VideoReader:
 
     def _emit(self, frame: av.VideoFrame, deep: bool) -> None:
         if self.decoded == 0 and frame.rotation:
-            self.info = _with_rotation(self.info, int(frame.rotation))
+            self.info = replace(self.info, rotation=int(frame.rotation))
         pts = self.repair(frame.pts, frame.dts)
         tb = self.info.time_base
         duration = int(frame.duration or 0)
@@ -329,9 +329,3 @@ class VideoReader:
                 self.control.stop()
             self._thread.join()
         self.container.close()
-
-
-def _with_rotation(info: VideoInfo, rotation: int) -> VideoInfo:
-    from dataclasses import replace
-
-    return replace(info, rotation=rotation)

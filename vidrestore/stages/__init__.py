@@ -148,13 +148,8 @@ class FaceStages:
             yield replace(frame, image=image, faces=faces)
 
     def _count(self, stage: RestoreStage, frame: Frame) -> None:
-        if self.stats is None:
-            return
-        c = stage.counts
-        s = self.stats
-        s.faces_restored, s.faces_upscaled, s.faces_filled, s.faces_failed = c.restored, c.upscaled, c.filled, c.failed
         if not frame.faces:
-            s.frames_passed_through += 1
+            stage.stats.frames_passed_through += 1
 
 
 def _scale_face(face: Face, s: float) -> Face:
@@ -219,7 +214,7 @@ def build_face_stages(config: Config, store: ModelStore, stats: RunStats | None 
             blend=r.blend,
             batch_size=batch,
             max_frames=max(2 * batch, 4),
-            timer=stats.add_time if stats is not None else None,
+            stats=stats,
         )
     frame_upscaler = shared if config.output.scale > 1 else None
     if frame_upscaler is not None and frame_upscaler.scale < config.output.scale:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -20,8 +20,9 @@ import torch
 from vidrestore.geometry import compose, estimate_similarity, invert, template, transformed_bounds, warp
 from vidrestore.records import Face, Frame
 from vidrestore.stages.models import FaceParser, NonFiniteOutput, Restorer, Upscaler
+from vidrestore.stats import RunStats
 
-__all__ = ["FaceCounts", "RestoreStage", "feather_mask"]
+__all__ = ["RestoreStage", "feather_mask"]
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,6 @@ def feather_mask(size: int, device: torch.device) -> torch.Tensor:
     line = ((dist + 0.5) / ramp).clamp(0, 1)
     line = line * line * (3 - 2 * line)  # smoothstep: no kink where the ramp ends
     return (line[:, None] * line[None, :])[None, None]
-
-
-@dataclass
-class FaceCounts:
-    restored: int = 0
-    upscaled: int = 0
-    filled: int = 0
-    failed: int = 0
 
 
 @dataclass
@@ -82,7 +75,7 @@ class RestoreStage:
         blend: float = 1.0,
         batch_size: int = 8,
         max_frames: int = 16,
-        timer: Callable[[str, float], None] | None = None,
+        stats: RunStats | None = None,
     ) -> None:
         self.restorer = restorer
         self.device = device
@@ -96,8 +89,8 @@ class RestoreStage:
         self.size = restorer.size
         self.template = template(self.size)
         self.feather = feather_mask(self.size, device)
-        self.counts = FaceCounts()
-        self.timer = timer or (lambda stage, seconds: None)
+        self.stats = stats if stats is not None else RunStats()  # face counts and time per stage
+        self.timer = self.stats.add_time
         self._upscale_s = 0.0
 
     def run(self, frames: Iterator[Frame]) -> Iterator[Frame]:
@@ -146,7 +139,7 @@ class RestoreStage:
             to_aligned = estimate_similarity(face.landmarks, self.template)
         except ValueError as exc:
             log.debug("frame %d: face %d cannot be aligned: %s", frame.index, face.track_id, exc)
-            self.counts.failed += 1
+            self.stats.faces_failed += 1
             return None
         x0, y0, x1, y1 = transformed_bounds(invert(to_aligned), self.size, self.size, w, h)
         if x1 <= x0 or y1 <= y0:
@@ -174,7 +167,7 @@ class RestoreStage:
         to_up = np.array([[s, 0.0, s * (0.5 - x0) - 0.5], [0.0, s, s * (0.5 - y0) - 0.5]])
         from_up = estimate_similarity(face.landmarks @ to_up[:, :2].T + to_up[:, 2], self.template)
         aligned = warp(up, from_up, self.size, self.size, border=_BORDER)
-        self.counts.upscaled += 1
+        self.stats.faces_upscaled += 1
         return _Job(pos, face, compose(from_up, to_up), aligned, (x0, y0, x1, y1))
 
     def _restore(self, jobs: list[_Job]) -> None:
@@ -186,7 +179,7 @@ class RestoreStage:
         except (RuntimeError, NonFiniteOutput) as exc:
             if len(jobs) == 1:
                 log.warning("face %d could not be restored (%s); keeping the original", jobs[0].face.track_id, exc)
-                self.counts.failed += 1
+                self.stats.faces_failed += 1
                 return
             log.debug("batch of %d failed (%s); retrying one by one", len(jobs), exc)
             for job in jobs:
@@ -194,8 +187,8 @@ class RestoreStage:
             return
         for job, restored in zip(jobs, out):
             job.restored = restored
-            self.counts.restored += 1
-            self.counts.filled += int(job.face.interpolated)
+            self.stats.faces_restored += 1
+            self.stats.faces_filled += int(job.face.interpolated)
 
     def _paste(self, image: np.ndarray, jobs: list[_Job]) -> np.ndarray:
         out = image.copy()
