@@ -92,3 +92,28 @@ def probe(path: Path, keep_images: bool = False) -> Probe:
 
 def seconds(p: Probe) -> list[float]:
     return [float(x * p.time_base) for x in p.pts]
+
+
+def best_effort_seconds(path: Path) -> list[float | None]:
+    """FFmpeg's own best-effort frame times (ffprobe), the independent reference for our timestamp rule;
+    None where FFmpeg has no time for a frame (the last frame of an AVI file, for one)."""
+    import os
+    import shutil
+    import subprocess
+
+    import pytest
+
+    ffprobe = shutil.which("ffprobe")
+    if ffprobe is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have ffprobe (.ci/run installs Debian's ffmpeg package)")
+        pytest.skip("ffprobe is not installed (apt-get install ffmpeg): no independent reference here")
+    out = subprocess.run(
+        [ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=best_effort_timestamp_time"]
+        + ["-of", "csv=p=0", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    values = [line.strip().strip(",") for line in out.splitlines() if line.strip().strip(",")]
+    return [None if v == "N/A" else float(v) for v in values]

@@ -19,6 +19,8 @@ class RunStats:
     faces_failed: int = 0
     frames_passed_through: int = 0
     skipped_packets: int = 0
+    timestamps_repaired: int = 0  # frames given a time other than their own pts (out of order, missing)
+    timestamp_resets: int = 0  # backward jumps in a stream's times, undone (concatenated recordings)
     truncated: list[str] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0

@@ -9,9 +9,11 @@ packet queue can only run ahead by the same stretch of time.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -27,7 +29,11 @@ from vidrestore.control import END, RunControl, Stopped
 from vidrestore.errors import InputError
 from vidrestore.records import Frame
 
-__all__ = ["SWS_FLAGS", "StreamInfo", "TimestampRepair", "VideoInfo", "VideoReader", "open_input", "to_rgb"]
+__all__ = [
+    "SWS_FLAGS",
+    "StreamClock",
+    "StreamInfo",
+    "TimestampRepair", "VideoInfo", "VideoReader", "open_input", "to_rgb"]
 
 log = logging.getLogger(__name__)
 
@@ -113,29 +119,111 @@ def to_rgb(frame: av.VideoFrame, deep: bool) -> np.ndarray:
 
 
 class TimestampRepair:
-    """Make decoder timestamps strictly increasing, keeping real ones wherever they are sane.
+    """Presentation times for decoded frames: what FFmpeg's best-effort timestamp gives, strictly increasing.
 
-    A missing pts is taken from the dts, else from the previous pts plus one nominal
-    frame duration; a pts that does not move forward (repeated, or out of order as
-    AVI with packed B-frames gives) is moved to just after the previous one.
+    Frames come from the decoder in display order, but their ``pts`` is not always theirs:
+    AVI files with packed B-frames hand each frame the pts of the packet it came in, in decode
+    order (``5, 4`` where ``4, 5`` is meant). Three rules, applied in order:
+
+    1. **Resets.** A step back of more than ``jump`` ticks (concatenated recordings, a broken
+       muxer) is a discontinuity: every later time is shifted so the stream carries on from
+       where it was, keeping its real spacing. Copied streams undo the same resets
+       (:class:`StreamClock`), so sync holds.
+    2. **Reorder window.** The pts of the last ``window`` frames are held and handed out
+       smallest first: a local permutation of the right times comes out sorted.
+    3. **Faulty counts.** Like FFmpeg's ``guess_correct_pts``: count how often the (sorted)
+       pts and the dts each fail to move forward, and use the dts instead of the pts while
+       the pts has failed more often. A time that still does not move forward becomes the
+       previous one plus one nominal frame duration.
+
+    :meth:`push` takes one decoded frame's ``(pts, dts)`` and returns the times of the frames
+    that are now settled (the oldest pending first); :meth:`flush` returns the rest.
+    ``repaired`` counts the frames given a time other than their own pts.
     """
 
-    def __init__(self, nominal: int) -> None:
+    def __init__(self, nominal: int, window: int = 4, jump: int | None = None) -> None:
         self.nominal = max(1, nominal)
-        self.prev: int | None = None
+        self.window = max(0, window)
+        self.jump = jump if jump is not None else 16 * self.nominal
         self.repaired = 0
+        self.resets = 0
+        self._heap: list[int] = []
+        self._pending: deque[tuple[int | None, int | None]] = deque()  # per frame: (own pts, dts), shifted
+        self._offset = 0
+        self._top: int | None = None
+        self._prev: int | None = None
+        self._last_pts: int | None = None
+        self._last_dts: int | None = None
+        self._faulty_pts = 0
+        self._faulty_dts = 0
 
-    def __call__(self, pts: int | None, dts: int | None = None) -> int:
+    def push(self, pts: int | None, dts: int | None = None) -> list[int]:
         value = pts if pts is not None else dts
-        if self.prev is None:
-            out = 0 if value is None else value
-        elif value is None or value <= self.prev:
-            out = self.prev + self.nominal
-            self.repaired += 1
+        if value is None:
+            shifted = (self._top + self.nominal) if self._top is not None else 0
         else:
-            out = value
-        self.prev = out
+            shifted = value + self._offset
+            if self._top is not None and shifted < self._top - self.jump:
+                self._offset += self._top + self.nominal - shifted
+                self.resets += 1
+                shifted = self._top + self.nominal
+        own = None if pts is None else pts + self._offset
+        heapq.heappush(self._heap, shifted)
+        self._pending.append((own, None if dts is None else dts + self._offset))
+        self._top = shifted if self._top is None else max(self._top, shifted)
+        out = []
+        while len(self._pending) > self.window:
+            out.append(self._settle())
         return out
+
+    def flush(self) -> list[int]:
+        return [self._settle() for _ in range(len(self._pending))]
+
+    def _settle(self) -> int:
+        candidate = heapq.heappop(self._heap)
+        own, dts = self._pending.popleft()
+        if dts is not None:
+            self._faulty_dts += self._last_dts is not None and dts <= self._last_dts
+            self._last_dts = dts
+        self._faulty_pts += self._last_pts is not None and candidate <= self._last_pts
+        self._last_pts = candidate
+        out = candidate if (self._faulty_pts <= self._faulty_dts or dts is None) else dts
+        if self._prev is not None and out <= self._prev:
+            out = self._prev + self.nominal
+        self._prev = out
+        self.repaired += out != own
+        return out
+
+
+class StreamClock:
+    """A copied stream's packet times with the same resets undone as :class:`TimestampRepair` undoes.
+
+    A packet more than ``jump`` ticks before the end of the previous one starts a new
+    stretch: it and every later packet are shifted to carry on from that end.
+    """
+
+    def __init__(self, jump: int) -> None:
+        self.jump = jump
+        self.offset = 0
+        self.resets = 0
+        self._end: int | None = None
+
+    def __call__(self, packet: Any) -> None:
+        ts = packet.dts if packet.dts is not None else packet.pts
+        if ts is None:
+            return
+        t = ts + self.offset
+        if self._end is not None and t < self._end - self.jump:
+            self.offset += self._end - t
+            self.resets += 1
+            t = self._end
+        if self.offset:
+            if packet.pts is not None:
+                packet.pts += self.offset
+            if packet.dts is not None:
+                packet.dts += self.offset
+        end = t + int(packet.duration or 0)
+        self._end = end if self._end is None else max(self._end, end)
 
 
 class VideoReader:
@@ -212,8 +300,11 @@ class VideoReader:
         )
         if cc.width <= 0 or cc.height <= 0:
             raise InputError(f"{self.path}: the video stream has no picture size (damaged header?)")
-        nominal = int(1 / (rate * tb)) if rate else 1
-        self.repair = TimestampRepair(nominal)
+        nominal = max(1, round(1 / (rate * tb))) if rate else 1
+        # a step back of more than a second is a reset (concatenated recordings), not reordering
+        self.repair = TimestampRepair(nominal, jump=max(16 * nominal, round(1 / tb)))
+        self.clocks = {s.index: StreamClock(round(1 / (s.time_base or tb))) for s in self.copy_streams}
+        self._pending: deque[tuple[np.ndarray, int]] = deque()  # decoded pictures waiting for their time
 
     def stream_infos(self) -> list[StreamInfo]:
         out = []
@@ -258,6 +349,7 @@ class VideoReader:
                 raise Stopped
             if packet.stream.type != "video":
                 if packet.size:  # skip the empty flush packets the demuxer ends with
+                    self.clocks[packet.stream.index](packet)
                     self.packets.put((packet.stream.index, packet))
                 continue
             if not packet.size:
@@ -266,6 +358,8 @@ class VideoReader:
                 self._emit(frame, deep)
         for frame in self._decode(None):
             self._emit(frame, deep)
+        for pts in self.repair.flush():
+            self._send(pts)
         if self.decoded == 0:
             raise InputError(f"{self.path}: no video frame could be decoded")
         dur = self.info.duration_s
@@ -289,17 +383,22 @@ class VideoReader:
         log.warning("%s: %s after %.2f s; the output holds what could be decoded", self.path, why, self.last_end_s)
 
     def _emit(self, frame: av.VideoFrame, deep: bool) -> None:
-        if self.decoded == 0 and frame.rotation:
+        if self.decoded == 0 and not self._pending and frame.rotation:
             self.info = replace(self.info, rotation=int(frame.rotation))
-        pts = self.repair(frame.pts, frame.dts)
+        self._pending.append((to_rgb(frame, deep), int(frame.duration or 0)))
+        for pts in self.repair.push(frame.pts, frame.dts):
+            self._send(pts)
+
+    def _send(self, pts: int) -> None:
+        """The oldest pending picture goes out with its settled time."""
+        image, duration = self._pending.popleft()
         tb = self.info.time_base
-        duration = int(frame.duration or 0)
         self.last_end_s = float((pts + (duration or self.repair.nominal)) * tb)
         out = Frame(
             index=self.decoded,
             pts=pts,
             time_base=tb,
-            image=to_rgb(frame, deep),
+            image=image,
             duration=duration,
             rotation=self.info.rotation,
         )
