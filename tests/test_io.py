@@ -10,16 +10,17 @@ import time
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 import pytest
 from conftest import CliResult, assert_one_line_error
-from media import probe, seconds
+from media import best_effort_seconds, probe, seconds
 
 from vidrestore.control import RunControl
 from vidrestore.io.encoders import encoder_options, pick_pix_fmt
-from vidrestore.io.reader import TimestampRepair, VideoReader
+from vidrestore.io.reader import VideoReader
 from vidrestore.testing import write_clip
 
 Cli = Callable[..., CliResult]
@@ -208,14 +209,6 @@ def test_truncated_file_is_processed_up_to_where_it_stops(cli: Cli, tmp_path: Pa
     assert 0 < probe(dst).frames == decodable < 50
 
 
-def test_timestamp_repair() -> None:
-    fix = TimestampRepair(nominal=10)
-    assert [fix(p) for p in [0, 10, None, 30, 30, 25, 60]] == [0, 10, 20, 30, 40, 50, 60]
-    assert fix.repaired == 3
-    first = TimestampRepair(nominal=5)
-    assert [first(None, dts=7), first(None), first(12)] == [7, 12, 17]
-
-
 def test_reader_streams_through_a_bounded_queue(tmp_path: Path) -> None:
     src = tmp_path / "in.mp4"
     write_clip(src, frames(60))
@@ -376,3 +369,117 @@ def test_a_damaged_packet_mid_stream_is_skipped_and_counted(cli: Cli, tmp_path: 
     assert 0 < p.frames < 30
     assert all(y > x for x, y in zip(p.pts, p.pts[1:]))
     assert list(p.audio.values()) == list(probe(good).audio.values())  # the audio is all there
+
+
+def _suite_file(kind: str, tmp: Path) -> Path:
+    """The I/O suite's kinds of input, one file each."""
+    if kind == "mp4-h264-bframes-aac":
+        write_clip(src := tmp / "in.mp4", frames())
+    elif kind == "webm-vp9-opus":
+        write_clip(src := tmp / "in.webm", frames(), codec="libvpx-vp9")
+    elif kind == "mkv-vfr":
+        pts = [0, 33, 66, 100, 600, 633, 1633, 1673, 1690, 1707, 1957, 1990]
+        write_clip(src := tmp / "in.mkv", frames(len(pts)), pts=pts, time_base=Fraction(1, 1000), rate=30)
+    elif kind == "mov-rotated":
+        write_clip(src := tmp / "in.mov", frames(), rotation=90)
+    elif kind == "mkv-10bit":
+        write_clip(src := tmp / "in.mkv", frames(), pix_fmt="yuv420p10le")
+    elif kind == "ts-h264":
+        write_clip(src := tmp / "in.ts", frames())
+    elif kind == "avi-mpeg4-bframes":
+        src = tmp / "in.avi"
+        with av.open(str(src), "w") as c:
+            v: Any = c.add_stream("mpeg4", rate=25)
+            v.width, v.height, v.pix_fmt = 96, 64, "yuv420p"
+            v.codec_context.max_b_frames = 2
+            for i, img in enumerate(frames()):
+                f = av.VideoFrame.from_ndarray(img, format="rgb24")
+                f.pts = i
+                c.mux(v.encode(f))
+            c.mux(v.encode(None))
+    else:
+        raise AssertionError(kind)
+    return src
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["mp4-h264-bframes-aac", "webm-vp9-opus", "mkv-vfr", "mov-rotated", "mkv-10bit", "ts-h264", "avi-mpeg4-bframes"],
+)
+def test_output_times_are_ffmpegs_best_effort_times(cli: Cli, tmp_path: Path, kind: str) -> None:
+    src = _suite_file(kind, tmp_path)
+    dst = tmp_path / f"out{src.suffix}"
+    passthrough(cli, src, dst)
+    want = best_effort_seconds(src)
+    got = seconds(probe(dst))
+    assert len(got) == len(want)
+    known = [(g, w) for g, w in zip(got, want) if w is not None]
+    assert len(known) >= len(want) - 1  # FFmpeg leaves at most the last frame without a time
+    offset = known[0][0] - known[0][1]  # a container may start the output at another instant; sync is relative
+    assert [g - offset for g, _ in known] == pytest.approx([w for _, w in known], abs=1.5e-3)
+    assert all(b > a for a, b in zip(got, got[1:]))
+
+
+def test_webm_with_no_flags_gets_vp9_and_keeps_its_opus_audio(cli: Cli, tmp_path: Path) -> None:
+    src, dst = tmp_path / "in.webm", tmp_path / "out.webm"
+    write_clip(src, frames(), codec="libvpx-vp9")
+    r = cli("restore", src, "-o", dst, "--detector", "none", "-q")
+    assert r.code == 0, r.err
+    assert probe(dst).codec == "vp9"
+    assert_same_timing(src, dst)  # the Opus packets byte for byte
+
+
+def test_mp4_into_webm_reencodes_the_aac_to_opus(cli: Cli, tmp_path: Path) -> None:
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.webm"
+    write_clip(src, frames())
+    r = cli("restore", src, "-o", dst, "--detector", "none")
+    assert r.code == 0, r.err
+    b = probe(dst)
+    assert b.codec == "vp9" and len(b.audio) == 1 and b.frames == 25
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["-o", "out.webm", "--codec", "libx264"], ["cannot hold h264", "libvpx-vp9", ".mp4"]),
+        (["-o", "out.flv", "--codec", "libx265"], ["cannot hold hevc", "libx264"]),
+        (["-o", "out.xyz"], ["cannot write '.xyz'", ".mkv"]),
+        (["-o", "out.mp4", "--set", "output.preset=turbo"], ["output.preset", "ultrafast"]),
+    ],
+)
+def test_impossible_outputs_are_refused_before_any_model_loads(
+    cli: Cli, tmp_path: Path, args: list[str], words: list[str]
+) -> None:
+    src = tmp_path / "in.mp4"
+    write_clip(src, frames(5))
+    missing = tmp_path / "no-such-weights.pth"  # loading any model would fail with exit 3
+    argv = [a if not a.startswith("out.") else str(tmp_path / a) for a in args]
+    r = cli("restore", src, *argv, "--detector", "centerface", "--set", f"restorer.weights={missing}")
+    assert r.code == 2, r.err
+    assert_one_line_error(r.err)
+    for word in words:
+        assert word in r.err
+    assert [p.name for p in tmp_path.iterdir()] == ["in.mp4"]
+
+
+def test_container_table_defaults() -> None:
+    from vidrestore.io.encoders import CONTAINERS, plan_output
+
+    assert plan_output(".webm", "auto", 30, "medium").video == "libvpx-vp9"
+    assert plan_output(".webm", "auto", 30, "medium").audio == "libopus"
+    assert plan_output(".MP4", "auto", 18, "fast") == plan_output(".mp4", "libx264", 18, "fast")
+    assert plan_output(".avi", "auto", 18, "medium").options["bf"] == "0"  # AVI keeps no pts: no B-frames
+    assert plan_output(".mkv", "libsvtav1", 30, "slow").options == {"crf": "30", "preset": "5"}
+    for suffix, box in CONTAINERS.items():  # every default is an encoder this FFmpeg build has
+        assert plan_output(suffix, "auto", 23, "medium").video == box.video
+
+
+@pytest.mark.parametrize("suffix", [".avi", ".ts", ".flv", ".mov", ".m4v", ".3gp", ".mkv"])
+def test_every_container_in_the_table_writes_and_keeps_its_frames(cli: Cli, tmp_path: Path, suffix: str) -> None:
+    src, dst = tmp_path / "in.mp4", tmp_path / f"out{suffix}"
+    write_clip(src, frames(12))
+    r = cli("restore", src, "-o", dst, "--detector", "none", "-q")
+    assert r.code == 0, r.err
+    b = probe(dst)
+    assert b.frames == 12 and all(y > x for x, y in zip(b.pts, b.pts[1:]))
+    assert len(b.audio) == 1

@@ -14,12 +14,12 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, get_args
 
 import yaml
 
 from vidrestore import __version__
-from vidrestore.config import Config, config_to_dict, load_config
+from vidrestore.config import Config, EncoderPreset, config_to_dict, load_config
 from vidrestore.errors import ConfigError, VidrestoreError
 from vidrestore.models.registry import DEFAULT_REGISTRY
 from vidrestore.models.store import ModelStore, default_weights_dir
@@ -109,7 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--blend", type=float, metavar="F", help="restorer.blend: 0 original .. 1 fully restored")
     r.add_argument("--upscale-below", type=int, metavar="PX", help="upscaler.below: upscale faces under PX first")
     r.add_argument("--crf", type=int, help="output.crf: encoder quality (lower is better)")
-    r.add_argument("--codec", help="output.codec: libx264, libx265, libsvtav1, libvpx-vp9, h264_nvenc, hevc_nvenc")
+    r.add_argument(
+        "--codec", help="output.codec: auto (by container), libx264, libx265, libsvtav1, libvpx-vp9, h264_nvenc, hevc_nvenc"
+    )
+    r.add_argument(
+        "--preset",
+        choices=get_args(EncoderPreset),
+        metavar="NAME",
+        help="output.preset: encoder speed, ultrafast .. veryslow (veryfast keeps up with a GPU at 1080p)",
+    )
     r.add_argument("--scale", type=int, choices=(1, 2, 4), help="output.scale: upscale the whole frame 2x or 4x")
     r.add_argument("--no-audio", action="store_true", default=None, help="drop audio tracks on purpose")
     r.add_argument(
@@ -155,6 +163,7 @@ def _flags_to_config(args: argparse.Namespace) -> dict[str, Any]:
         "upscaler.below": getattr(args, "upscale_below", None),
         "output.crf": getattr(args, "crf", None),
         "output.codec": getattr(args, "codec", None),
+        "output.preset": getattr(args, "preset", None),
         "output.scale": getattr(args, "scale", None),
         "output.overwrite": True if getattr(args, "overwrite", None) else None,
         "output.audio": False if getattr(args, "no_audio", None) else None,

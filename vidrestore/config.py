@@ -39,7 +39,10 @@ __all__ = [
 DetectorName = Literal["retinaface_resnet50", "retinaface_mobile0.25", "centerface", "none"]
 RestorerName = Literal["gfpgan-1.4", "gfpgan-1.3", "none"]
 UpscalerName = Literal["realesr-general-x4v3", "realesrgan-x4plus", "realesrgan-x2plus", "none"]
-VideoCodec = Literal["libx264", "libx265", "libsvtav1", "libvpx-vp9", "h264_nvenc", "hevc_nvenc"]
+VideoCodec = Literal[
+    "auto", "libx264", "libx265", "libsvtav1", "libvpx-vp9", "h264_nvenc", "hevc_nvenc"
+]
+EncoderPreset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 SmoothingMethod = Literal["centered", "none"]
 
@@ -109,9 +112,9 @@ class SmoothingConfig:
 class OutputConfig:
     """The written file."""
 
-    codec: VideoCodec = _key("libx264", "video encoder")
+    codec: VideoCodec = _key("auto", "video encoder; auto: the output container's usual one (see the README)")
     crf: int = _key(18, "constant rate factor (lower is better quality)", 0, 63)
-    preset: str = _key("medium", "encoder speed preset")
+    preset: EncoderPreset = _key("medium", "encoder speed preset (x264 names; mapped for the other encoders)")
     audio: bool = _key(True, "copy audio tracks; false drops them on purpose")
     subtitles: bool = _key(True, "copy subtitle tracks")
     overwrite: bool = _key(False, "replace an existing output file")

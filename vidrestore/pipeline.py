@@ -21,6 +21,7 @@ from vidrestore.config import Config, config_to_dict
 from vidrestore.control import END, RunControl, Stopped
 from vidrestore.errors import ConfigError, InputError, OutputError, PipelineError, VidrestoreError
 from vidrestore.io.atomic import AtomicTarget, check_target
+from vidrestore.io.encoders import plan_output
 from vidrestore.io.images import is_image, read_image, write_image
 from vidrestore.io.reader import VideoReader
 from vidrestore.io.writer import VideoWriter
@@ -66,6 +67,16 @@ class Summary:
             out.append("time per stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in s.stage_seconds.items()))
         if s.skipped_packets:
             out.append(f"warning: {s.skipped_packets} damaged video packet(s) were skipped")
+        if s.timestamps_repaired:
+            out.append(
+                f"warning: {s.timestamps_repaired} frame timestamp(s) were out of order or missing and were repaired"
+                " (as FFmpeg's best-effort timestamps)"
+            )
+        if s.timestamp_resets:
+            out.append(
+                f"warning: the input's timestamps jumped back {s.timestamp_resets} time(s) (joined recordings?); "
+                "later frames and packets were shifted to carry on in sync"
+            )
         out.extend(f"warning: {t}" for t in s.truncated)
         return out
 
@@ -171,11 +182,14 @@ def restore_paths(
         if output.exists() and not output.is_dir():
             raise OutputError(f"{output}: several inputs need an output folder, and this is a file")
     sources = [s for s, _ in pairs]
-    for src, dst in pairs:  # refuse before any work, not after the first file
+    for src, dst in pairs:  # refuse before any work or model loading, not after the first file
         if not src.exists():
             raise InputError(f"{src}: no such file")
         if dst.parent.is_dir():
             check_target(dst, sources, config.output.overwrite)
+        if not is_image(src):
+            o = config.output
+            plan_output(dst.suffix, o.codec, o.crf, o.preset)
     stats = RunStats()
     stages = build_stages(config, store, stats)
     start = time.perf_counter()
@@ -276,6 +290,8 @@ def _restore_video(src: Path, dst: Path, config: Config, stages: FrameStages, st
         if control.error is not None:
             raise control.error
         stats.skipped_packets += reader.skipped_packets
+        stats.timestamps_repaired += reader.repair.repaired
+        stats.timestamp_resets += reader.repair.resets + sum(c.resets for c in reader.clocks.values())
         if reader.truncated_at is not None:
             stats.truncated.append(
                 f"{src}: the input stopped at {reader.truncated_at:.2f} s (truncated?); "

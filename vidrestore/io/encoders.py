@@ -1,20 +1,95 @@
-"""Encoder choice and options: plain functions, tested by comparing values."""
+"""Encoder and container choice, and encoder options: plain functions, tested by comparing values."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import get_args
 
 import av
 import av.codec
 import av.error
 
+from vidrestore.config import EncoderPreset
 from vidrestore.errors import OutputError
 
-__all__ = ["check_encoder", "encoder_options", "pick_pix_fmt"]
+__all__ = ["CONTAINERS", "Container", "OutputPlan", "check_encoder", "encoder_options", "pick_pix_fmt", "plan_output"]
 
 log = logging.getLogger(__name__)
 
-_X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+_X26X_PRESETS: tuple[str, ...] = get_args(EncoderPreset)
+
+# The codec each encoder writes (what a container is asked whether it can hold).
+_WRITES = {
+    "libx264": "h264",
+    "h264_nvenc": "h264",
+    "libx265": "hevc",
+    "hevc_nvenc": "hevc",
+    "libsvtav1": "av1",
+    "libvpx-vp9": "vp9",
+}
+
+
+@dataclass(frozen=True)
+class Container:
+    """What vidrestore writes into one kind of output file."""
+
+    video: str  # the encoder used when output.codec is auto
+    audio: str  # the encoder for audio the container cannot hold as it is
+    holds: frozenset[str]  # the video codecs it can hold
+    options: tuple[tuple[str, str], ...] = ()  # encoder options the container needs
+
+
+_MP4 = frozenset({"h264", "hevc", "av1", "vp9"})
+CONTAINERS: dict[str, Container] = {
+    ".mp4": Container("libx264", "aac", _MP4),
+    ".mov": Container("libx264", "aac", _MP4),
+    ".m4v": Container("libx264", "aac", frozenset({"h264"})),
+    ".3gp": Container("libx264", "aac", frozenset({"h264"})),
+    ".mkv": Container("libx264", "aac", _MP4),
+    ".webm": Container("libvpx-vp9", "libopus", frozenset({"vp9", "av1"})),
+    # AVI stores no presentation times: B-frames would come back out of order (packed-B trouble)
+    ".avi": Container("libx264", "libmp3lame", frozenset({"h264", "hevc", "av1", "vp9"}), (("bf", "0"),)),
+    ".ts": Container("libx264", "aac", frozenset({"h264", "hevc"})),
+    ".mts": Container("libx264", "aac", frozenset({"h264", "hevc"})),
+    ".m2ts": Container("libx264", "aac", frozenset({"h264", "hevc"})),
+    ".flv": Container("libx264", "aac", frozenset({"h264"})),
+}
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """The encoders for one output file, decided before any model loads."""
+
+    video: str
+    audio: str
+    options: dict[str, str]
+
+
+def plan_output(suffix: str, codec: str, crf: int, preset: str) -> OutputPlan:
+    """The video encoder, the fallback audio encoder and the options for an output ``suffix``.
+
+    ``codec`` ``auto`` takes the container's usual codec; a codec the container cannot hold
+    raises :class:`OutputError` (exit 2) saying which codecs and containers would work.
+    """
+    box = CONTAINERS.get(suffix.lower())
+    if box is None:
+        known = ", ".join(CONTAINERS)
+        raise OutputError(f"vidrestore cannot write {suffix or 'files without an extension'!r} videos; use one of {known}")
+    video = box.video if codec == "auto" else codec
+    writes = _WRITES.get(video)
+    if writes is None:
+        raise OutputError(f"output.codec = {codec!r} is not supported; use auto or one of {', '.join(_WRITES)}")
+    if writes not in box.holds:
+        fits = [e for e, c in _WRITES.items() if c in box.holds and not e.endswith("_nvenc")]
+        homes = [s for s, b in CONTAINERS.items() if writes in b.holds]
+        raise OutputError(
+            f"a {suffix} file cannot hold {writes} (output.codec = {codec}); use output.codec auto or "
+            f"{', '.join(fits)}, or write {', '.join(homes[:4])}"
+        )
+    options = encoder_options(video, crf, preset)
+    options.update(box.options)
+    return OutputPlan(video, box.audio, options)
 # libsvtav1 presets run 0 (slowest) .. 13 (fastest); map the x264 names onto that scale
 _SVT_PRESET = dict(zip(_X26X_PRESETS, ("12", "11", "10", "9", "8", "7", "5", "4", "2")))
 _NVENC_PRESET = dict(zip(_X26X_PRESETS, ("p1", "p1", "p2", "p3", "p4", "p4", "p5", "p6", "p7")))

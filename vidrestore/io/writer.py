@@ -23,7 +23,7 @@ import av.error
 from vidrestore.config import OutputConfig
 from vidrestore.control import END, RunControl, Stopped
 from vidrestore.errors import OutputError
-from vidrestore.io.encoders import check_encoder, encoder_options, pick_pix_fmt
+from vidrestore.io.encoders import check_encoder, pick_pix_fmt, plan_output
 from vidrestore.io.reader import _SWS_COLORSPACE, SWS_FLAGS, VideoInfo
 from vidrestore.records import Frame
 
@@ -86,6 +86,7 @@ class VideoWriter:
         self.frames_written = 0
         self.packets_copied = 0
         self.codec = config.codec
+        self._audio_codec = "aac"
         self._pending: tuple[int, Any] | None = None
         self._packets_done = False
         self._container: Any = None
@@ -104,13 +105,17 @@ class VideoWriter:
         except (av.error.FFmpegError, ValueError) as exc:
             raise OutputError(f"cannot write {self.path.suffix!r} files: unknown container ({exc})") from exc
         c = self._container
-        codec = self.config.codec
+        cfg = self.config
+        plan = plan_output(self.path.suffix, cfg.codec, cfg.crf, cfg.preset)
+        codec, options = plan.video, plan.options
+        self._audio_codec = plan.audio
         check_encoder(codec)
         deep = first.image.dtype.itemsize > 1
         pix_fmt = pick_pix_fmt(codec, 10 if deep else 8, width, height)
         if codec.endswith("_nvenc") and not _opens(codec, width, height, pix_fmt):
             log.warning("%s cannot be opened here (no NVIDIA encoder); falling back to libx264", codec)
             codec = "libx264"
+            options = plan_output(self.path.suffix, codec, cfg.crf, cfg.preset).options
             pix_fmt = pick_pix_fmt(codec, 10 if deep else 8, width, height)
         self.codec = codec
         if codec == "libsvtav1":
@@ -124,7 +129,7 @@ class VideoWriter:
         cc.colorspace = info.colorspace
         cc.color_range = info.color_range if info.color_range in (1, 2) else 1
         cc.thread_count = self.threads
-        v.options = encoder_options(codec, self.config.crf, self.config.preset)
+        v.options = options
         if info.rotation:
             v.set_display_rotation(info.rotation)
         v.metadata.update({k: val for k, val in info.metadata.items() if k not in _SKIP_STREAM_KEYS})
@@ -151,7 +156,7 @@ class VideoWriter:
         if name in c.supported_codecs:
             out = c.add_stream_from_template(s)
         elif s.type == "audio":
-            target = c.default_audio_codec
+            target = self._audio_codec
             log.warning("%s cannot be stored in %s: re-encoding it to %s", label, self.path.suffix, target)
             out = c.add_stream(target, rate=s.codec_context.sample_rate)
             out.layout = s.codec_context.layout
