@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -417,7 +418,7 @@ def test_output_times_are_ffmpegs_best_effort_times(cli: Cli, tmp_path: Path, ki
     assert len(known) >= len(want) - 1  # FFmpeg leaves at most the last frame without a time
     offset = known[0][0] - known[0][1]  # a container may start the output at another instant; sync is relative
     assert [g - offset for g, _ in known] == pytest.approx([w for _, w in known], abs=1.5e-3)
-    assert all(b > a for a, b in zip(got, got[1:]))
+    assert all(b > a for a, b in itertools.pairwise(got))
 
 
 def test_webm_with_no_flags_gets_vp9_and_keeps_its_opus_audio(cli: Cli, tmp_path: Path) -> None:

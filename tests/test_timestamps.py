@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import av
 import pytest
 
@@ -69,7 +71,7 @@ def test_a_reset_keeps_the_real_spacing_after_it() -> None:
     out = run(fix, [(p, p) for p in first + second])
     assert out[:50] == first
     assert out[50] == first[-1] + 40  # carries on one frame later
-    assert [b - a for a, b in zip(out[50:], out[51:])] == [40, 40, 320, 40, 1000, 40]  # not made-up constant rate
+    assert [b - a for a, b in itertools.pairwise(out[50:])] == [40, 40, 320, 40, 1000, 40]  # not made-up constant rate
     assert fix.resets == 1 and fix.repaired == 0
 
 
@@ -83,7 +85,7 @@ def test_stream_clock_undoes_the_same_reset_in_a_copied_stream() -> None:
         clock(packet)
         times.append(packet.pts)
     assert clock.resets == 1
-    assert all(b - a == 1024 for a, b in zip(times, times[1:]))
+    assert all(b - a == 1024 for a, b in itertools.pairwise(times))
 
 
 @pytest.mark.parametrize("window", [0, 2, 4, 8])
@@ -96,4 +98,4 @@ def test_output_always_increases(window: int) -> None:
     ]
     out = run(TimestampRepair(nominal=3, window=window), pairs)
     assert len(out) == 300
-    assert all(b > a for a, b in zip(out, out[1:]))
+    assert all(b > a for a, b in itertools.pairwise(out))

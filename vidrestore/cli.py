@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--upscale-below", type=int, metavar="PX", help="upscaler.below: upscale faces under PX first")
     r.add_argument("--crf", type=int, help="output.crf: encoder quality (lower is better)")
     r.add_argument(
-        "--codec", help="output.codec: auto (by container), libx264, libx265, libsvtav1, libvpx-vp9, h264_nvenc, hevc_nvenc"
+        "--codec",
+        help="output.codec: auto (by container), libx264, libx265, libsvtav1, libvpx-vp9, h264_nvenc, hevc_nvenc",
     )
     r.add_argument(
         "--preset",

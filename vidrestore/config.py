@@ -39,9 +39,7 @@ __all__ = [
 DetectorName = Literal["retinaface_resnet50", "retinaface_mobile0.25", "centerface", "none"]
 RestorerName = Literal["gfpgan-1.4", "gfpgan-1.3", "none"]
 UpscalerName = Literal["realesr-general-x4v3", "realesrgan-x4plus", "realesrgan-x2plus", "none"]
-VideoCodec = Literal[
-    "auto", "libx264", "libx265", "libsvtav1", "libvpx-vp9", "h264_nvenc", "hevc_nvenc"
-]
+VideoCodec = Literal["auto", "libx264", "libx265", "libsvtav1", "libvpx-vp9", "h264_nvenc", "hevc_nvenc"]
 EncoderPreset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 SmoothingMethod = Literal["centered", "none"]

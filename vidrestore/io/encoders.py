@@ -75,7 +75,8 @@ def plan_output(suffix: str, codec: str, crf: int, preset: str) -> OutputPlan:
     box = CONTAINERS.get(suffix.lower())
     if box is None:
         known = ", ".join(CONTAINERS)
-        raise OutputError(f"vidrestore cannot write {suffix or 'files without an extension'!r} videos; use one of {known}")
+        name = suffix or "files without an extension"
+        raise OutputError(f"vidrestore cannot write {name!r} videos; use one of {known}")
     video = box.video if codec == "auto" else codec
     writes = _WRITES.get(video)
     if writes is None:
@@ -90,6 +91,8 @@ def plan_output(suffix: str, codec: str, crf: int, preset: str) -> OutputPlan:
     options = encoder_options(video, crf, preset)
     options.update(box.options)
     return OutputPlan(video, box.audio, options)
+
+
 # libsvtav1 presets run 0 (slowest) .. 13 (fastest); map the x264 names onto that scale
 _SVT_PRESET = dict(zip(_X26X_PRESETS, ("12", "11", "10", "9", "8", "7", "5", "4", "2")))
 _NVENC_PRESET = dict(zip(_X26X_PRESETS, ("p1", "p1", "p2", "p3", "p4", "p4", "p5", "p6", "p7")))

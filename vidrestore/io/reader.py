@@ -33,7 +33,12 @@ __all__ = [
     "SWS_FLAGS",
     "StreamClock",
     "StreamInfo",
-    "TimestampRepair", "VideoInfo", "VideoReader", "open_input", "to_rgb"]
+    "TimestampRepair",
+    "VideoInfo",
+    "VideoReader",
+    "open_input",
+    "to_rgb",
+]
 
 log = logging.getLogger(__name__)
 

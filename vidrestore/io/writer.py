@@ -85,7 +85,7 @@ class VideoWriter:
         self.frames: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self.frames_written = 0
         self.packets_copied = 0
-        self.codec = config.codec
+        self.codec: str = config.codec
         self._audio_codec = "aac"
         self._pending: tuple[int, Any] | None = None
         self._packets_done = False
@@ -107,7 +107,8 @@ class VideoWriter:
         c = self._container
         cfg = self.config
         plan = plan_output(self.path.suffix, cfg.codec, cfg.crf, cfg.preset)
-        codec, options = plan.video, plan.options
+        codec: str = plan.video
+        options = plan.options
         self._audio_codec = plan.audio
         check_encoder(codec)
         deep = first.image.dtype.itemsize > 1
