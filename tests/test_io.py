@@ -484,3 +484,26 @@ def test_every_container_in_the_table_writes_and_keeps_its_frames(cli: Cli, tmp_
     b = probe(dst)
     assert b.frames == 12 and all(y > x for x, y in zip(b.pts, b.pts[1:]))
     assert len(b.audio) == 1
+
+
+def test_joined_recordings_keep_real_times_and_audio_sync_after_a_reset(cli: Cli, tmp_path: Path) -> None:
+    # two MPEG-TS recordings joined byte for byte: the second restarts its clock (and is variable-rate)
+    one, two, joined, dst = tmp_path / "1.ts", tmp_path / "2.ts", tmp_path / "joined.ts", tmp_path / "out.ts"
+    write_clip(one, frames(60))
+    gaps = [40] * 20 + [200] + [40] * 19 + [400] + [40] * 18  # 60 frames
+    write_clip(two, frames(60), pts=[0, *np.cumsum(gaps).tolist()], time_base=Fraction(1, 1000))
+    joined.write_bytes(one.read_bytes() + two.read_bytes())
+    r = cli("restore", joined, "-o", dst, "--detector", "none")
+    assert r.code == 0, r.err
+    assert "jumped back" in r.err
+    b = probe(dst)
+    t = seconds(b)
+    assert b.frames == 120 and all(y > x for x, y in itertools.pairwise(t))
+    assert [round(y - x, 3) for x, y in itertools.pairwise(t[60:])] == [g / 1000 for g in gaps]  # real spacing
+    (start, end), one_frame = next(iter(b.audio_span_s.values())), 0.04
+    heard = sum(e - s for s, e in (next(iter(probe(x).audio_span_s.values())) for x in (one, two)))
+    assert end - start == pytest.approx(heard, abs=one_frame)  # all of both recordings' audio, no gap
+    first = probe(one)
+    lead = next(iter(first.audio_span_s.values()))[0] - first.video_start_s
+    assert start - b.video_start_s == pytest.approx(lead, abs=one_frame)  # in sync as the input was
+    assert abs(end - b.video_end_s) <= 3 * one_frame  # and still in sync at the end, after the reset

@@ -13,7 +13,16 @@ import av.error
 from vidrestore.config import EncoderPreset
 from vidrestore.errors import OutputError
 
-__all__ = ["CONTAINERS", "Container", "OutputPlan", "check_encoder", "encoder_options", "pick_pix_fmt", "plan_output"]
+__all__ = [
+    "CONTAINERS",
+    "Container",
+    "OutputPlan",
+    "can_copy",
+    "check_encoder",
+    "encoder_options",
+    "pick_pix_fmt",
+    "plan_output",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +47,12 @@ class Container:
     audio: str  # the encoder for audio the container cannot hold as it is
     holds: frozenset[str]  # the video codecs it can hold
     options: tuple[tuple[str, str], ...] = ()  # encoder options the container needs
+    # codecs of copied streams it holds although FFmpeg's muxer query answers "don't know" for them
+    also_copies: frozenset[str] = frozenset()
 
 
 _MP4 = frozenset({"h264", "hevc", "av1", "vp9"})
+_TS_COPIES = frozenset({"aac", "mp3", "mp2", "ac3", "eac3", "opus", "dvb_subtitle", "dvb_teletext"})
 CONTAINERS: dict[str, Container] = {
     ".mp4": Container("libx264", "aac", _MP4),
     ".mov": Container("libx264", "aac", _MP4),
@@ -50,9 +62,9 @@ CONTAINERS: dict[str, Container] = {
     ".webm": Container("libvpx-vp9", "libopus", frozenset({"vp9", "av1"})),
     # AVI stores no presentation times: B-frames would come back out of order (packed-B trouble)
     ".avi": Container("libx264", "libmp3lame", frozenset({"h264", "hevc", "av1", "vp9"}), (("bf", "0"),)),
-    ".ts": Container("libx264", "aac", frozenset({"h264", "hevc"})),
-    ".mts": Container("libx264", "aac", frozenset({"h264", "hevc"})),
-    ".m2ts": Container("libx264", "aac", frozenset({"h264", "hevc"})),
+    ".ts": Container("libx264", "aac", frozenset({"h264", "hevc"}), also_copies=_TS_COPIES),
+    ".mts": Container("libx264", "aac", frozenset({"h264", "hevc"}), also_copies=_TS_COPIES),
+    ".m2ts": Container("libx264", "aac", frozenset({"h264", "hevc"}), also_copies=_TS_COPIES),
     ".flv": Container("libx264", "aac", frozenset({"h264"})),
 }
 
@@ -64,6 +76,12 @@ class OutputPlan:
     video: str
     audio: str
     options: dict[str, str]
+
+
+def can_copy(suffix: str, codec: str, supported: set[str] | frozenset[str]) -> bool:
+    """Whether a stream of ``codec`` can be copied into a ``suffix`` file (``supported``: the muxer's own answer)."""
+    box = CONTAINERS.get(suffix.lower())
+    return codec in supported or (box is not None and codec in box.also_copies)
 
 
 def plan_output(suffix: str, codec: str, crf: int, preset: str) -> OutputPlan:

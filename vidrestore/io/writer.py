@@ -23,7 +23,7 @@ import av.error
 from vidrestore.config import OutputConfig
 from vidrestore.control import END, RunControl, Stopped
 from vidrestore.errors import OutputError
-from vidrestore.io.encoders import check_encoder, pick_pix_fmt, plan_output
+from vidrestore.io.encoders import can_copy, check_encoder, pick_pix_fmt, plan_output
 from vidrestore.io.reader import _SWS_COLORSPACE, SWS_FLAGS, VideoInfo
 from vidrestore.records import Frame
 
@@ -154,7 +154,7 @@ class VideoWriter:
             + (f", {s.metadata['language']}" if "language" in s.metadata else "")
             + ")"
         )
-        if name in c.supported_codecs:
+        if can_copy(self.path.suffix, name, c.supported_codecs):
             out = c.add_stream_from_template(s)
         elif s.type == "audio":
             target = self._audio_codec
@@ -248,7 +248,11 @@ class VideoWriter:
         if index in self._reencode:
             src, out = self._reencode[index]
             for frame in src.decode(packet):
-                frame.pts = None  # let the encoder's own sample count time it
+                # keep the track's start (and any gap) where it was, in the encoder's 1/sample-rate ticks
+                rate = out.codec_context.sample_rate
+                if frame.pts is not None and frame.time_base is not None:
+                    frame.pts = round(frame.pts * frame.time_base * rate)
+                    frame.time_base = Fraction(1, rate)
                 self._container.mux(out.encode(frame))
             return
         out = self._out.get(index)
