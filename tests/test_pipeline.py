@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import CliResult, Weights, assert_one_line_error, psnr
 from media import probe
 
@@ -270,3 +271,26 @@ def test_the_readme_main_command(weights: Weights, tmp_path: Path, monkeypatch: 
     p, src = probe(out), probe(tmp_path / "clips" / "sample.mp4")
     assert p.frames == src.frames == 75 and p.pts == src.pts
     assert list(p.audio.values()) == list(src.audio.values())
+
+
+def test_a_device_error_in_the_restorer_exits_1_naming_the_stage_and_frame(
+    cli: Cli, face_clip: FaceClip, weights: Weights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vidrestore.stages.models import GFPGANRestorer
+
+    real = GFPGANRestorer.restore
+    calls = {"n": 0}
+
+    def failing(self: GFPGANRestorer, faces: torch.Tensor, fp32: bool = False) -> torch.Tensor:
+        calls["n"] += 1  # one face per frame, one face per call on a CPU: call 8 is frame 7's face
+        if calls["n"] == 8:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(self, faces, fp32)
+
+    monkeypatch.setattr(GFPGANRestorer, "restore", failing)
+    out = tmp_path / "never.mp4"
+    r = cli("restore", face_clip.path, "-o", out, "--detector", "centerface", *weights.sets())
+    assert r.code == 1
+    assert_one_line_error(r.err)
+    assert "stage 'restore', frame 7:" in r.err and "illegal memory access" in r.err
+    assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -12,6 +12,7 @@ from conftest import Weights, psnr
 
 from vidrestore.config import load_config
 from vidrestore.device import Placement
+from vidrestore.errors import PipelineError
 from vidrestore.geometry import estimate_similarity, invert, template, transformed_bounds
 from vidrestore.models.loading import load_model
 from vidrestore.records import Face, Frame
@@ -116,24 +117,85 @@ def test_small_faces_are_upscaled_on_their_crop_only(restorer: GFPGANRestorer, u
     assert out.image.shape == frame_img.shape
 
 
-def test_a_face_that_fails_keeps_its_pixels_and_the_frame_survives(restorer: GFPGANRestorer) -> None:
-    class Flaky:
-        size = restorer.size
+class Scripted:
+    """A restorer that fails as told, then runs the real one."""
 
-        def restore(self, faces: torch.Tensor) -> torch.Tensor:
-            if faces.shape[0] > 1 or faces[0].mean() > 0.6:
-                raise RuntimeError("CUDA out of memory (simulated)")
-            return restorer.restore(faces)
+    def __init__(self, real: GFPGANRestorer, fail: object) -> None:
+        self.real, self.fail, self.size, self.calls = real, fail, real.size, 0
 
-    img = (astronaut() * 0.6).astype(np.uint8)
-    bright = np.clip(astronaut().astype(int) + 120, 0, 255).astype(np.uint8)
-    frames = [frame_with(img, (face_of(img),), 0), frame_with(bright, (face_of(bright),), 1)]
-    stage = RestoreStage(Flaky(), CPU.device, batch_size=2)  # type: ignore[arg-type]
-    out = list(stage.run(iter(frames)))
-    assert [f.index for f in out] == [0, 1]
-    assert not np.array_equal(out[0].image, img)
-    assert np.array_equal(out[1].image, bright)
-    assert stage.stats.faces_failed == 1 and stage.stats.faces_restored == 1
+    def restore(self, faces: torch.Tensor, fp32: bool = False) -> torch.Tensor:
+        self.calls += 1
+        error = self.fail(faces, fp32, self.calls)  # type: ignore[operator]
+        if error is not None:
+            raise error
+        return self.real.restore(faces, fp32=fp32)
+
+
+def _frames(n: int) -> list[Frame]:
+    img = astronaut()
+    return [frame_with(img, (face_of(img),), i) for i in range(n)]
+
+
+def test_out_of_memory_splits_the_batch_and_restores_every_face(restorer: GFPGANRestorer) -> None:
+    flaky = Scripted(restorer, lambda faces, fp32, n: torch.OutOfMemoryError("simulated") if len(faces) > 1 else None)
+    stage = RestoreStage(flaky, CPU.device, batch_size=4)  # type: ignore[arg-type]
+    out = list(stage.run(iter(_frames(4))))
+    assert [f.index for f in out] == [0, 1, 2, 3]
+    assert stage.stats.faces_restored == 4 and stage.stats.faces_failed == 0
+    assert flaky.calls == 1 + 2 + 4  # 4 -> 2 + 2 -> 1 + 1 + 1 + 1
+
+
+def test_out_of_memory_on_a_single_face_stops_the_run_naming_the_frame(restorer: GFPGANRestorer) -> None:
+    flaky = Scripted(restorer, lambda faces, fp32, n: torch.OutOfMemoryError("simulated"))
+    stage = RestoreStage(flaky, CPU.device, batch_size=1)  # type: ignore[arg-type]
+    with pytest.raises(PipelineError, match=r"frame 0.*out of memory") as err:
+        list(stage.run(iter(_frames(2))))
+    assert err.value.stage == "restore" and err.value.frame_index == 0
+
+
+def test_a_device_error_stops_the_run_naming_the_frame_being_restored(restorer: GFPGANRestorer) -> None:
+    def on_the_sixth(faces: torch.Tensor, fp32: bool, n: int) -> Exception | None:
+        return RuntimeError("CUDA error: an illegal memory access was encountered") if n == 6 else None
+
+    stage = RestoreStage(Scripted(restorer, on_the_sixth), CPU.device, batch_size=1)  # type: ignore[arg-type]
+    done = []
+    with pytest.raises(PipelineError, match="illegal memory access") as err:
+        for frame in stage.run(iter(_frames(8))):
+            done.append(frame.index)
+    assert err.value.frame_index == 5 and done == [0, 1, 2, 3, 4]  # the sixth face is frame 5's
+    assert stage.stats.faces_failed == 0  # nothing was quietly kept as it was
+    # in batches, the error names the batch's frames (here the second group of four)
+    grouped = RestoreStage(
+        Scripted(restorer, lambda f, fp32, n: on_the_sixth(f, fp32, n + 4)), CPU.device, batch_size=4
+    )  # type: ignore[arg-type]
+    with pytest.raises(PipelineError, match="frames 4-7") as err:
+        list(grouped.run(iter(_frames(8))))
+    assert err.value.frame_index == 4
+
+
+def test_a_nan_batch_is_retried_in_fp32_and_restored(weights: Weights) -> None:
+    model = load_model("gfpgan_v1_clean", weights.gfpgan)
+    # half precision that overflows: NaN out whenever the network runs in bf16
+    model.register_forward_hook(
+        lambda m, args, out: (out[0] * float("nan"), *out[1:]) if args[0].dtype == torch.bfloat16 else out
+    )
+    half = GFPGANRestorer(model, Placement(torch.device("cpu"), torch.bfloat16))
+    stage = RestoreStage(half, CPU.device, batch_size=2)
+    img = astronaut()
+    out = list(stage.run(iter(_frames(2))))
+    assert stage.stats.faces_restored == 2 and stage.stats.faces_failed == 0
+    assert all(not np.array_equal(f.image, img) and np.isfinite(f.image).all() for f in out)
+    assert half._full is not None and next(half._full.parameters()).dtype == torch.float32
+
+
+def test_nan_even_in_fp32_keeps_the_original_face_with_a_warning(restorer: GFPGANRestorer) -> None:
+    from vidrestore.stages.models import NonFiniteOutput
+
+    broken = Scripted(restorer, lambda faces, fp32, n: NonFiniteOutput("the restorer produced NaN/inf values"))
+    stage = RestoreStage(broken, CPU.device, batch_size=1)  # type: ignore[arg-type]
+    (out,) = list(stage.run(iter(_frames(1))))
+    assert np.array_equal(out.image, astronaut())
+    assert stage.stats.faces_failed == 1 and broken.calls == 2  # once as it is, once in fp32
 
 
 def test_parsing_mask_path(restorer: GFPGANRestorer, weights: Weights) -> None:

@@ -10,6 +10,7 @@ Adding another restorer (CodeFormer, say) means one class with ``size`` and
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Protocol
 
@@ -33,8 +34,9 @@ class NonFiniteOutput(RuntimeError):
 class Restorer(Protocol):
     size: int
 
-    def restore(self, faces: torch.Tensor) -> torch.Tensor:
-        """Aligned ``(N, 3, size, size)`` faces in, restored faces out."""
+    def restore(self, faces: torch.Tensor, fp32: bool = False) -> torch.Tensor:
+        """Aligned ``(N, 3, size, size)`` faces in, restored faces out; ``fp32`` forces full precision
+        (the retry after a half-precision overflow)."""
         ...
 
 
@@ -55,11 +57,21 @@ class GFPGANRestorer:
         self.model = model.to(placement.device, placement.dtype)
         self.placement = placement
         self.size = int(2**model.log_size)  # type: ignore[operator]
+        self._full: nn.Module | None = None  # an fp32 copy, made on the first half-precision overflow
+
+    def _fp32_model(self) -> nn.Module:
+        if self.placement.dtype == torch.float32:
+            return self.model
+        if self._full is None:
+            log.warning("the restorer overflowed in %s; retrying such batches in fp32", self.placement.dtype)
+            self._full = copy.deepcopy(self.model).float()
+        return self._full
 
     @torch.inference_mode()
-    def restore(self, faces: torch.Tensor) -> torch.Tensor:
-        x = (faces * 2 - 1).to(self.placement.dtype)
-        out, _ = self.model(x, return_rgb=False, randomize_noise=False)
+    def restore(self, faces: torch.Tensor, fp32: bool = False) -> torch.Tensor:
+        model = self._fp32_model() if fp32 else self.model
+        x = (faces * 2 - 1).to(torch.float32 if fp32 else self.placement.dtype)
+        out, _ = model(x, return_rgb=False, randomize_noise=False)
         out = _check_finite(out.float(), "the restorer")
         return (out.clamp(-1, 1) + 1) / 2
 

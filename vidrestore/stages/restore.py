@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
+from vidrestore.errors import PipelineError, VidrestoreError
 from vidrestore.geometry import compose, estimate_similarity, invert, template, transformed_bounds, warp
 from vidrestore.records import Face, Frame
 from vidrestore.stages.models import FaceParser, NonFiniteOutput, Restorer, Upscaler
@@ -48,6 +50,7 @@ def feather_mask(size: int, device: torch.device) -> torch.Tensor:
 @dataclass
 class _Job:
     frame_pos: int
+    frame_index: int
     face: Face
     to_aligned: np.ndarray  # frame pixels -> aligned crop pixels
     aligned: torch.Tensor  # (3, S, S) unrestored crop
@@ -58,6 +61,17 @@ class _Job:
 def _to_float(image: np.ndarray, device: torch.device) -> torch.Tensor:
     full = 255.0 if image.dtype == np.uint8 else 65535.0
     return torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float() / full
+
+
+@contextmanager
+def _failures_name(frame_index: int) -> Iterator[None]:
+    """An unexpected error inside the block becomes a PipelineError naming this frame (exit 1)."""
+    try:
+        yield
+    except (VidrestoreError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise PipelineError("restore", frame_index, f"{type(exc).__name__}: {exc}") from exc
 
 
 class RestoreStage:
@@ -109,7 +123,10 @@ class RestoreStage:
 
     def _process(self, frames: list[Frame]) -> Iterator[Frame]:
         t0, self._upscale_s = time.perf_counter(), 0.0
-        jobs = [job for pos, f in enumerate(frames) for face in f.faces if (job := self._prepare(pos, f, face))]
+        jobs = []
+        for pos, frame in enumerate(frames):
+            with _failures_name(frame.index):
+                jobs += [job for face in frame.faces if (job := self._prepare(pos, frame, face))]
         t1 = time.perf_counter()
         self.timer("upscale faces", self._upscale_s)
         self.timer("align", t1 - t0 - self._upscale_s)
@@ -126,7 +143,8 @@ class RestoreStage:
                 yield frame
                 continue
             t2 = time.perf_counter()
-            pasted = replace(frame, image=self._paste(frame.image, done))
+            with _failures_name(frame.index):
+                pasted = replace(frame, image=self._paste(frame.image, done))
             self.timer("mask + paste", time.perf_counter() - t2)
             yield pasted
 
@@ -135,7 +153,14 @@ class RestoreStage:
         h, w = image.shape[:2]
         try:
             if face.size < self.upscale_below and self.upscaler is not None:
-                return self._prepare_upscaled(pos, frame, face)
+                try:
+                    return self._prepare_upscaled(pos, frame, face)
+                except NonFiniteOutput:
+                    log.warning(
+                        "frame %d: the upscaler gave NaN/inf; face %d is restored unupscaled",
+                        frame.index,
+                        face.track_id,
+                    )
             to_aligned = estimate_similarity(face.landmarks, self.template)
         except ValueError as exc:
             log.debug("frame %d: face %d cannot be aligned: %s", frame.index, face.track_id, exc)
@@ -147,7 +172,7 @@ class RestoreStage:
         region = _to_float(image[y0:y1, x0:x1], self.device)
         shift = np.array([[1.0, 0, x0], [0, 1.0, y0]])
         aligned = warp(region, compose(to_aligned, shift), self.size, self.size, border=_BORDER)
-        return _Job(pos, face, to_aligned, aligned, (0, 0, w, h))
+        return _Job(pos, frame.index, face, to_aligned, aligned, (0, 0, w, h))
 
     def _prepare_upscaled(self, pos: int, frame: Frame, face: Face) -> _Job:
         """Real-ESRGAN on a square crop around the face (never the frame), then align from it."""
@@ -168,24 +193,44 @@ class RestoreStage:
         from_up = estimate_similarity(face.landmarks @ to_up[:, :2].T + to_up[:, 2], self.template)
         aligned = warp(up, from_up, self.size, self.size, border=_BORDER)
         self.stats.faces_upscaled += 1
-        return _Job(pos, face, compose(from_up, to_up), aligned, (x0, y0, x1, y1))
+        return _Job(pos, frame.index, face, compose(from_up, to_up), aligned, (x0, y0, x1, y1))
 
-    def _restore(self, jobs: list[_Job]) -> None:
-        """Restore a batch; on failure retry face by face, and keep the original for any that fails."""
+    def _restore(self, jobs: list[_Job], fp32: bool = False) -> None:
+        """Restore a batch. Out of memory: split it and retry. Non-finite output: retry once in fp32,
+        then keep those faces as they were. Any other error stops the run, naming the frame."""
         if not jobs:
             return
         try:
-            out = self.restorer.restore(torch.stack([j.aligned for j in jobs]))
-        except (RuntimeError, NonFiniteOutput) as exc:
+            out = self.restorer.restore(torch.stack([j.aligned for j in jobs]), fp32=fp32)
+        except torch.OutOfMemoryError as exc:
             if len(jobs) == 1:
-                log.warning("face %d could not be restored (%s); keeping the original", jobs[0].face.track_id, exc)
-                self.stats.faces_failed += 1
-                return
-            log.debug("batch of %d failed (%s); retrying one by one", len(jobs), exc)
-            for job in jobs:
-                self._restore([job])
+                raise PipelineError("restore", jobs[0].frame_index, f"out of memory on one face ({exc})") from exc
+            log.debug("a batch of %d faces ran out of memory; splitting it", len(jobs))
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            half = len(jobs) // 2
+            self._restore(jobs[:half], fp32)
+            self._restore(jobs[half:], fp32)
             return
-        for job, restored in zip(jobs, out):
+        except NonFiniteOutput:
+            if not fp32:
+                self._restore(jobs, fp32=True)
+                return
+            for job in jobs:
+                log.warning(
+                    "frame %d: face %d came out of the restorer as NaN/inf even in fp32; keeping the original",
+                    job.frame_index,
+                    job.face.track_id,
+                )
+            self.stats.faces_failed += len(jobs)
+            return
+        except (VidrestoreError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            first, last = jobs[0].frame_index, jobs[-1].frame_index
+            batch = f" (restoring the faces of frames {first}-{last} together)" if last != first else ""
+            raise PipelineError("restore", first, f"{type(exc).__name__}: {exc}{batch}") from exc
+        for job, restored in zip(jobs, out, strict=True):
             job.restored = restored
             self.stats.faces_restored += 1
             self.stats.faces_filled += int(job.face.interpolated)
