@@ -294,3 +294,18 @@ def test_a_device_error_in_the_restorer_exits_1_naming_the_stage_and_frame(
     assert_one_line_error(r.err)
     assert "stage 'restore', frame 7:" in r.err and "illegal memory access" in r.err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_scale_2_with_an_even_sided_upscaler_on_an_odd_sized_video(cli: Cli, tmp_path: Path) -> None:
+    from vidrestore.testing import save_random_weights, write_clip
+
+    x2 = save_random_weights("rrdbnet_x2", tmp_path / "x2.pth", small=True)
+    src, out = tmp_path / "odd.mkv", tmp_path / "out.mkv"
+    write_clip(src, [np.full((45, 63, 3), 40 * i, np.uint8) for i in range(3)], pix_fmt="yuv444p")
+    r = cli(
+        "restore", src, "-o", out, "--detector", "none", "--scale", "2",
+        "--set", "upscaler.model=realesrgan-x2plus", "--set", f"upscaler.weights={x2}",
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    p = probe(out)
+    assert (p.width, p.height) == (126, 90) and p.frames == 3

@@ -248,3 +248,21 @@ def test_matches_gfpganer_enhance_on_a_still(weights: Weights) -> None:
     assert not np.array_equal(expected[y0:y1, x0:x1], img[y0:y1, x0:x1])
     value = psnr(ours[y0:y1, x0:x1], expected[y0:y1, x0:x1])
     assert value >= 40, f"PSNR {value:.1f} dB"
+
+
+@pytest.mark.parametrize(("h", "w"), [(33, 47), (34, 47), (31, 30)])
+def test_an_upscaler_that_needs_even_sides_gets_odd_crops_padded_and_cut_back(
+    tmp_path_factory: pytest.TempPathFactory, h: int, w: int
+) -> None:
+    from vidrestore.testing import save_random_weights
+
+    path = save_random_weights("rrdbnet_x2", tmp_path_factory.mktemp("x2") / "x2.pth", small=True)
+    x2 = Upscaler(load_model("rrdbnet", path), CPU)
+    assert x2.scale == 2 and x2.multiple == 2
+    crop = torch.rand(1, 3, h, w)
+    out = x2.upscale(crop)
+    assert out.shape == (1, 3, 2 * h, 2 * w)
+    if h % 2 == 0 and w % 2 == 0:
+        return
+    even = x2.upscale(torch.nn.functional.pad(crop, (0, w % 2, 0, h % 2), mode="replicate"))
+    assert torch.equal(out, even[..., : 2 * h, : 2 * w])  # the padding only adds pixels that are cut off

@@ -83,10 +83,18 @@ class Upscaler:
         self.model = model.to(placement.device, placement.dtype)
         self.placement = placement
         self.scale = int(getattr(model, "scale", getattr(model, "upscale", 4)))
+        # RRDBNet x2 and x1 fold 2x2 and 4x4 pixels into channels first: sides must be multiples of that
+        self.multiple = {2: 2, 1: 4}.get(self.scale, 1) if hasattr(model, "conv_first") else 1
 
     @torch.inference_mode()
     def upscale(self, images: torch.Tensor) -> torch.Tensor:
+        h, w = images.shape[-2:]
+        m = self.multiple
+        pad_h, pad_w = -h % m, -w % m
+        if pad_h or pad_w:  # pad by mirroring, then cut the upscaled padding off again
+            images = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
         out = self.model(images.to(self.placement.dtype)).float()
+        out = out[..., : h * self.scale, : w * self.scale]
         return _check_finite(out, "the upscaler").clamp(0, 1)
 
     def upscale_tiled(self, image: torch.Tensor, tile: int, pad: int = 16) -> torch.Tensor:
