@@ -40,7 +40,8 @@ class Probe:
 def probe(path: Path, keep_images: bool = False) -> Probe:
     out = Probe()
     with av.open(str(path)) as c:
-        v = c.streams.video[0]
+        # the main video: not cover art (an attached picture, or a one-picture MJPEG track)
+        v = next(s for s in c.streams.video if s.codec_context.name != "mjpeg" and not s.disposition & 1024)
         out.time_base = v.time_base
         out.codec = v.codec_context.name
         out.width, out.height, out.pix_fmt = v.codec_context.width, v.codec_context.height, v.codec_context.pix_fmt
@@ -70,7 +71,7 @@ def probe(path: Path, keep_images: bool = False) -> Probe:
                 out.audio_span_s[s.index] = (min(lo, t0), max(hi, t1))
             elif s.type == "subtitle":
                 subs[s.index][2].append(hashlib.sha1(bytes(packet)).hexdigest())
-            elif s.type == "video":
+            elif s.index == v.index:
                 for frame in v.decode(packet):
                     out.pts.append(frame.pts)
                     out.rotation = int(frame.rotation)

@@ -507,3 +507,86 @@ def test_joined_recordings_keep_real_times_and_audio_sync_after_a_reset(cli: Cli
     lead = next(iter(first.audio_span_s.values()))[0] - first.video_start_s
     assert start - b.video_start_s == pytest.approx(lead, abs=one_frame)  # in sync as the input was
     assert abs(end - b.video_end_s) <= 3 * one_frame  # and still in sync at the end, after the reset
+
+
+def _clip_with_extras(dst: Path, *, font: bool = False, klv: bool = False, cover: bool = False) -> None:
+    """A clip with the streams people's files carry besides video and audio."""
+    from av.stream import Disposition
+
+    with av.open(str(dst), "w") as c:
+        cov: Any = None
+        if cover:  # cover art first: a one-frame picture track (Matroska) or an attached picture (MP4)
+            cov = c.add_stream("mjpeg")
+            cov.width, cov.height, cov.pix_fmt = 32, 32, "yuvj420p"
+            cov.disposition = Disposition.attached_pic
+        v: Any = c.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 96, 64, "yuv420p"
+        a: Any = c.add_stream("aac", rate=48000, layout="stereo")
+        d: Any = c.add_data_stream("klv") if klv else None
+        if font:
+            c.add_attachment("DejaVuSans.ttf", "application/x-truetype-font", b"\x00\x01\x00\x00FONT" * 50)
+        if cov is not None:
+            pic = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 200, np.uint8), format="rgb24")
+            pic = pic.reformat(format="yuvj420p")
+            pic.pts = 0
+            c.mux(cov.encode(pic))
+            c.mux(cov.encode(None))
+        for i, img in enumerate(frames(25)):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, 25)
+            c.mux(v.encode(f))
+            tone = av.AudioFrame.from_ndarray(np.zeros((2, 1920), np.float32), format="fltp", layout="stereo")
+            tone.sample_rate, tone.pts, tone.time_base = 48000, i * 1920, Fraction(1, 48000)
+            c.mux(a.encode(tone))
+            if d is not None:
+                pk = av.Packet(b"\x06\x0e\x2b\x34" + bytes([i]) * 12)
+                pk.stream, pk.pts, pk.dts, pk.time_base = d, i * 3600, i * 3600, Fraction(1, 90000)
+                c.mux(pk)
+        c.mux(v.encode(None))
+        c.mux(a.encode(None))
+
+
+def _streams(path: Path) -> list[tuple[str, str | None]]:
+    with av.open(str(path)) as c:
+        return [(s.type, s.codec_context.name if s.codec_context else None) for s in c.streams]
+
+
+def test_font_attachments_are_copied_where_the_container_holds_them(cli: Cli, tmp_path: Path) -> None:
+    src, dst, mp4 = tmp_path / "in.mkv", tmp_path / "out.mkv", tmp_path / "out.mp4"
+    _clip_with_extras(src, font=True)
+    passthrough(cli, src, dst)
+    with av.open(str(src)) as a, av.open(str(dst)) as b:
+        (fa,) = [s for s in a.streams if s.type == "attachment"]
+        (fb,) = [s for s in b.streams if s.type == "attachment"]
+        assert (fb.name, fb.mimetype, fb.data) == (fa.name, fa.mimetype, fa.data)
+    r = passthrough(cli, src, mp4)
+    warn = [ln for ln in r.err.splitlines() if "attachment" in ln]
+    assert len(warn) == 1 and "DejaVuSans.ttf" in warn[0] and "left out" in warn[0]
+    assert probe(mp4).frames == 25
+
+
+def test_data_streams_are_copied_where_the_container_holds_them(cli: Cli, tmp_path: Path) -> None:
+    src, dst, mkv = tmp_path / "in.ts", tmp_path / "out.ts", tmp_path / "out.mkv"
+    _clip_with_extras(src, klv=True)
+    passthrough(cli, src, dst)
+
+    def klv_packets(path: Path) -> list[bytes]:
+        with av.open(str(path)) as c:
+            (d,) = [s for s in c.streams if s.type == "data"]
+            return [bytes(p) for p in c.demux(d) if p.size]
+
+    assert klv_packets(dst) == klv_packets(src) and len(klv_packets(src)) == 25
+    r = passthrough(cli, src, mkv)
+    warn = [ln for ln in r.err.splitlines() if "(data" in ln]
+    assert len(warn) == 1 and "track 2" in warn[0] and "left out" in warn[0]
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_cover_art_is_never_taken_for_the_video_and_is_kept(cli: Cli, tmp_path: Path, suffix: str) -> None:
+    src, dst = tmp_path / f"in{suffix}", tmp_path / f"out{suffix}"
+    _clip_with_extras(src, cover=True)
+    r = passthrough(cli, src, dst)
+    assert "copied as it is" not in r.err  # cover art is no second video track
+    b = probe(dst)
+    assert b.frames == 25 and (b.width, b.height) == (96, 64)
+    assert ("video", "mjpeg") in _streams(dst)

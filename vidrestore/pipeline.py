@@ -268,6 +268,7 @@ def _restore_video(src: Path, dst: Path, config: Config, stages: FrameStages, st
             control,
             queue_size=config.pipeline.queue_size,
             threads=config.pipeline.encode_threads,
+            attachments=reader.attachments,
         )
         writer.start()
         reader.start()

@@ -23,6 +23,7 @@ from typing import Any
 import av
 import av.error
 import numpy as np
+from av.stream import Disposition
 from av.video.reformatter import Interpolation
 
 from vidrestore.control import END, RunControl, Stopped
@@ -36,6 +37,8 @@ __all__ = [
     "TimestampRepair",
     "VideoInfo",
     "VideoReader",
+    "is_cover_art",
+    "main_video_stream",
     "open_input",
     "to_rgb",
 ]
@@ -121,6 +124,26 @@ def to_rgb(frame: av.VideoFrame, deep: bool) -> np.ndarray:
         kwargs["src_color_range"] = int(frame.color_range)
     rgb = frame.reformat(format="rgb48le" if deep else "rgb24", **kwargs)
     return rgb.to_ndarray()  # type: ignore[no-any-return]
+
+
+_IMAGE_CODECS = frozenset({"mjpeg", "png", "bmp", "gif", "webp", "tiff", "jpegls", "jpeg2000"})
+
+
+def is_cover_art(stream: Any) -> bool:
+    """An attached picture (MP4, MOV), or a still-image track of at most one frame (Matroska's covers)."""
+    if int(stream.disposition) & int(Disposition.attached_pic):
+        return True
+    name = stream.codec_context.name if stream.codec_context is not None else ""
+    return name in _IMAGE_CODECS and (stream.frames or 0) <= 1
+
+
+def main_video_stream(streams: Any) -> Any:
+    """The stream to restore: the longest video track that is not cover art; a still-image track only
+    when nothing else moves; None when there is only an attached picture."""
+    candidates = [s for s in streams if not int(s.disposition) & int(Disposition.attached_pic)]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda s: (is_cover_art(s), -float((s.duration or 0) * (s.time_base or 0)), s.index))
 
 
 class TimestampRepair:
@@ -268,19 +291,22 @@ class VideoReader:
 
     def _setup(self, threads: int, copy_audio: bool, copy_subtitles: bool) -> None:
         c = self.container
-        if not c.streams.video:
-            raise InputError(f"{self.path}: has no video stream")
-        v = c.streams.video[0]
+        v = main_video_stream(c.streams.video)
+        if v is None:
+            raise InputError(f"{self.path}: has no video stream" + (" (only cover art)" if c.streams.video else ""))
         self.video = v
         cc = v.codec_context
         if cc is None:
             raise InputError(f"{self.path}: the video codec is not supported by this FFmpeg build")
         cc.thread_type = "AUTO"  # frame and slice threads; must be set before the codec opens
         cc.thread_count = threads
-        kinds = {"audio"} if copy_audio else set()
+        kinds = {"data", "video"}  # data (timecodes, telemetry) and other video tracks (cover art): copied
+        if copy_audio:
+            kinds.add("audio")
         if copy_subtitles:
             kinds.add("subtitle")
-        self.copy_streams = [s for s in c.streams if s.type in kinds]
+        self.copy_streams = [s for s in c.streams if s.type in kinds and s.index != v.index]
+        self.attachments = [s for s in c.streams if s.type == "attachment"]  # fonts of styled subtitles
         tb = v.time_base or Fraction(1, 90000)
         rate = v.average_rate or v.guessed_rate or v.base_rate
         duration_s = float(v.duration * tb) if v.duration else (c.duration / 1e6 if c.duration else None)
@@ -352,7 +378,7 @@ class VideoReader:
                 break
             if self.control.stopped:
                 raise Stopped
-            if packet.stream.type != "video":
+            if packet.stream.index != self.video.index:
                 if packet.size:  # skip the empty flush packets the demuxer ends with
                     self.clocks[packet.stream.index](packet)
                     self.packets.put((packet.stream.index, packet))

@@ -8,11 +8,12 @@ FFmpeg's interleaving muxer orders what remains.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from vidrestore.config import OutputConfig
 from vidrestore.control import END, RunControl, Stopped
 from vidrestore.errors import OutputError
 from vidrestore.io.encoders import can_copy, check_encoder, pick_pix_fmt, plan_output
-from vidrestore.io.reader import _SWS_COLORSPACE, SWS_FLAGS, VideoInfo
+from vidrestore.io.reader import _SWS_COLORSPACE, SWS_FLAGS, VideoInfo, is_cover_art
 from vidrestore.records import Frame
 
 __all__ = ["VideoWriter"]
@@ -74,10 +75,12 @@ class VideoWriter:
         *,
         queue_size: int = 16,
         threads: int = 0,
+        attachments: Sequence[Any] = (),
     ) -> None:
         self.path = path
         self._info = info
         self.copy_streams = copy_streams
+        self.attachments = list(attachments)
         self.packets = packets
         self.config = config
         self.control = control
@@ -146,6 +149,22 @@ class VideoWriter:
         self._src_format = "rgb48le" if deep else "rgb24"
         for s in self.copy_streams:
             self._add_copy(c, s)
+        for s in self.attachments:
+            self._add_attachment(c, s)
+
+    def _accepts(self, c: Any, add: Callable[[Any], Any]) -> bool:
+        """Whether this container format takes a stream made by ``add`` (tried on an in-memory file,
+        since FFmpeg's muxers only refuse data streams and attachments when the header is written)."""
+        trial: Any = av.open(io.BytesIO(), mode="w", format=c.format.name)
+        try:
+            v = trial.add_stream(self.codec, rate=25)  # the real encoder, on a tiny picture: cheap to open
+            v.width, v.height, v.pix_fmt = 16, 16, self._video.pix_fmt
+            add(trial)
+            trial.start_encoding()
+        except (av.error.FFmpegError, ValueError, TypeError):
+            return False  # refused: the trial file was never started, and is left to the garbage collector
+        trial.close()
+        return True
 
     def _add_copy(self, c: Any, s: Any) -> None:
         name = s.codec_context.name if s.codec_context is not None else "unknown"
@@ -154,8 +173,13 @@ class VideoWriter:
             + (f", {s.metadata['language']}" if "language" in s.metadata else "")
             + ")"
         )
-        if can_copy(self.path.suffix, name, c.supported_codecs):
+        by_probe = s.type in ("data", "video") and self._accepts(c, lambda t: t.add_stream_from_template(s))
+        if can_copy(self.path.suffix, name, c.supported_codecs) or by_probe:
             out = c.add_stream_from_template(s)
+            if s.type == "video":  # cover art stays cover art; other tracks are copied, not restored
+                out.disposition = s.disposition
+                if not is_cover_art(s):
+                    log.warning("%s is copied as it is: only the main video track is restored", label)
         elif s.type == "audio":
             target = self._audio_codec
             log.warning("%s cannot be stored in %s: re-encoding it to %s", label, self.path.suffix, target)
@@ -167,6 +191,20 @@ class VideoWriter:
             return
         out.metadata.update({k: v for k, v in s.metadata.items() if k not in _SKIP_STREAM_KEYS})
         self._out[s.index] = out
+
+    def _add_attachment(self, c: Any, s: Any) -> None:
+        def attach(target: Any) -> None:
+            target.add_attachment(s.name or f"attachment-{s.index}", s.mimetype or "application/octet-stream", s.data)
+
+        if s.data and self._accepts(c, attach):
+            attach(c)
+        else:
+            log.warning(
+                "track %d (attachment %s) cannot be stored in %s and is left out; use .mkv to keep it",
+                s.index,
+                s.name,
+                self.path.suffix,
+            )
 
     # -- the thread -----------------------------------------------------------------
 
