@@ -59,6 +59,7 @@ class Frame:
     image: np.ndarray
     duration: int = 0  # in time_base ticks; 0 when unknown
     rotation: int = 0  # display rotation, degrees counter-clockwise (the stream's display matrix)
+    color_trc: int = 2  # transfer characteristic (AVColorTransferCharacteristic; 16 PQ, 18 HLG, 2 unknown)
     faces: tuple[Face, ...] = field(default=())
 
     def __post_init__(self) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import get_args
 
@@ -22,6 +24,7 @@ __all__ = [
     "encoder_options",
     "pick_pix_fmt",
     "plan_output",
+    "x265_hdr_params",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,11 +87,44 @@ def can_copy(suffix: str, codec: str, supported: set[str] | frozenset[str]) -> b
     return codec in supported or (box is not None and codec in box.also_copies)
 
 
-def plan_output(suffix: str, codec: str, crf: int, preset: str) -> OutputPlan:
+def x265_hdr_params(side_data: Mapping[str, bytes]) -> str:
+    """libx265's HDR10 parameters from a decoded frame's mastering-display and light-level side data.
+
+    ``MASTERING_DISPLAY_METADATA`` is FFmpeg's ``AVMasteringDisplayMetadata``: 10 rationals (R, G, B
+    and white point x/y, min and max luminance), then two flags. x265 wants G, B, R, white point in
+    units of 1/50000 and luminance in 1/10000 cd/m².
+    """
+    parts = ["hdr10=1", "repeat-headers=1"]
+    md = side_data.get("MASTERING_DISPLAY_METADATA")
+    if md is not None and len(md) >= 88:
+        v = struct.unpack("<20i2i", md[:88])
+        r, g, b, wp = [(_ratio(v[i], v[i + 1]), _ratio(v[i + 2], v[i + 3])) for i in (0, 4, 8, 12)]
+        lo, hi = _ratio(v[16], v[17]), _ratio(v[18], v[19])
+        if v[20]:  # has_primaries
+
+            def xy(p: tuple[float, float]) -> str:
+                return f"({round(p[0] * 50000)},{round(p[1] * 50000)})"
+
+            lum = f"L({round(hi * 10000)},{round(lo * 10000)})"
+            parts.append(f"master-display=G{xy(g)}B{xy(b)}R{xy(r)}WP{xy(wp)}{lum}")
+    cll = side_data.get("CONTENT_LIGHT_LEVEL")
+    if cll is not None and len(cll) >= 8:
+        max_cll, max_fall = struct.unpack("<2I", cll[:8])
+        parts.append(f"max-cll={max_cll},{max_fall}")
+    return ":".join(parts)
+
+
+def _ratio(num: int, den: int) -> float:
+    return num / den if den else 0.0
+
+
+def plan_output(suffix: str, codec: str, crf: int, preset: str, hdr: Mapping[str, bytes] | None = None) -> OutputPlan:
     """The video encoder, the fallback audio encoder and the options for an output ``suffix``.
 
-    ``codec`` ``auto`` takes the container's usual codec; a codec the container cannot hold
-    raises :class:`OutputError` (exit 2) saying which codecs and containers would work.
+    ``codec`` ``auto`` takes the container's usual codec (HEVC for HDR input where the container
+    holds it: HDR10 metadata survives only there); a codec the container cannot hold raises
+    :class:`OutputError` (exit 2) saying which codecs and containers would work. ``hdr``: the
+    input's HDR side data (empty for HDR without it, None for SDR input).
     """
     box = CONTAINERS.get(suffix.lower())
     if box is None:
@@ -96,6 +132,8 @@ def plan_output(suffix: str, codec: str, crf: int, preset: str) -> OutputPlan:
         name = suffix or "files without an extension"
         raise OutputError(f"vidrestore cannot write {name!r} videos; use one of {known}")
     video = box.video if codec == "auto" else codec
+    if codec == "auto" and hdr is not None and "hevc" in box.holds:
+        video = "libx265"
     writes = _WRITES.get(video)
     if writes is None:
         raise OutputError(f"output.codec = {codec!r} is not supported; use auto or one of {', '.join(_WRITES)}")
@@ -108,6 +146,10 @@ def plan_output(suffix: str, codec: str, crf: int, preset: str) -> OutputPlan:
         )
     options = encoder_options(video, crf, preset)
     options.update(box.options)
+    if hdr is not None and video == "libx265":
+        options["x265-params"] += ":" + x265_hdr_params(hdr)
+    elif hdr:
+        log.warning("%s keeps the HDR colour tags but not the mastering-display metadata: use libx265 for that", video)
     return OutputPlan(video, box.audio, options)
 
 

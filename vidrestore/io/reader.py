@@ -29,6 +29,7 @@ from av.video.reformatter import Interpolation
 from vidrestore.control import END, RunControl, Stopped
 from vidrestore.errors import InputError
 from vidrestore.records import Frame
+from vidrestore.transfer import view_for
 
 __all__ = [
     "SWS_FLAGS",
@@ -76,6 +77,8 @@ class VideoInfo:
     codec: str
     metadata: dict[str, str]
     container_metadata: dict[str, str]
+    # HDR (PQ or HLG input): the first frame's mastering-display / light-level side data, raw; None for SDR
+    hdr: dict[str, bytes] | None = None
 
 
 @dataclass(frozen=True)
@@ -414,11 +417,18 @@ class VideoReader:
         log.warning("%s: %s after %.2f s; the output holds what could be decoded", self.path, why, self.last_end_s)
 
     def _emit(self, frame: av.VideoFrame, deep: bool) -> None:
-        if self.decoded == 0 and not self._pending and frame.rotation:
-            self.info = replace(self.info, rotation=int(frame.rotation))
+        if self.decoded == 0 and not self._pending:
+            self.info = replace(self.info, rotation=int(frame.rotation or 0), hdr=self._hdr_side_data(frame))
         self._pending.append((to_rgb(frame, deep), int(frame.duration or 0)))
         for pts in self.repair.push(frame.pts, frame.dts):
             self._send(pts)
+
+    def _hdr_side_data(self, frame: av.VideoFrame) -> dict[str, bytes] | None:
+        if view_for(self.info.color_trc) is None:
+            return None
+        keep = ("MASTERING_DISPLAY_METADATA", "CONTENT_LIGHT_LEVEL")
+        entries: Any = frame.side_data  # iterating gives the SideData objects (its typing says keys)
+        return {sd.type.name: bytes(sd) for sd in entries if sd.type.name in keep}
 
     def _send(self, pts: int) -> None:
         """The oldest pending picture goes out with its settled time."""
@@ -432,6 +442,7 @@ class VideoReader:
             image=image,
             duration=duration,
             rotation=self.info.rotation,
+            color_trc=self.info.color_trc,
         )
         self.decoded += 1
         self.control.put(self.frames, out)

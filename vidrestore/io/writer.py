@@ -109,7 +109,7 @@ class VideoWriter:
             raise OutputError(f"cannot write {self.path.suffix!r} files: unknown container ({exc})") from exc
         c = self._container
         cfg = self.config
-        plan = plan_output(self.path.suffix, cfg.codec, cfg.crf, cfg.preset)
+        plan = plan_output(self.path.suffix, cfg.codec, cfg.crf, cfg.preset, info.hdr)
         codec: str = plan.video
         options = plan.options
         self._audio_codec = plan.audio
@@ -119,7 +119,7 @@ class VideoWriter:
         if codec.endswith("_nvenc") and not _opens(codec, width, height, pix_fmt):
             log.warning("%s cannot be opened here (no NVIDIA encoder); falling back to libx264", codec)
             codec = "libx264"
-            options = plan_output(self.path.suffix, codec, cfg.crf, cfg.preset).options
+            options = plan_output(self.path.suffix, codec, cfg.crf, cfg.preset, info.hdr).options
             pix_fmt = pick_pix_fmt(codec, 10 if deep else 8, width, height)
         self.codec = codec
         if codec == "libsvtav1":

@@ -141,7 +141,7 @@ class FaceStages:
         for frame in frames:
             t0 = time.perf_counter()
             image, factor = upscale_image(
-                self.frame_upscaler, frame.image, self.config.output.scale, self.config.upscaler.tile
+                self.frame_upscaler, frame.image, self.config.output.scale, self.config.upscaler.tile, frame.color_trc
             )
             faces = tuple(_scale_face(f, factor) for f in frame.faces)
             self._time("upscale frame", time.perf_counter() - t0)
@@ -162,15 +162,23 @@ def _scale_face(face: Face, s: float) -> Face:
     return replace(face, box=sc(face.box), landmarks_raw=raw, landmarks=sc(face.landmarks))
 
 
-def upscale_image(upscaler: Upscaler, image: np.ndarray, scale: int, tile: int) -> tuple[np.ndarray, float]:
-    """The whole picture ``scale`` times larger through Real-ESRGAN; x4 models are resized to x2."""
+def upscale_image(
+    upscaler: Upscaler, image: np.ndarray, scale: int, tile: int, color_trc: int = 2
+) -> tuple[np.ndarray, float]:
+    """The whole picture ``scale`` times larger through Real-ESRGAN; x4 models are resized to x2.
+    HDR pictures are upscaled in their SDR view and mapped back."""
     import torch
     import torch.nn.functional as F
 
+    from vidrestore.transfer import view_for
+
     full = 255.0 if image.dtype == np.uint8 else 65535.0
     device = upscaler.placement.device
+    view = view_for(color_trc)
     x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float() / full
-    up = upscaler.upscale_tiled(x, tile)
+    up = upscaler.upscale_tiled(x if view is None else view.to_view(x), tile)
+    if view is not None:
+        up = view.to_signal(up)
     h, w = image.shape[:2]
     if up.shape[2] != h * scale:
         up = F.interpolate(up, size=(h * scale, w * scale), mode="bicubic", antialias=True, align_corners=False)

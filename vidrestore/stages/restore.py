@@ -23,6 +23,7 @@ from vidrestore.geometry import compose, estimate_similarity, invert, template, 
 from vidrestore.records import Face, Frame
 from vidrestore.stages.models import FaceParser, NonFiniteOutput, Restorer, Upscaler
 from vidrestore.stats import RunStats
+from vidrestore.transfer import SdrView, view_for
 
 __all__ = ["RestoreStage", "feather_mask"]
 
@@ -58,9 +59,11 @@ class _Job:
     restored: torch.Tensor | None = None
 
 
-def _to_float(image: np.ndarray, device: torch.device) -> torch.Tensor:
+def _to_float(image: np.ndarray, device: torch.device, view: SdrView | None = None) -> torch.Tensor:
+    """``(h, w, 3)`` integer pixels -> ``(3, h, w)`` floats in [0, 1]; HDR signals in their SDR view."""
     full = 255.0 if image.dtype == np.uint8 else 65535.0
-    return torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float() / full
+    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float() / full
+    return x if view is None else view.to_view(x)
 
 
 @contextmanager
@@ -144,7 +147,7 @@ class RestoreStage:
                 continue
             t2 = time.perf_counter()
             with _failures_name(frame.index):
-                pasted = replace(frame, image=self._paste(frame.image, done))
+                pasted = replace(frame, image=self._paste(frame.image, done, view_for(frame.color_trc)))
             self.timer("mask + paste", time.perf_counter() - t2)
             yield pasted
 
@@ -169,7 +172,7 @@ class RestoreStage:
         x0, y0, x1, y1 = transformed_bounds(invert(to_aligned), self.size, self.size, w, h)
         if x1 <= x0 or y1 <= y0:
             return None  # the face lies outside the picture
-        region = _to_float(image[y0:y1, x0:x1], self.device)
+        region = _to_float(image[y0:y1, x0:x1], self.device, view_for(frame.color_trc))
         shift = np.array([[1.0, 0, x0], [0, 1.0, y0]])
         aligned = warp(region, compose(to_aligned, shift), self.size, self.size, border=_BORDER)
         return _Job(pos, frame.index, face, to_aligned, aligned, (0, 0, w, h))
@@ -183,7 +186,7 @@ class RestoreStage:
         half = face.size * (0.5 + self.margin)
         x0, y0 = max(int(np.floor(cx - half)), 0), max(int(np.floor(cy - half)), 0)
         x1, y1 = min(int(np.ceil(cx + half)), w), min(int(np.ceil(cy + half)), h)
-        crop = _to_float(image[y0:y1, x0:x1], self.device)[None]
+        crop = _to_float(image[y0:y1, x0:x1], self.device, view_for(frame.color_trc))[None]
         t0 = time.perf_counter()
         up = self.upscaler.upscale(crop)[0]
         self._upscale_s += time.perf_counter() - t0
@@ -235,7 +238,7 @@ class RestoreStage:
             self.stats.faces_restored += 1
             self.stats.faces_filled += int(job.face.interpolated)
 
-    def _paste(self, image: np.ndarray, jobs: list[_Job]) -> np.ndarray:
+    def _paste(self, image: np.ndarray, jobs: list[_Job], view: SdrView | None) -> np.ndarray:
         out = image.copy()
         h, w = image.shape[:2]
         full = 255.0 if image.dtype == np.uint8 else 65535.0
@@ -254,6 +257,8 @@ class RestoreStage:
             back = invert(compose(job.to_aligned, np.array([[1.0, 0, x0], [0, 1.0, y0]])))
             mask = masks[k] if masks is not None else self.feather[0]
             face_px = warp(restored[k], back, x1 - x0, y1 - y0)
+            if view is not None:  # restored in the SDR view: back to the picture's own transfer
+                face_px = view.to_signal(face_px)
             alpha = warp(mask, back, x1 - x0, y1 - y0).clamp(0, 1) * amount
             region = torch.from_numpy(out[y0:y1, x0:x1]).to(self.device).permute(2, 0, 1).float()
             mixed = alpha * (face_px * full) + (1 - alpha) * region
