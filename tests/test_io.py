@@ -590,3 +590,20 @@ def test_cover_art_is_never_taken_for_the_video_and_is_kept(cli: Cli, tmp_path: 
     b = probe(dst)
     assert b.frames == 25 and (b.width, b.height) == (96, 64)
     assert ("video", "mjpeg") in _streams(dst)
+
+
+def test_a_killed_runs_temp_file_is_removed_by_the_next_run(tmp_path: Path) -> None:
+    src, dst = tmp_path / "long.mp4", tmp_path / "out.mp4"
+    write_clip(src, frames(300, w=320, h=240))
+    args = [sys.executable, "-m", "vidrestore", "restore", str(src), "-o", str(dst), "--detector", "none"]
+    proc = subprocess.Popen([*args, "--preset", "veryslow"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(".part-" in p.name for p in tmp_path.iterdir()):
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no clean-up can run
+    proc.wait(timeout=30)
+    left = [p.name for p in tmp_path.iterdir() if ".part-" in p.name]
+    assert len(left) == 1 and not dst.exists()
+    done = subprocess.run([*args, "--preset", "ultrafast"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.mp4", "out.mp4"]

@@ -218,7 +218,7 @@ def _restore_image(src: Path, dst: Path, config: Config, stages: FrameStages, st
     still = read_image(src)
     (frame,) = list(_guarded(stages(iter([still.frame])), "restore", stats))
     stats.frames += 1
-    target = AtomicTarget(dst)
+    target = AtomicTarget(dst, config.output.overwrite)
     with target as tmp:
         write_image(
             tmp, frame.image, still.alpha, config.output.image_quality, still.icc_profile, fmt_suffix=dst.suffix
@@ -257,7 +257,7 @@ def _restore_video(src: Path, dst: Path, config: Config, stages: FrameStages, st
     control = RunControl()
     reader = _open_reader(src, config, control)
     bar = _progress_bar(reader, src, progress)
-    target = AtomicTarget(dst)
+    target = AtomicTarget(dst, config.output.overwrite)
     with target as tmp:
         writer = VideoWriter(
             tmp,
@@ -409,7 +409,9 @@ def inspect_path(
         check_target(annotate_out, [src], config.output.overwrite)
     placement = resolve_placement(config.device, config.precision)
     stages = FaceStages(config, build_detector(config, store, placement), None)
-    sink = _JsonSink(json_out, src)
+    if json_out not in (None, "-"):
+        check_target(Path(json_out), [src], config.output.overwrite)
+    sink = _JsonSink(json_out, src, config.output.overwrite)
     try:
 
         def track_and_record(frames: Iterator[Frame]) -> Iterator[Frame]:
@@ -443,7 +445,7 @@ def inspect_path(
 class _JsonSink:
     """Streams ``inspect`` JSON to a file (atomically) or stdout, one frame at a time."""
 
-    def __init__(self, target: str | None, src: Path) -> None:
+    def __init__(self, target: str | None, src: Path, overwrite: bool = False) -> None:
         import sys
 
         self.first = True
@@ -454,7 +456,7 @@ class _JsonSink:
         if target == "-":
             self.fh = sys.stdout
         else:
-            self.atomic = AtomicTarget(Path(target))
+            self.atomic = AtomicTarget(Path(target), overwrite)
             self.fh = self.atomic.tmp.open("w", encoding="utf-8")
         self.fh.write('{"input": ' + json.dumps(str(src)) + ', "frames": [\n')
 
