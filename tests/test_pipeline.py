@@ -112,11 +112,11 @@ def test_error_in_the_restore_stage_stops_cleanly(
     real = RestoreStage._paste
     calls = {"n": 0}
 
-    def broken(self: RestoreStage, image: np.ndarray, jobs: list) -> np.ndarray:  # type: ignore[type-arg]
+    def broken(self: RestoreStage, image: np.ndarray, jobs: list, view: object) -> np.ndarray:  # type: ignore[type-arg]
         calls["n"] += 1
         if calls["n"] == 5:
             raise ValueError("simulated bug in paste-back")
-        return real(self, image, jobs)
+        return real(self, image, jobs, view)  # type: ignore[arg-type]
 
     monkeypatch.setattr(RestoreStage, "_paste", broken)
     before = threading.active_count()
