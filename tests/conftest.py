@@ -22,8 +22,10 @@ torch.set_num_threads(2)
 
 @pytest.fixture(autouse=True)
 def _isolated_weights(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test ever touches the user's real weights cache."""
+    """No test ever touches the user's real weights cache, or the network (tests of first-use
+    fetching turn VIDRESTORE_OFFLINE off and serve the download themselves)."""
     monkeypatch.setenv("VIDRESTORE_WEIGHTS", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("VIDRESTORE_OFFLINE", "1")
 
 
 @dataclass(frozen=True)

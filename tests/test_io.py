@@ -596,7 +596,9 @@ def test_a_killed_runs_temp_file_is_removed_by_the_next_run(tmp_path: Path) -> N
     src, dst = tmp_path / "long.mp4", tmp_path / "out.mp4"
     write_clip(src, frames(300, w=320, h=240))
     args = [sys.executable, "-m", "vidrestore", "restore", str(src), "-o", str(dst), "--detector", "none"]
-    proc = subprocess.Popen([*args, "--preset", "veryslow"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*args, "--encode-preset", "veryslow"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not any(".part-" in p.name for p in tmp_path.iterdir()):
         time.sleep(0.05)
@@ -604,6 +606,6 @@ def test_a_killed_runs_temp_file_is_removed_by_the_next_run(tmp_path: Path) -> N
     proc.wait(timeout=30)
     left = [p.name for p in tmp_path.iterdir() if ".part-" in p.name]
     assert len(left) == 1 and not dst.exists()
-    done = subprocess.run([*args, "--preset", "ultrafast"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([*args, "--encode-preset", "ultrafast"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.mp4", "out.mp4"]

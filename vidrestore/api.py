@@ -20,7 +20,7 @@ import numpy as np
 
 from vidrestore.config import Config
 from vidrestore.errors import InputError
-from vidrestore.models.store import ModelStore, default_weights_dir
+from vidrestore.models.store import ModelStore, default_weights_dir, offline_requested
 from vidrestore.pipeline import RunStats, Summary, build_stages, restore_paths
 from vidrestore.records import Frame
 
@@ -28,7 +28,9 @@ __all__ = ["restore", "restore_frames"]
 
 
 def _store(config: Config, store: ModelStore | None) -> ModelStore:
-    return store if store is not None else ModelStore(default_weights_dir(config.weights_dir))
+    if store is not None:
+        return store  # a missing model is fetched on first use unless VIDRESTORE_OFFLINE is set
+    return ModelStore(default_weights_dir(config.weights_dir), fetch_missing=not offline_requested())
 
 
 def restore(

@@ -22,7 +22,8 @@ from vidrestore import __version__
 from vidrestore.config import Config, EncoderPreset, config_to_dict, load_config
 from vidrestore.errors import ConfigError, VidrestoreError
 from vidrestore.models.registry import DEFAULT_REGISTRY
-from vidrestore.models.store import ModelStore, default_weights_dir
+from vidrestore.models.store import ModelStore, default_weights_dir, offline_requested
+from vidrestore.presets import list_presets, preset_path
 
 __all__ = ["main"]
 
@@ -56,13 +57,26 @@ def _common(debug_only: bool = False) -> _Parser:
         help="model cache folder (default: $VIDRESTORE_WEIGHTS or the user cache)",
     )
     if not debug_only:
+        g.add_argument(
+            "--offline",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="never download: a missing model is an error (also VIDRESTORE_OFFLINE=1)",
+        )
         c = parent.add_argument_group("configuration")
         c.add_argument(
             "-c",
             "--config",
             metavar="FILE",
             default=argparse.SUPPRESS,
-            help="YAML config file (see configs/); keys you leave out keep their defaults",
+            help="YAML config file; keys you leave out keep their defaults (applied over --preset)",
+        )
+        c.add_argument(
+            "-p",
+            "--preset",
+            metavar="NAME",
+            default=argparse.SUPPRESS,
+            help="a shipped preset: video-call, screenshot, vhs, tiny-faces, quality (see 'vidrestore presets')",
         )
         c.add_argument(
             "--set",
@@ -101,9 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "-o",
         "--output",
-        required=True,
         metavar="OUTPUT",
-        help="output file (one input) or folder (several inputs or a folder; names are kept)",
+        help="output file (one input) or folder (several inputs or a folder; names are kept); "
+        "required except with --dry-run",
     )
     r.add_argument("-y", "--overwrite", action="store_true", default=None, help="replace existing outputs")
     r.add_argument("--blend", type=float, metavar="F", help="restorer.blend: 0 original .. 1 fully restored")
@@ -114,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="output.codec: auto (by container), libx264, libx265, libsvtav1, libvpx-vp9, h264_nvenc, hevc_nvenc",
     )
     r.add_argument(
-        "--preset",
+        "--encode-preset",
         choices=get_args(EncoderPreset),
         metavar="NAME",
         help="output.preset: encoder speed, ultrafast .. veryslow (veryfast keeps up with a GPU at 1080p)",
@@ -139,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--annotate", metavar="OUT", help="write a video with boxes, landmarks and track ids drawn")
     i.add_argument("-y", "--overwrite", action="store_true", default=None, help="replace existing outputs")
 
+    sub.add_parser(
+        "presets",
+        help="list the shipped presets, one line each",
+        description="Presets tune the defaults for a kind of footage; use one with --preset NAME.",
+    )
+
     m = sub.add_parser(
         "models",
         help="list, fetch or locate model weights",
@@ -147,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     msub = m.add_subparsers(dest="models_command", metavar="ACTION", parser_class=_Parser)  # type: ignore[arg-type]
     msub.add_parser("list", parents=[_common(True)], help="each model, whether it is present, its size and path")
     f = msub.add_parser("fetch", parents=[_common(True)], help="download and verify models")
-    f.add_argument("names", nargs="*", metavar="NAME", help="models to fetch (default: those the default config uses)")
+    f.add_argument("names", nargs="*", metavar="NAME", help="models to fetch (default: those the configuration uses)")
+    f.add_argument("-c", "--config", metavar="FILE", help="fetch what this config file uses")
+    f.add_argument("-p", "--preset", metavar="NAME", help="fetch what this preset uses")
     f.add_argument("--force", action="store_true", help="download again even if present")
     p = msub.add_parser("path", parents=[_common(True)], help="print where a model's file goes")
     p.add_argument("name", metavar="NAME")
@@ -164,7 +186,7 @@ def _flags_to_config(args: argparse.Namespace) -> dict[str, Any]:
         "upscaler.below": getattr(args, "upscale_below", None),
         "output.crf": getattr(args, "crf", None),
         "output.codec": getattr(args, "codec", None),
-        "output.preset": getattr(args, "preset", None),
+        "output.preset": getattr(args, "encode_preset", None),
         "output.scale": getattr(args, "scale", None),
         "output.overwrite": True if getattr(args, "overwrite", None) else None,
         "output.audio": False if getattr(args, "no_audio", None) else None,
@@ -182,12 +204,29 @@ def _flags_to_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    return load_config(getattr(args, "config", None), getattr(args, "set", None) or (), _flags_to_config(args))
+    preset = getattr(args, "preset", None)
+    return load_config(
+        getattr(args, "config", None),
+        getattr(args, "set", None) or (),
+        _flags_to_config(args),
+        preset=preset_path(preset) if preset else None,
+    )
+
+
+def _offline(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "offline", False)) or offline_requested()
 
 
 def _store(args: argparse.Namespace, config: Config | None = None) -> ModelStore:
+    """The model cache; ``restore`` and ``inspect`` fetch a missing model on first use unless offline."""
     override = getattr(args, "weights_dir", None) or (config.weights_dir if config else None)
-    return ModelStore(default_weights_dir(override), DEFAULT_REGISTRY)
+    quiet = bool(getattr(args, "quiet", False))
+    return ModelStore(
+        default_weights_dir(override),
+        DEFAULT_REGISTRY,
+        fetch_missing=args.command in ("restore", "inspect") and not _offline(args),
+        progress=lambda name: _download_bar(name, quiet),
+    )
 
 
 def _fmt_size(n: float) -> str:
@@ -212,7 +251,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if action == "fetch":
         from vidrestore.pipeline import models_for  # local: keeps 'models list' light
 
-        names = args.names or models_for(Config())
+        names = args.names or models_for(_config(args))
         for name in names:
             store.fetch(name, progress=_download_bar(name, quiet=getattr(args, "quiet", False)), force=args.force)
             _out(f"{name}: {store.path(name)}")
@@ -249,6 +288,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         for line in dry_run([Path(p) for p in args.inputs], config, store):
             _out(line)
         return 0
+    if args.output is None:
+        raise ConfigError("restore needs -o/--output OUTPUT (only --dry-run goes without)")
     summary = restore_paths(
         [Path(p) for p in args.inputs], Path(args.output), config, store, progress=not quiet and sys.stderr.isatty()
     )
@@ -264,7 +305,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from vidrestore.pipeline import inspect_path
 
     config = _config(args)
-    inspect_path(
+    summary = inspect_path(
         Path(args.input),
         config,
         _store(args, config),
@@ -272,6 +313,18 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         annotate_out=Path(args.annotate) if args.annotate else None,
         progress=not getattr(args, "quiet", False) and sys.stderr.isatty(),
     )
+    if args.json != "-" and not getattr(args, "quiet", False):  # stdout is free: the short table
+        for line in summary.lines():
+            _out(line)
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    presets = list_presets()
+    width = max(len(p.name) for p in presets)
+    for p in presets:
+        _out(f"{p.name:{width}}  {p.summary}")
+    _out("use one with: vidrestore restore INPUT -o OUTPUT --preset NAME")
     return 0
 
 
@@ -297,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handlers = {"restore": _cmd_restore, "inspect": _cmd_inspect, "models": _cmd_models}
+    handlers = {"restore": _cmd_restore, "inspect": _cmd_inspect, "models": _cmd_models, "presets": _cmd_presets}
     try:
         return handlers[args.command](args)
     except VidrestoreError as exc:
@@ -305,8 +358,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         sys.stderr.write(f"vidrestore: error: {exc}\n")
         return exc.exit_code
-    except KeyboardInterrupt:
-        sys.stderr.write("vidrestore: interrupted; nothing was written at the output path\n")
+    except KeyboardInterrupt as exc:
+        finished = getattr(exc, "finished", [])
+        done = (
+            f"{len(finished)} output(s) were finished before it: {', '.join(map(str, finished))}; " if finished else ""
+        )
+        sys.stderr.write(f"vidrestore: interrupted; {done}nothing was written at the output path in progress\n")
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug: one line, the traceback with --debug
         if debug:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -43,6 +44,9 @@ VideoCodec = Literal["auto", "libx264", "libx265", "libsvtav1", "libvpx-vp9", "h
 EncoderPreset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 SmoothingMethod = Literal["centered", "none"]
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _key(default: Any, help: str, lo: float | None = None, hi: float | None = None) -> Any:
@@ -173,6 +177,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{source}: {key} = {value!r} is not valid; choose {_type_name(tp)[7:]}{hint}")
         return value
+    if tp is float and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
     ok = (
         (tp is bool and isinstance(value, bool))
         or (tp is int and isinstance(value, int) and not isinstance(value, bool))
@@ -285,9 +291,12 @@ def load_config(
     path: str | Path | None = None,
     overrides: Iterable[str] = (),
     extra: Mapping[str, Any] | None = None,
+    preset: str | Path | None = None,
 ) -> Config:
-    """Defaults < ``path`` (YAML) < ``overrides`` (``KEY=VALUE`` strings) < ``extra`` (flags)."""
+    """Defaults < ``preset`` (YAML) < ``path`` (YAML) < ``overrides`` (``KEY=VALUE`` strings) < ``extra`` (flags)."""
     config = Config()
+    if preset is not None:
+        config = apply_overrides(config, read_config_file(preset), f"preset {Path(preset).stem}")
     if path is not None:
         config = apply_overrides(config, read_config_file(path), str(path))
     sets = parse_set(overrides)

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ from vidrestore.records import Face, Frame
 from vidrestore.stats import RunStats
 
 __all__ = [
+    "InspectSummary",
+    "Interrupted",
     "RunStats",
     "Summary",
     "annotate",
@@ -106,6 +108,14 @@ class Summary:
                 "ffmpeg": ".".join(map(str, av.library_versions["libavcodec"])),
             },
         }
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run of several files: ``finished`` lists the outputs already complete."""
+
+    def __init__(self, finished: list[Path]) -> None:
+        super().__init__()
+        self.finished = finished
 
 
 def models_for(config: Config) -> list[str]:
@@ -193,12 +203,15 @@ def restore_paths(
     stats = RunStats()
     stages = build_stages(config, store, stats)
     start = time.perf_counter()
-    outputs = []
-    for src, dst in pairs:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        check_target(dst, sources, config.output.overwrite)
-        restore_file(src, dst, config, stages, stats, progress=progress)
-        outputs.append(dst)
+    outputs: list[Path] = []
+    try:
+        for src, dst in pairs:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            check_target(dst, sources, config.output.overwrite)
+            restore_file(src, dst, config, stages, stats, progress=progress)
+            outputs.append(dst)
+    except KeyboardInterrupt as exc:
+        raise Interrupted(outputs) from exc
     stats.wall_seconds = time.perf_counter() - start
     return Summary(stats, outputs)
 
@@ -398,8 +411,8 @@ def inspect_path(
     json_out: str | None = None,
     annotate_out: Path | None = None,
     progress: bool = False,
-) -> int:
-    """Detect and track faces in ``src``; write JSON and/or an annotated video. Returns frames seen."""
+) -> InspectSummary:
+    """Detect and track faces in ``src``; write JSON and/or an annotated video; return the tally."""
     from vidrestore.device import resolve_placement
     from vidrestore.stages import FaceStages, build_detector
 
@@ -412,11 +425,13 @@ def inspect_path(
     if json_out not in (None, "-"):
         check_target(Path(json_out), [src], config.output.overwrite)
     sink = _JsonSink(json_out, src, config.output.overwrite)
+    tally = InspectSummary()
     try:
 
         def track_and_record(frames: Iterator[Frame]) -> Iterator[Frame]:
             for frame in stages.track(frames):
                 sink.add(frame)
+                tally.add(frame)
                 yield annotate(frame) if annotate_out is not None else frame
 
         stats = RunStats()
@@ -439,7 +454,36 @@ def inspect_path(
     except BaseException:
         sink.close(ok=False)
         raise
-    return stats.frames
+    return tally
+
+
+@dataclass
+class InspectSummary:
+    """What ``inspect`` found: frames, frames with faces, and per track its span and face sizes."""
+
+    frames: int = 0
+    frames_with_faces: int = 0
+    tracks: dict[int, list[tuple[int, float, bool]]] = field(default_factory=dict)  # (frame, size, filled)
+
+    def add(self, frame: Frame) -> None:
+        self.frames += 1
+        self.frames_with_faces += bool(frame.faces)
+        for face in frame.faces:
+            self.tracks.setdefault(face.track_id, []).append((frame.index, face.size, face.interpolated))
+
+    def lines(self) -> list[str]:
+        out = [f"{self.frames} frames, {self.frames_with_faces} with faces, {len(self.tracks)} track(s)"]
+        if self.tracks:
+            out.append(f"{'track':>5}  {'frames':>13}  {'seen':>5}  {'filled':>6}  face size px (min/median/max)")
+        for tid, seen in sorted(self.tracks.items()):
+            sizes = sorted(size for _, size, _ in seen)
+            span = f"{seen[0][0]}-{seen[-1][0]}"
+            filled = sum(f for _, _, f in seen)
+            mid = sizes[len(sizes) // 2]
+            out.append(
+                f"{tid:>5}  {span:>13}  {len(seen):>5}  {filled:>6}  {sizes[0]:.0f} / {mid:.0f} / {sizes[-1]:.0f}"
+            )
+        return out
 
 
 class _JsonSink:

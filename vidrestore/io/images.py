@@ -7,6 +7,7 @@ channel is set aside and put back unchanged.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -16,6 +17,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vidrestore.errors import InputError, OutputError
 from vidrestore.records import Frame
+
+log = logging.getLogger(__name__)
 
 __all__ = ["IMAGE_SUFFIXES", "StillImage", "is_image", "read_image", "write_image"]
 
@@ -53,6 +56,7 @@ def read_image(path: Path) -> StillImage:
             im.load()
             upright = ImageOps.exif_transpose(im) or im
             icc = im.info.get("icc_profile")
+            depth = _bits_per_sample(path, im)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable image ({exc})") from exc
     alpha = None
@@ -62,8 +66,22 @@ def read_image(path: Path) -> StillImage:
         rgb = np.array(rgba.convert("RGB"))
     else:
         rgb = np.array(upright.convert("RGB"))  # writable: stages may hand it to torch
+    if depth > 8:
+        log.warning("%s has %d bits per channel; images are restored and written at 8 bits", path, depth)
     frame = Frame(index=0, pts=0, time_base=Fraction(1, 1), image=np.ascontiguousarray(rgb), duration=1)
     return StillImage(frame, alpha, icc)
+
+
+def _bits_per_sample(path: Path, im: Image.Image) -> int:
+    """The file's own bits per channel (Pillow hands 16-bit RGB PNGs over as 8-bit RGB)."""
+    if im.format == "PNG":
+        with path.open("rb") as fh:
+            head = fh.read(25)
+        return head[24] if len(head) == 25 else 8  # IHDR's bit depth byte
+    if im.format == "TIFF":
+        bits = getattr(im, "tag_v2", {}).get(258, (8,))
+        return int(max(bits)) if isinstance(bits, tuple) else int(bits)
+    return 16 if im.mode.startswith("I;16") else 8
 
 
 def write_image(

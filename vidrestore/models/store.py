@@ -57,6 +57,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def offline_requested() -> bool:
+    """``VIDRESTORE_OFFLINE`` set (to anything but 0): never download."""
+    return os.environ.get("VIDRESTORE_OFFLINE", "") not in ("", "0")
+
+
 @dataclass(frozen=True)
 class ModelStatus:
     """What ``models list`` shows for one model."""
@@ -70,9 +75,20 @@ class ModelStatus:
 class ModelStore:
     """Find, fetch and verify model files in one folder."""
 
-    def __init__(self, root: Path, registry: ModelRegistry = DEFAULT_REGISTRY) -> None:
+    def __init__(
+        self,
+        root: Path,
+        registry: ModelRegistry = DEFAULT_REGISTRY,
+        *,
+        fetch_missing: bool = False,
+        progress: Callable[[str], ProgressCallback | None] | None = None,
+    ) -> None:
+        """``fetch_missing``: :meth:`resolve` downloads (and verifies) a missing registry model on first
+        use, as torch.hub does; ``progress(name)`` gives the download's progress callback."""
         self.root = root
         self.registry = registry
+        self.fetch_missing = fetch_missing
+        self.progress = progress
 
     def spec(self, name: str) -> ModelSpec:
         try:
@@ -103,8 +119,9 @@ class ModelStore:
     def resolve(self, name: str, local: str | None = None, key: str = "weights") -> Path:
         """The file to load for ``name``: ``local`` as-is if given, else the verified cache file.
 
-        Raises ModelError (exit 3) with the URL and target path when it is missing, and
-        when a cached file does not match its checksum.
+        A missing registry model is fetched first when ``fetch_missing`` is on. Raises ModelError
+        (exit 3) with the URL, the target path and the ``models fetch`` command when it is missing
+        (or its download fails), and when a cached file does not match its checksum.
         """
         if local:
             path = Path(local).expanduser()
@@ -114,7 +131,13 @@ class ModelStore:
         spec = self.spec(name)
         path = self.root / spec.filename
         if not path.is_file():
-            raise ModelError(self._missing_message(spec, path, key))
+            if not self.fetch_missing or spec.sha256 is None:
+                raise ModelError(self._missing_message(spec, path, key))
+            log.info("fetching %s (~%.0f MB) on first use from %s", spec.name, spec.size_mb, spec.url)
+            try:
+                return self.fetch(name, self.progress(name) if self.progress else None)
+            except ModelError as exc:
+                raise ModelError(f"{exc}; to fetch it later: vidrestore models fetch {spec.name}") from exc
         self._verify_cached(spec, path)
         return path
 
