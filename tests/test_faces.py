@@ -15,8 +15,7 @@ from vidrestore.control import RunControl
 from vidrestore.io.reader import VideoReader
 from vidrestore.models.loading import load_model
 from vidrestore.records import Frame
-from vidrestore.stages import detect_frames
-from vidrestore.stages.detect import CenterFaceDetector, Detections, RetinaFaceDetector
+from vidrestore.stages.detect import CenterFaceDetector, Detections, RetinaFaceDetector, detect_frames
 from vidrestore.stages.track import TrackSmoother
 from vidrestore.testing import ASTRONAUT_LANDMARKS, astronaut, make_face_clip, save_random_weights
 

@@ -67,3 +67,12 @@ def test_the_sample_clip_is_what_its_script_makes() -> None:
     with av.open(str(sample)) as c:
         assert [s.type for s in c.streams] == ["video", "audio"]
         assert c.streams.video[0].frames == 75
+
+
+def test_the_stages_package_is_a_map_not_a_module() -> None:
+    tree = ast.parse((PKG / "stages" / "__init__.py").read_text())
+    assert all(isinstance(n, ast.Expr) for n in tree.body), "stages/__init__.py holds only its docstring"
+
+
+def test_transfer_functions_sit_at_the_base() -> None:
+    assert imports_of(PKG / "transfer.py") == set()

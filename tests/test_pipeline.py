@@ -72,7 +72,7 @@ def test_a_face_missing_for_three_frames_is_still_restored(face_clip: FaceClip, 
     from vidrestore.control import RunControl
     from vidrestore.io.reader import VideoReader
     from vidrestore.pipeline import RunStats
-    from vidrestore.stages import build_face_stages
+    from vidrestore.stages.assemble import build_face_stages
 
     config = load_config(
         None,
@@ -276,7 +276,7 @@ def test_the_readme_main_command(weights: Weights, tmp_path: Path, monkeypatch: 
 def test_a_device_error_in_the_restorer_exits_1_naming_the_stage_and_frame(
     cli: Cli, face_clip: FaceClip, weights: Weights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vidrestore.stages.models import GFPGANRestorer
+    from vidrestore.stages.networks import GFPGANRestorer
 
     real = GFPGANRestorer.restore
     calls = {"n": 0}

@@ -17,7 +17,7 @@ from vidrestore.geometry import estimate_similarity, invert, template, transform
 from vidrestore.models.loading import load_model
 from vidrestore.records import Face, Frame
 from vidrestore.stages.detect import CenterFaceDetector
-from vidrestore.stages.models import FaceParser, GFPGANRestorer, Upscaler
+from vidrestore.stages.networks import FaceParser, GFPGANRestorer, Upscaler
 from vidrestore.stages.restore import RestoreStage
 from vidrestore.testing import astronaut
 
@@ -189,7 +189,7 @@ def test_a_nan_batch_is_retried_in_fp32_and_restored(weights: Weights) -> None:
 
 
 def test_nan_even_in_fp32_keeps_the_original_face_with_a_warning(restorer: GFPGANRestorer) -> None:
-    from vidrestore.stages.models import NonFiniteOutput
+    from vidrestore.stages.networks import NonFiniteOutput
 
     broken = Scripted(restorer, lambda faces, fp32, n: NonFiniteOutput("the restorer produced NaN/inf values"))
     stage = RestoreStage(broken, CPU.device, batch_size=1)  # type: ignore[arg-type]

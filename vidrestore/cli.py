@@ -249,7 +249,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
         _out(str(store.path(args.name)))
         return 0
     if action == "fetch":
-        from vidrestore.pipeline import models_for  # local: keeps 'models list' light
+        from vidrestore.report import models_for  # local: keeps 'models list' light
 
         names = args.names or models_for(_config(args))
         for name in names:
@@ -278,7 +278,8 @@ def _download_bar(name: str, quiet: bool) -> Any:
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
-    from vidrestore.pipeline import dry_run, restore_paths
+    from vidrestore.pipeline import restore_paths
+    from vidrestore.report import dry_run, run_report
 
     config = _config(args)
     store = _store(args, config)
@@ -297,12 +298,12 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         for line in summary.lines():
             sys.stderr.write(line + "\n")
     if args.report:
-        Path(args.report).write_text(json.dumps(summary.report(config, store), indent=2) + "\n", encoding="utf-8")
+        Path(args.report).write_text(json.dumps(run_report(summary, config, store), indent=2) + "\n", encoding="utf-8")
     return 0
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from vidrestore.pipeline import inspect_path
+    from vidrestore.inspection import inspect_path
 
     config = _config(args)
     summary = inspect_path(

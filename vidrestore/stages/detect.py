@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,8 +27,9 @@ from torchvision.ops import nms
 
 from vidrestore.errors import ModelError
 from vidrestore.models.compat import import_research_module
+from vidrestore.records import Frame
 
-__all__ = ["CenterFaceDetector", "Detections", "Detector", "RetinaFaceDetector", "working_scale"]
+__all__ = ["CenterFaceDetector", "Detections", "Detector", "RetinaFaceDetector", "detect_frames", "working_scale"]
 
 log = logging.getLogger(__name__)
 
@@ -199,3 +201,56 @@ class RetinaFaceDetector:
             keep = scores[b] > self.threshold
             out.append(_finish(boxes[b][keep], scores[b][keep], points[b][keep], self.min_face, self.nms_iou))
         return out
+
+
+# -- batching over frames, pictures turned upright -----------------------------------------
+
+
+def _rotate_points(points: np.ndarray, k: int, h: int, w: int) -> np.ndarray:
+    """Map ``(..., 2)`` points in ``np.rot90(img, k)`` back to ``img`` (``h`` x ``w``) pixels."""
+    out = points.copy()
+    for step in range(k % 4, 0, -1):
+        # np.rot90 turns a picture of width ww a quarter counter-clockwise: (x, y) there
+        # came from (ww - 1 - y, x) in the picture before the turn
+        ww = h if (step - 1) % 2 else w
+        x, y = out[..., 0].copy(), out[..., 1].copy()
+        out[..., 0], out[..., 1] = ww - 1 - y, x
+    return out
+
+
+def detect_frames(
+    detector: Detector, frames: Iterator[Frame], batch: int, timer: Callable[[str, float], None]
+) -> Iterator[tuple[Frame, Detections]]:
+    """Detect in batches of ``batch`` frames; pictures are turned upright (display rotation) first."""
+    held: list[Frame] = []
+
+    def flush() -> Iterator[tuple[Frame, Detections]]:
+        t0 = time.perf_counter()
+        k = (held[0].rotation // 90) % 4
+        images = [np.ascontiguousarray(np.rot90(f.image, k)) if k else f.image for f in held]
+        found = detector.detect(images)
+        if k:
+            h, w = held[0].image.shape[:2]
+            found = [_unrotate(d, k, h, w) for d in found]
+        timer("detect", time.perf_counter() - t0)
+        yield from zip(held, found)
+
+    for frame in frames:
+        if held and (frame.image.shape != held[0].image.shape or frame.rotation != held[0].rotation):
+            yield from flush()
+            held = []
+        held.append(frame)
+        if len(held) >= batch:
+            yield from flush()
+            held = []
+    if held:
+        yield from flush()
+
+
+def _unrotate(d: Detections, k: int, h: int, w: int) -> Detections:
+    if not len(d):
+        return d
+    corners = np.stack([d.boxes[:, [0, 1]], d.boxes[:, [2, 1]], d.boxes[:, [0, 3]], d.boxes[:, [2, 3]]], axis=1)
+    c = _rotate_points(corners, k, h, w)
+    boxes = np.concatenate([c.min(axis=1), c.max(axis=1)], axis=1).astype(np.float32)
+    return Detections(boxes, d.scores, _rotate_points(d.landmarks, k, h, w).astype(np.float32))

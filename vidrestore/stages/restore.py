@@ -21,7 +21,7 @@ import torch
 from vidrestore.errors import PipelineError, VidrestoreError
 from vidrestore.geometry import compose, estimate_similarity, invert, template, transformed_bounds, warp
 from vidrestore.records import Face, Frame
-from vidrestore.stages.models import FaceParser, NonFiniteOutput, Restorer, Upscaler
+from vidrestore.stages.networks import FaceParser, NonFiniteOutput, Restorer, Upscaler
 from vidrestore.stats import RunStats
 from vidrestore.transfer import SdrView, view_for
 
@@ -108,7 +108,6 @@ class RestoreStage:
         self.feather = feather_mask(self.size, device)
         self.stats = stats if stats is not None else RunStats()  # face counts and time per stage
         self.timer = self.stats.add_time
-        self._upscale_s = 0.0
 
     def run(self, frames: Iterator[Frame]) -> Iterator[Frame]:
         held: list[Frame] = []
@@ -125,14 +124,14 @@ class RestoreStage:
     # -- one group of frames ---------------------------------------------------------
 
     def _process(self, frames: list[Frame]) -> Iterator[Frame]:
-        t0, self._upscale_s = time.perf_counter(), 0.0
+        t0, upscaled_before = time.perf_counter(), self.stats.stage_seconds.get("upscale faces", 0.0)
         jobs = []
         for pos, frame in enumerate(frames):
             with _failures_name(frame.index):
                 jobs += [job for face in frame.faces if (job := self._prepare(pos, frame, face))]
         t1 = time.perf_counter()
-        self.timer("upscale faces", self._upscale_s)
-        self.timer("align", t1 - t0 - self._upscale_s)
+        upscaling = self.stats.stage_seconds.get("upscale faces", 0.0) - upscaled_before
+        self.timer("align", t1 - t0 - upscaling)  # preparing the faces, less the upscaler's share
         for start in range(0, len(jobs), self.batch_size):
             self._restore(jobs[start : start + self.batch_size])
         self.timer("restorer", time.perf_counter() - t1)
@@ -189,7 +188,7 @@ class RestoreStage:
         crop = _to_float(image[y0:y1, x0:x1], self.device, view_for(frame.color_trc))[None]
         t0 = time.perf_counter()
         up = self.upscaler.upscale(crop)[0]
-        self._upscale_s += time.perf_counter() - t0
+        self.timer("upscale faces", time.perf_counter() - t0)
         s = self.upscaler.scale
         # frame pixel centre x -> upscaled-crop pixel centre (x - x0 + 0.5) * s - 0.5
         to_up = np.array([[s, 0.0, s * (0.5 - x0) - 0.5], [0.0, s, s * (0.5 - y0) - 0.5]])

@@ -83,7 +83,6 @@ class TrackSmoother:
         self.pending: deque[_Slot] = deque()
         self.history: deque[_Slot] = deque(maxlen=max(self.half, 1))
         self._thumb: np.ndarray | None = None
-        self.filled = 0
 
     def run(self, pairs: Iterator[tuple[Frame, Detections]]) -> Iterator[Frame]:
         for frame, dets in pairs:
@@ -182,7 +181,6 @@ class TrackSmoother:
                 raw=None,
                 points=(1 - t) * track.last.points + t * obs.points,
             )
-            self.filled += 1
 
     # -- emitting a frame -----------------------------------------------------------
 

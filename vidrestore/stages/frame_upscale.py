@@ -1,0 +1,46 @@
+"""``output.scale`` 2 or 4: the whole frame through Real-ESRGAN (tiled), faces scaled with it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from vidrestore.records import Face
+from vidrestore.stages.networks import Upscaler
+
+__all__ = ["scale_face", "upscale_image"]
+
+
+def scale_face(face: Face, s: float) -> Face:
+    """A face's coordinates in a picture ``s`` times larger (pixel centres stay centres)."""
+
+    def sc(a: np.ndarray) -> np.ndarray:
+        return ((a + 0.5) * s - 0.5).astype(np.float32)
+
+    raw = None if face.landmarks_raw is None else sc(face.landmarks_raw)
+    return replace(face, box=sc(face.box), landmarks_raw=raw, landmarks=sc(face.landmarks))
+
+
+def upscale_image(
+    upscaler: Upscaler, image: np.ndarray, scale: int, tile: int, color_trc: int = 2
+) -> tuple[np.ndarray, float]:
+    """The whole picture ``scale`` times larger through Real-ESRGAN; x4 models are resized to x2.
+    HDR pictures are upscaled in their SDR view and mapped back."""
+    import torch
+    import torch.nn.functional as F
+
+    from vidrestore.transfer import view_for
+
+    full = 255.0 if image.dtype == np.uint8 else 65535.0
+    device = upscaler.placement.device
+    view = view_for(color_trc)
+    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float() / full
+    up = upscaler.upscale_tiled(x if view is None else view.to_view(x), tile)
+    if view is not None:
+        up = view.to_signal(up)
+    h, w = image.shape[:2]
+    if up.shape[2] != h * scale:
+        up = F.interpolate(up, size=(h * scale, w * scale), mode="bicubic", antialias=True, align_corners=False)
+    out = (up[0].clamp(0, 1) * full).round().permute(1, 2, 0).cpu().numpy().astype(image.dtype)
+    return out, float(scale)
