@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -266,3 +267,32 @@ def test_an_upscaler_that_needs_even_sides_gets_odd_crops_padded_and_cut_back(
         return
     even = x2.upscale(torch.nn.functional.pad(crop, (0, w % 2, 0, h % 2), mode="replicate"))
     assert torch.equal(out, even[..., : 2 * h, : 2 * w])  # the padding only adds pixels that are cut off
+
+
+def test_the_device_resident_path_gives_the_pixels_of_the_per_face_path(tmp_path: Path) -> None:
+    """Against tests/data/restore-reference.npz, made by the earlier path (per-face uploads, paste-back
+    on a host copy, ParseNet per frame): the same faces, and every other pixel bit for bit."""
+    import make_restore_reference as ref
+
+    expected = list(np.load(Path(__file__).parent / "data" / "restore-reference.npz").values())
+    got = ref.run(tmp_path)
+    images, _ = ref.scene()
+    for img, want, out in zip(images, expected, got):
+        changed = np.any(want != img, axis=2) | np.any(out != img, axis=2)
+        assert changed.any()
+        assert np.array_equal(out[~changed], want[~changed])  # outside the faces: untouched, as before
+        assert psnr(out[changed], want[changed]) >= 50
+
+
+def test_each_picture_with_faces_crosses_to_the_device_and_back_once(restorer: GFPGANRestorer) -> None:
+    img = astronaut()
+    frames = [
+        frame_with(img, (face_of(img), face_of(img, 1)), 0),
+        frame_with(img, (), 1),
+        frame_with(img, (face_of(img),), 2),
+    ]
+    stage = RestoreStage(restorer, CPU.device, batch_size=8)
+    out = list(stage.run(iter(frames)))
+    assert [f.index for f in out] == [0, 1, 2]
+    assert (stage.io.uploads, stage.io.downloads) == (2, 2)  # the face-less frame never moves
+    assert out[1].image is img

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from vidrestore.errors import ConfigError
 
-__all__ = ["Placement", "resolve_placement"]
+__all__ = ["Placement", "Transfers", "resolve_placement"]
 
 
 @dataclass(frozen=True)
@@ -64,3 +65,34 @@ def resolve_placement(device: str, precision: str) -> Placement:
     if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("precision = 'bf16' is not supported by this GPU; use fp16 or fp32")
     return Placement(dev, torch.float16 if precision == "fp16" else torch.bfloat16)
+
+
+class Transfers:
+    """The one place pictures move between the host and the device, and the count of each move.
+
+    Convention: host pictures are ``(H, W, 3)`` numpy arrays, uint8 or uint16; on the device they
+    are ``(H, W, 3)`` tensors, uint8, or int32 for 16-bit pictures (CUDA has little uint16
+    support), written in place by paste-back. On a CUDA device uploads go through pinned memory
+    without blocking the host. On the CPU an "upload" is the private copy paste-back writes into,
+    so the decoded picture stays as it was.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.uploads = 0
+        self.downloads = 0
+
+    def upload(self, image: np.ndarray) -> torch.Tensor:
+        self.uploads += 1
+        host = torch.from_numpy(image.astype(np.int32) if image.dtype == np.uint16 else np.ascontiguousarray(image))
+        if self.device.type == "cpu":
+            return host.clone() if host.data_ptr() == image.__array_interface__["data"][0] else host
+        if self.device.type == "cuda":
+            return host.pin_memory().to(self.device, non_blocking=True)
+        return host.to(self.device)
+
+    def download(self, picture: torch.Tensor, dtype: np.dtype) -> np.ndarray:  # type: ignore[type-arg]
+        """A device picture back on the host, once, as ``dtype`` (the input's)."""
+        self.downloads += 1
+        out = picture.cpu().numpy()
+        return out if out.dtype == dtype else out.astype(dtype)

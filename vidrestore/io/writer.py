@@ -132,7 +132,9 @@ class VideoWriter:
         cc.color_primaries, cc.color_trc = info.color_primaries, info.color_trc
         cc.colorspace = info.colorspace
         cc.color_range = info.color_range if info.color_range in (1, 2) else 1
-        cc.thread_count = self.threads
+        cc.thread_count = self.threads  # 0: all cores
+        if codec in ("libx264", "libx265"):
+            cc.thread_type = "FRAME"  # x264/x265's frame threads: PyAV's slice default is slower
         v.options = options
         if info.rotation:
             v.set_display_rotation(info.rotation)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from vidrestore.device import Transfers
 from vidrestore.errors import PipelineError, VidrestoreError
 from vidrestore.geometry import compose, estimate_similarity, invert, template, transformed_bounds, warp
 from vidrestore.records import Face, Frame
@@ -57,12 +58,17 @@ class _Job:
     aligned: torch.Tensor  # (3, S, S) unrestored crop
     clip: tuple[int, int, int, int]  # paste only inside this frame box (the upscaled crop's, when upscaled)
     restored: torch.Tensor | None = None
+    mask: torch.Tensor | None = None  # (1, S, S) in [0, 1]: where the restored face is pasted
 
 
-def _to_float(image: np.ndarray, device: torch.device, view: SdrView | None = None) -> torch.Tensor:
-    """``(h, w, 3)`` integer pixels -> ``(3, h, w)`` floats in [0, 1]; HDR signals in their SDR view."""
-    full = 255.0 if image.dtype == np.uint8 else 65535.0
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float() / full
+def _full(picture: torch.Tensor) -> float:
+    return 255.0 if picture.dtype == torch.uint8 else 65535.0
+
+
+def _to_float(pixels: torch.Tensor, view: SdrView | None = None) -> torch.Tensor:
+    """``(h, w, 3)`` integer pixels of a device picture -> ``(3, h, w)`` floats in [0, 1]; HDR signals
+    in their SDR view."""
+    x = pixels.permute(2, 0, 1).float() / _full(pixels)
     return x if view is None else view.to_view(x)
 
 
@@ -106,6 +112,7 @@ class RestoreStage:
         self.size = restorer.size
         self.template = template(self.size)
         self.feather = feather_mask(self.size, device)
+        self.io = Transfers(device)  # every host <-> device move of a picture, counted
         self.stats = stats if stats is not None else RunStats()  # face counts and time per stage
         self.timer = self.stats.add_time
 
@@ -124,39 +131,54 @@ class RestoreStage:
     # -- one group of frames ---------------------------------------------------------
 
     def _process(self, frames: list[Frame]) -> Iterator[Frame]:
+        """One group: every picture with faces goes to the device once; its faces are aligned,
+        restored in batches and composited there; it comes back once. Pictures without faces never move."""
         t0, upscaled_before = time.perf_counter(), self.stats.stage_seconds.get("upscale faces", 0.0)
+        pictures = {pos: self.io.upload(f.image) for pos, f in enumerate(frames) if f.faces}
         jobs = []
-        for pos, frame in enumerate(frames):
+        for pos, picture in pictures.items():
+            frame = frames[pos]
             with _failures_name(frame.index):
-                jobs += [job for face in frame.faces if (job := self._prepare(pos, frame, face))]
+                jobs += [job for face in frame.faces if (job := self._prepare(pos, frame, face, picture))]
         t1 = time.perf_counter()
         upscaling = self.stats.stage_seconds.get("upscale faces", 0.0) - upscaled_before
         self.timer("align", t1 - t0 - upscaling)  # preparing the faces, less the upscaler's share
         for start in range(0, len(jobs), self.batch_size):
             self._restore(jobs[start : start + self.batch_size])
-        self.timer("restorer", time.perf_counter() - t1)
+        t2 = time.perf_counter()
+        self.timer("restorer", t2 - t1)
+        done = [job for job in jobs if job.restored is not None]
+        self._masks(done)
         by_frame: dict[int, list[_Job]] = {}
-        for job in jobs:
-            if job.restored is not None:
-                by_frame.setdefault(job.frame_pos, []).append(job)
+        for job in done:
+            by_frame.setdefault(job.frame_pos, []).append(job)
         for pos, frame in enumerate(frames):
-            done = by_frame.get(pos)
-            if not done:
+            if pos not in by_frame:
                 yield frame
                 continue
-            t2 = time.perf_counter()
             with _failures_name(frame.index):
-                pasted = replace(frame, image=self._paste(frame.image, done, view_for(frame.color_trc)))
-            self.timer("mask + paste", time.perf_counter() - t2)
-            yield pasted
+                self._paste(pictures[pos], by_frame[pos], view_for(frame.color_trc))
+                image = self.io.download(pictures.pop(pos), frame.image.dtype)
+            yield replace(frame, image=image)
+        self.timer("mask + paste", time.perf_counter() - t2)
 
-    def _prepare(self, pos: int, frame: Frame, face: Face) -> _Job | None:
-        image = frame.image
-        h, w = image.shape[:2]
+    def _masks(self, jobs: list[_Job]) -> None:
+        """The paste-back mask of every restored face: ParseNet once per batch, else the soft square."""
+        for start in range(0, len(jobs), self.batch_size):
+            batch = jobs[start : start + self.batch_size]
+            if self.parser is None:
+                masks = self.feather[0].expand(len(batch), -1, -1, -1)
+            else:
+                masks = self.parser.masks(torch.stack([j.restored for j in batch if j.restored is not None]))
+            for job, mask in zip(batch, masks, strict=True):
+                job.mask = mask
+
+    def _prepare(self, pos: int, frame: Frame, face: Face, picture: torch.Tensor) -> _Job | None:
+        h, w = frame.image.shape[:2]
         try:
             if face.size < self.upscale_below and self.upscaler is not None:
                 try:
-                    return self._prepare_upscaled(pos, frame, face)
+                    return self._prepare_upscaled(pos, frame, face, picture)
                 except NonFiniteOutput:
                     log.warning(
                         "frame %d: the upscaler gave NaN/inf; face %d is restored unupscaled",
@@ -171,21 +193,20 @@ class RestoreStage:
         x0, y0, x1, y1 = transformed_bounds(invert(to_aligned), self.size, self.size, w, h)
         if x1 <= x0 or y1 <= y0:
             return None  # the face lies outside the picture
-        region = _to_float(image[y0:y1, x0:x1], self.device, view_for(frame.color_trc))
+        region = _to_float(picture[y0:y1, x0:x1], view_for(frame.color_trc))
         shift = np.array([[1.0, 0, x0], [0, 1.0, y0]])
         aligned = warp(region, compose(to_aligned, shift), self.size, self.size, border=_BORDER)
         return _Job(pos, frame.index, face, to_aligned, aligned, (0, 0, w, h))
 
-    def _prepare_upscaled(self, pos: int, frame: Frame, face: Face) -> _Job:
+    def _prepare_upscaled(self, pos: int, frame: Frame, face: Face, picture: torch.Tensor) -> _Job:
         """Real-ESRGAN on a square crop around the face (never the frame), then align from it."""
         assert self.upscaler is not None
-        image = frame.image
-        h, w = image.shape[:2]
+        h, w = frame.image.shape[:2]
         cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
         half = face.size * (0.5 + self.margin)
         x0, y0 = max(int(np.floor(cx - half)), 0), max(int(np.floor(cy - half)), 0)
         x1, y1 = min(int(np.ceil(cx + half)), w), min(int(np.ceil(cy + half)), h)
-        crop = _to_float(image[y0:y1, x0:x1], self.device, view_for(frame.color_trc))[None]
+        crop = _to_float(picture[y0:y1, x0:x1], view_for(frame.color_trc))[None]
         t0 = time.perf_counter()
         up = self.upscaler.upscale(crop)[0]
         self.timer("upscale faces", time.perf_counter() - t0)
@@ -237,15 +258,13 @@ class RestoreStage:
             self.stats.faces_restored += 1
             self.stats.faces_filled += int(job.face.interpolated)
 
-    def _paste(self, image: np.ndarray, jobs: list[_Job], view: SdrView | None) -> np.ndarray:
-        out = image.copy()
-        h, w = image.shape[:2]
-        full = 255.0 if image.dtype == np.uint8 else 65535.0
-        restored = torch.stack([j.restored for j in jobs if j.restored is not None])
-        masks = self.parser.masks(restored) if self.parser is not None else None
-        for k, job in enumerate(jobs):
+    def _paste(self, picture: torch.Tensor, jobs: list[_Job], view: SdrView | None) -> None:
+        """Composite the restored faces into the device ``picture``, in place, each inside its own region."""
+        h, w = picture.shape[:2]
+        full = _full(picture)
+        for job in jobs:
             amount = self.blend * job.face.weight
-            if amount <= 0:
+            if amount <= 0 or job.restored is None or job.mask is None:
                 continue
             bx0, by0, bx1, by1 = transformed_bounds(invert(job.to_aligned), self.size, self.size, w, h)
             cx0, cy0, cx1, cy1 = job.clip
@@ -254,12 +273,10 @@ class RestoreStage:
                 continue
             # region pixel (x, y) -> aligned pixel: to_aligned ∘ shift(x0, y0); warp wants aligned -> region
             back = invert(compose(job.to_aligned, np.array([[1.0, 0, x0], [0, 1.0, y0]])))
-            mask = masks[k] if masks is not None else self.feather[0]
-            face_px = warp(restored[k], back, x1 - x0, y1 - y0)
+            face_px = warp(job.restored, back, x1 - x0, y1 - y0)
             if view is not None:  # restored in the SDR view: back to the picture's own transfer
                 face_px = view.to_signal(face_px)
-            alpha = warp(mask, back, x1 - x0, y1 - y0).clamp(0, 1) * amount
-            region = torch.from_numpy(out[y0:y1, x0:x1]).to(self.device).permute(2, 0, 1).float()
+            alpha = warp(job.mask, back, x1 - x0, y1 - y0).clamp(0, 1) * amount
+            region = picture[y0:y1, x0:x1].permute(2, 0, 1).float()
             mixed = alpha * (face_px * full) + (1 - alpha) * region
-            out[y0:y1, x0:x1] = mixed.round().clamp(0, full).permute(1, 2, 0).cpu().numpy().astype(image.dtype)
-        return out
+            picture[y0:y1, x0:x1] = mixed.round().clamp(0, full).permute(1, 2, 0).to(picture.dtype)
