@@ -296,6 +296,8 @@ def end_to_end(
     if small:
         base.append("restorer.parsing_mask=false")  # ParseNet has no small variant: seconds per face on a CPU
     rows: list[dict[str, Any]] = []
+    moved = [0]  # picture transfers counted so far (host <-> device), to report them per run
+    stages: Any = None
 
     def record(faces: int, sink: str, n: int, elapsed: float, busy: BusySampler, stats: RunStats | None) -> None:
         row: dict[str, Any] = {
@@ -308,6 +310,9 @@ def end_to_end(
         }
         if stats is not None:
             row["faces_restored"] = stats.faces_restored
+            io = stages.restore.io
+            row["transfers_per_frame"] = round((io.uploads + io.downloads - moved[0]) / max(n, 1), 2)
+            moved[0] = io.uploads + io.downloads
             row["stage_seconds"] = {k: round(v, 2) for k, v in stats.stage_seconds.items()}
         rows.append(row)
         print(f"  {faces} face(s), {sink}: {row['fps']} frames/s, GPU busy {row['gpu_busy']}", flush=True)
@@ -317,9 +322,10 @@ def end_to_end(
         truths = make_clip(clip, faces, size, frames, face_px=(0.25 if faces == 1 else 0.18) * size[1])
         config = load_config(None, base)
         stats = RunStats()
-        stages: Any = build_stages(config, store, stats)
+        stages = build_stages(config, store, stats)
         stages.detector = OracleDetector(stages.detector, truths)
         _null_sink(clip, config, stages)  # warm-up: cuDNN autotuning, allocator
+        moved[0] = stages.restore.io.uploads + stages.restore.io.downloads
         stats = RunStats()
         stages.stats = stats
         assert stages.restore is not None
