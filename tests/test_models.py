@@ -237,3 +237,24 @@ def test_default_fetch_list_and_its_size_match_the_readme() -> None:
     total = sum(DEFAULT_REGISTRY[n].size_mb for n in names)
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert f"~{total:.0f} MB" in readme
+
+
+def test_gfpgan_runs_its_modulated_convolutions_batched_with_the_same_result(tmp_path: Path) -> None:
+    """The loader swaps StyleGAN2's per-sample grouped convolution for one batched convolution
+    (vidrestore/models/speedups.py): same arithmetic, so the same faces to float rounding."""
+    from vidrestore.testing import _model
+
+    path = save_random_weights("gfpgan_v1_clean", tmp_path / "g.pth", small=True, scale=0.5)
+    fast = load_model("gfpgan_v1_clean", path)
+    plain = _model("gfpgan_v1_clean", small=True).eval()
+    plain.load_state_dict(read_state_dict(path))
+    kinds = {type(m).__name__ for m in fast.modules()}
+    assert "BatchedModulatedConv2d" in kinds and "ModulatedConv2d" not in kinds
+    x = torch.rand(3, 3, 512, 512) * 2 - 1
+    with torch.inference_mode():
+        a, _ = fast(x, return_rgb=False, randomize_noise=False)
+        b, _ = plain(x, return_rgb=False, randomize_noise=False)
+    assert torch.allclose(a, b, atol=1e-5)
+    with torch.inference_mode():  # and each face of a batch is what it is alone
+        (one, _) = fast(x[1:2], return_rgb=False, randomize_noise=False)
+    assert torch.allclose(one, a[1:2], atol=1e-5)

@@ -21,6 +21,7 @@ from torch import nn
 from vidrestore.errors import ModelError
 from vidrestore.models.compat import import_research_module
 from vidrestore.models.registry import Arch
+from vidrestore.models.speedups import batch_modulated_convs
 
 __all__ = ["build_model", "load_model", "read_state_dict"]
 
@@ -151,5 +152,7 @@ def load_model(arch: Arch, path: Path, device: torch.device | str = "cpu") -> nn
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path} does not fit the {arch} architecture ({first[:160]})") from exc
     model.eval().requires_grad_(False)
+    if arch == "gfpgan_v1_clean":
+        batch_modulated_convs(model)  # same arithmetic, one batched convolution per layer
     log.info("loaded %s from %s", arch, path)
     return model.to(device)
