@@ -99,3 +99,15 @@ def test_output_always_increases(window: int) -> None:
     out = run(TimestampRepair(nominal=3, window=window), pairs)
     assert len(out) == 300
     assert all(b > a for a, b in itertools.pairwise(out))
+
+
+def test_overlapping_subtitle_cues_are_no_reset() -> None:
+    clock = StreamClock(jump=1000)
+    starts = []
+    for ts, dur in [(0, 5000), (2000, 1000), (2500, 4000), (9000, 500)]:  # a long cue, then overlapping ones
+        packet = av.Packet(b"x")
+        packet.pts = packet.dts = ts
+        packet.duration = dur
+        clock(packet)
+        starts.append(packet.pts)
+    assert starts == [0, 2000, 2500, 9000] and clock.resets == 0

@@ -229,14 +229,16 @@ class TimestampRepair:
 class StreamClock:
     """A copied stream's packet times with the same resets undone as :class:`TimestampRepair` undoes.
 
-    A packet more than ``jump`` ticks before the end of the previous one starts a new
-    stretch: it and every later packet are shifted to carry on from that end.
+    A packet more than ``jump`` ticks before the previous packet starts a new stretch: it and every
+    later packet are shifted to carry on from where the stream had got to. (Compared with the
+    previous packet's start, not its end: subtitle cues may overlap.)
     """
 
     def __init__(self, jump: int) -> None:
         self.jump = jump
         self.offset = 0
         self.resets = 0
+        self._last: int | None = None
         self._end: int | None = None
 
     def __call__(self, packet: Any) -> None:
@@ -244,7 +246,7 @@ class StreamClock:
         if ts is None:
             return
         t = ts + self.offset
-        if self._end is not None and t < self._end - self.jump:
+        if self._last is not None and self._end is not None and t < self._last - self.jump:
             self.offset += self._end - t
             self.resets += 1
             t = self._end
@@ -253,6 +255,7 @@ class StreamClock:
                 packet.pts += self.offset
             if packet.dts is not None:
                 packet.dts += self.offset
+        self._last = t
         end = t + int(packet.duration or 0)
         self._end = end if self._end is None else max(self._end, end)
 
