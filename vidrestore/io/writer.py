@@ -175,8 +175,9 @@ class VideoWriter:
             + (f", {s.metadata['language']}" if "language" in s.metadata else "")
             + ")"
         )
-        by_probe = s.type in ("data", "video") and self._accepts(c, lambda t: t.add_stream_from_template(s))
-        if can_copy(self.path.suffix, name, c.supported_codecs) or by_probe:
+        if can_copy(self.path.suffix, name, c.supported_codecs) or (
+            s.type in ("data", "video") and self._accepts(c, lambda t: t.add_stream_from_template(s))
+        ):
             out = c.add_stream_from_template(s)
             if s.type == "video":  # cover art stays cover art; other tracks are copied, not restored
                 out.disposition = s.disposition
