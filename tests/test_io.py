@@ -493,9 +493,13 @@ def test_joined_recordings_keep_real_times_and_audio_sync_after_a_reset(cli: Cli
     gaps = [40] * 20 + [200] + [40] * 19 + [400] + [40] * 18  # 60 frames
     write_clip(two, frames(60), pts=[0, *np.cumsum(gaps).tolist()], time_base=Fraction(1, 1000))
     joined.write_bytes(one.read_bytes() + two.read_bytes())
-    r = cli("restore", joined, "-o", dst, "--detector", "none")
+    report = tmp_path / "report.json"
+    r = cli("restore", joined, "-o", dst, "--detector", "none", "--report", report)
     assert r.code == 0, r.err
     assert "jumped back" in r.err
+    import json
+
+    assert json.loads(report.read_text())["counts"]["timestamp_resets"] >= 2  # the video's and the audio's
     b = probe(dst)
     t = seconds(b)
     assert b.frames == 120 and all(y > x for x, y in itertools.pairwise(t))
