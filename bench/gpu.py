@@ -335,6 +335,16 @@ def end_to_end(
             n = _null_sink(clip, config, stages)
             elapsed = time.perf_counter() - t0
         record(faces, "null", n, elapsed, busy, stats)
+        if stages.overlap:  # the same without detection on its own thread, side by side
+            stages.overlap = False
+            stats = RunStats()
+            stages.stats, stages.restore.stats, stages.restore.timer = stats, stats, stats.add_time
+            with BusySampler(device) as busy:
+                t0 = time.perf_counter()
+                n = _null_sink(clip, config, stages)
+                elapsed = time.perf_counter() - t0
+            record(faces, "null, no overlap", n, elapsed, busy, stats)
+            stages.overlap = True
         for preset in presets if faces == face_counts[0] else presets[1:2]:
             cfg = load_config(None, [*base, "output.codec=libx264", f"output.preset={preset}"])
             stats = RunStats()

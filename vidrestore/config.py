@@ -44,6 +44,7 @@ VideoCodec = Literal["auto", "libx264", "libx265", "libsvtav1", "libvpx-vp9", "h
 EncoderPreset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 SmoothingMethod = Literal["centered", "none"]
+Overlap = Literal["auto", "on", "off"]
 
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -131,6 +132,9 @@ class PipelineConfig:
     queue_size: int = _key(16, "frames held in each queue between stages", 1, 1024)
     decode_threads: int = _key(0, "decoder threads; 0 lets FFmpeg choose", 0, 64)
     encode_threads: int = _key(0, "encoder threads; 0 lets FFmpeg choose", 0, 64)
+    overlap: Overlap = _key(
+        "auto", "detect the next frames on a thread of their own while faces are restored; auto: on a GPU"
+    )
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         return _coerce(value, inner, key, source)
     if origin is Literal:
         choices = get_args(tp)
+        if isinstance(value, bool) and {"on", "off"} <= set(choices):
+            value = "on" if value else "off"  # YAML 1.1 reads on/off as booleans
         if value not in choices:
             close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""

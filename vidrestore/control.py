@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
-__all__ = ["END", "RunControl", "Stopped"]
+__all__ = ["END", "RunControl", "Stopped", "in_background"]
 
 T = TypeVar("T")
 
@@ -67,3 +68,48 @@ class RunControl:
                 return q.get(timeout=POLL)
             except queue.Empty:
                 continue
+
+
+class _Raised:
+    """An exception travelling through a queue, to be raised where the items are consumed."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def in_background(items: Iterator[T], size: int, name: str) -> Iterator[T]:
+    """Iterate ``items`` on a thread of its own, up to ``size`` items ahead of the caller.
+
+    An exception raised by ``items`` is raised again in the caller, after the items produced
+    before it. When the caller stops early (an error of its own, Ctrl-C, ``close()``), the thread
+    is told to stop and joined before this returns: no thread outlives the iteration.
+    """
+    control = RunControl()
+    ready: queue.Queue[Any] = queue.Queue(maxsize=max(1, size))
+
+    def work() -> None:
+        try:
+            for item in items:
+                control.put(ready, item)
+            control.put(ready, END)
+        except Stopped:
+            return
+        except BaseException as exc:  # travels to the caller, in order, and is raised there
+            try:
+                control.put(ready, _Raised(exc))
+            except Stopped:
+                return
+
+    thread = threading.Thread(target=work, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = control.get(ready)  # only this generator's own close() sets the stop flag
+            if item is END:
+                return
+            if isinstance(item, _Raised):
+                raise item.exc
+            yield item
+    finally:
+        control.stop()
+        thread.join()

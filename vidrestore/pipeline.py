@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,7 +192,7 @@ def _restore_image(src: Path, dst: Path, config: Config, stages: FrameStages, st
         target.commit()
 
 
-def guarded(frames: Iterator[Frame], stage: str, stats: RunStats) -> Iterator[Frame]:
+def guarded(frames: Iterator[Frame], stage: str, stats: RunStats) -> Generator[Frame, None, None]:
     """Re-raise a stage's unexpected error as PipelineError naming the stage and frame."""
     last = -1
     try:
@@ -238,8 +238,9 @@ def _restore_video(src: Path, dst: Path, config: Config, stages: FrameStages, st
         )
         writer.start()
         reader.start()
+        restored = guarded(stages(iter(reader)), "restore", stats)
         try:
-            for frame in guarded(stages(iter(reader)), "restore", stats):
+            for frame in restored:
                 control.put(writer.frames, frame)
                 stats.frames += 1
                 if bar is not None:
@@ -250,6 +251,7 @@ def _restore_video(src: Path, dst: Path, config: Config, stages: FrameStages, st
         except BaseException as exc:
             control.fail(exc)
         finally:
+            restored.close()  # stops the stages' own threads (overlapped detection) before the join below
             writer.join()
             reader.close()
             if bar is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from vidrestore.config import Config
+from vidrestore.control import in_background
 from vidrestore.device import Placement, resolve_placement
 from vidrestore.errors import ConfigError
 from vidrestore.models.store import ModelStore
@@ -56,6 +57,7 @@ class FaceStages:
     restore: RestoreStage | None
     stats: RunStats | None = None
     frame_upscaler: Upscaler | None = None
+    overlap: bool = False
 
     def _time(self, stage: str, seconds: float) -> None:
         if self.stats is not None:
@@ -72,15 +74,23 @@ class FaceStages:
 
     def __call__(self, frames: Iterator[Frame]) -> Iterator[Frame]:
         tracked = self.track(frames)
-        if self.frame_upscaler is not None:
-            tracked = self._upscale_frames(tracked)
-        if self.restore is None:
-            yield from tracked
-            return
-        stage = self.restore
-        for frame in stage.run(tracked):
-            self._count(stage, frame)
-            yield frame
+        if self.overlap and self.restore is not None:
+            # detection and tracking of the next frames run while this group is restored
+            tracked = in_background(tracked, self.config.pipeline.queue_size, "vidrestore-detect")
+        try:
+            if self.frame_upscaler is not None:
+                tracked = self._upscale_frames(tracked)
+            if self.restore is None:
+                yield from tracked
+                return
+            stage = self.restore
+            for frame in stage.run(tracked):
+                self._count(stage, frame)
+                yield frame
+        finally:
+            close = getattr(tracked, "close", None)
+            if close is not None:
+                close()  # now, not when garbage is collected: a detection thread stops with the run
 
     def _upscale_frames(self, frames: Iterator[Frame]) -> Iterator[Frame]:
         """``output.scale`` 2 or 4: the whole frame through Real-ESRGAN (tiled), faces scaled with it."""
@@ -143,4 +153,5 @@ def build_face_stages(config: Config, store: ModelStore, stats: RunStats | None 
             f"output.scale = {config.output.scale} needs a x{config.output.scale} upscaler; "
             f"{u.model} is x{frame_upscaler.scale}"
         )
-    return FaceStages(config, detector, restore, stats, frame_upscaler=frame_upscaler)
+    overlap = config.pipeline.overlap == "on" or (config.pipeline.overlap == "auto" and placement.device.type == "cuda")
+    return FaceStages(config, detector, restore, stats, frame_upscaler=frame_upscaler, overlap=overlap)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import nms
 
-from vidrestore.errors import ModelError
+from vidrestore.errors import ModelError, PipelineError, VidrestoreError
 from vidrestore.models.compat import import_research_module
 from vidrestore.records import Frame
 
@@ -228,7 +228,13 @@ def detect_frames(
         t0 = time.perf_counter()
         k = (held[0].rotation // 90) % 4
         images = [np.ascontiguousarray(np.rot90(f.image, k)) if k else f.image for f in held]
-        found = detector.detect(images)
+        try:
+            found = detector.detect(images)
+        except (VidrestoreError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # name the frames being detected: detection may run ahead of the output
+            where = f" (detecting frames {held[0].index}-{held[-1].index} together)" if len(held) > 1 else ""
+            raise PipelineError("detect", held[0].index, f"{type(exc).__name__}: {exc}{where}") from exc
         if k:
             h, w = held[0].image.shape[:2]
             found = [_unrotate(d, k, h, w) for d in found]
