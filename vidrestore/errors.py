@@ -57,3 +57,12 @@ class PipelineError(VidrestoreError, RuntimeError):
         super().__init__(f"{where}: {message}")
         self.stage = stage
         self.frame_index = frame_index
+
+    @classmethod
+    def during(
+        cls, stage: str, exc: BaseException, first: int, last: int | None = None, doing: str = ""
+    ) -> PipelineError:
+        """The error for an unexpected ``exc`` while ``stage`` worked on frames ``first``..``last``
+        together (``doing`` says how, e.g. "detecting"); raise it ``from exc``."""
+        together = f" ({doing} frames {first}-{last} together)" if last is not None and last != first else ""
+        return cls(stage, first, f"{type(exc).__name__}: {exc}{together}")

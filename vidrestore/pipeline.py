@@ -201,11 +201,8 @@ def guarded(frames: Iterator[Frame], stage: str, stats: RunStats) -> Generator[F
             yield frame
     except (VidrestoreError, KeyboardInterrupt, Stopped):
         raise
-    except Exception as exc:
-        where = getattr(exc, "frame_index", None)
-        raise PipelineError(
-            getattr(exc, "stage", stage), where if where is not None else last + 1, f"{type(exc).__name__}: {exc}"
-        ) from exc
+    except Exception as exc:  # stages name their own frames (PipelineError); anything else: the next one
+        raise PipelineError.during(stage, exc, last + 1) from exc
 
 
 def open_reader(src: Path, config: Config, control: RunControl, copy_streams: bool = True) -> VideoReader:

@@ -233,8 +233,7 @@ def detect_frames(
         except (VidrestoreError, KeyboardInterrupt):
             raise
         except Exception as exc:  # name the frames being detected: detection may run ahead of the output
-            where = f" (detecting frames {held[0].index}-{held[-1].index} together)" if len(held) > 1 else ""
-            raise PipelineError("detect", held[0].index, f"{type(exc).__name__}: {exc}{where}") from exc
+            raise PipelineError.during("detect", exc, held[0].index, held[-1].index, "detecting") from exc
         if k:
             h, w = held[0].image.shape[:2]
             found = [_unrotate(d, k, h, w) for d in found]

@@ -80,7 +80,7 @@ def _failures_name(frame_index: int) -> Iterator[None]:
     except (VidrestoreError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        raise PipelineError("restore", frame_index, f"{type(exc).__name__}: {exc}") from exc
+        raise PipelineError.during("restore", exc, frame_index) from exc
 
 
 class RestoreStage:
@@ -251,8 +251,7 @@ class RestoreStage:
             raise
         except Exception as exc:
             first, last = jobs[0].frame_index, jobs[-1].frame_index
-            batch = f" (restoring the faces of frames {first}-{last} together)" if last != first else ""
-            raise PipelineError("restore", first, f"{type(exc).__name__}: {exc}{batch}") from exc
+            raise PipelineError.during("restore", exc, first, last, "restoring the faces of") from exc
         for job, restored in zip(jobs, out, strict=True):
             job.restored = restored
             self.stats.faces_restored += 1
