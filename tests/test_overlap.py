@@ -97,8 +97,9 @@ def test_a_detection_error_on_its_thread_stops_the_run_naming_the_frames(
     assert _threads() <= before, "no thread left running"
 
 
+@pytest.mark.parametrize("extra", [[], ["--scale", "2"]])  # with whole-frame upscaling between the two
 def test_a_restore_error_stops_the_detection_thread_too(
-    cli: Cli, face_clip: FaceClip, weights: Weights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cli: Cli, face_clip: FaceClip, weights: Weights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str]
 ) -> None:
     import torch
 
@@ -111,7 +112,7 @@ def test_a_restore_error_stops_the_detection_thread_too(
     before = _threads()
     r = cli(
         "restore", face_clip.path, "-o", tmp_path / "never.mp4", "--detector", "centerface", *weights.sets(),
-        "--set", "pipeline.overlap=on",
+        "--set", "pipeline.overlap=on", *extra,
     )  # fmt: skip
     assert r.code == 1 and "stage 'restore', frame 0:" in r.err
     assert_one_line_error(r.err)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any, TypeVar
 
 __all__ = ["END", "RunControl", "Stopped", "in_background"]
@@ -77,7 +77,7 @@ class _Raised:
         self.exc = exc
 
 
-def in_background(items: Iterator[T], size: int, name: str) -> Iterator[T]:
+def in_background(items: Iterator[T], size: int, name: str) -> Generator[T, None, None]:
     """Iterate ``items`` on a thread of its own, up to ``size`` items ahead of the caller.
 
     An exception raised by ``items`` is raised again in the caller, after the items produced

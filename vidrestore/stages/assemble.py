@@ -74,9 +74,10 @@ class FaceStages:
 
     def __call__(self, frames: Iterator[Frame]) -> Iterator[Frame]:
         tracked = self.track(frames)
+        background = None
         if self.overlap and self.restore is not None:
             # detection and tracking of the next frames run while this group is restored
-            tracked = in_background(tracked, self.config.pipeline.queue_size, "vidrestore-detect")
+            tracked = background = in_background(tracked, self.config.pipeline.queue_size, "vidrestore-detect")
         try:
             if self.frame_upscaler is not None:
                 tracked = self._upscale_frames(tracked)
@@ -88,9 +89,8 @@ class FaceStages:
                 self._count(stage, frame)
                 yield frame
         finally:
-            close = getattr(tracked, "close", None)
-            if close is not None:
-                close()  # now, not when garbage is collected: a detection thread stops with the run
+            if background is not None:
+                background.close()  # now, not when garbage is collected: the detection thread stops with the run
 
     def _upscale_frames(self, frames: Iterator[Frame]) -> Iterator[Frame]:
         """``output.scale`` 2 or 4: the whole frame through Real-ESRGAN (tiled), faces scaled with it."""
