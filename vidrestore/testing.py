@@ -141,7 +141,12 @@ def make_face_clip(
     crf: int = 23,
     blur: float = 0.0,
     noise: float = 0.0,
-    audio: bool = True,
+    audio: bool | str = True,
+    audio_tracks: int = 1,
+    gop: int | None = None,
+    container_options: dict[str, str] | None = None,
+    sample_rate: int | Sequence[int] = 48000,
+    threads: int = 0,
     blank: Sequence[int] = (),
     seed: int = 0,
 ) -> FaceClip:
@@ -175,7 +180,21 @@ def make_face_clip(
         truths.append(ASTRONAUT_LANDMARKS @ m[:, :2].T + m[:, 2])
     tb = Fraction(1, rate * 512)
     pts = [i * 512 for i in range(frames)]
-    write_clip(path, images, pts=pts, time_base=tb, rate=rate, codec=codec, crf=crf, audio=audio)
+    write_clip(
+        path,
+        images,
+        pts=pts,
+        time_base=tb,
+        rate=rate,
+        codec=codec,
+        crf=crf,
+        audio=audio,
+        audio_tracks=audio_tracks,
+        gop=gop,
+        container_options=container_options,
+        sample_rate=sample_rate,
+        threads=threads,
+    )
     return FaceClip(path, np.array(truths), pts, tb, w, h)
 
 
@@ -191,12 +210,16 @@ def write_clip(
     crf: int = 23,
     audio: bool | str = True,
     audio_tracks: int = 1,
-    sample_rate: int = 48000,
+    sample_rate: int | Sequence[int] = 48000,
     rotation: int = 0,
     metadata: dict[str, str] | None = None,
     bt709: bool = False,
+    gop: int | None = None,
+    container_options: dict[str, str] | None = None,
+    threads: int = 0,
 ) -> None:
-    """Encode ``images`` (RGB uint8) with PyAV, plus ``audio_tracks`` tone tracks.
+    """Encode ``images`` (RGB uint8) with PyAV, plus ``audio_tracks`` tone tracks (``sample_rate``:
+    one rate for all, or one per track).
 
     ``audio`` True picks the container's usual codec (AAC, Opus for WebM); a string names one.
     """
@@ -204,7 +227,8 @@ def write_clip(
 
     pts = list(pts) if pts is not None else list(range(len(images)))
     h, w = images[0].shape[:2]
-    with av.open(str(path), "w") as c:
+    rates = [sample_rate] * audio_tracks if isinstance(sample_rate, int) else list(sample_rate)
+    with av.open(str(path), "w", options=container_options or {}) as c:
         if metadata:
             c.metadata.update(metadata)
         v: Any = c.add_stream(codec, rate=rate)
@@ -213,6 +237,10 @@ def write_clip(
         v.codec_context.time_base = time_base
         if codec in ("libx264", "libx265", "libvpx-vp9"):
             v.options = {"crf": str(crf)}
+        if gop:
+            v.codec_context.gop_size = gop
+        if threads:  # one thread: the same bytes every time (x264 and libvpx are not, with several)
+            v.codec_context.thread_count = threads
         if rotation:
             v.set_display_rotation(rotation)
         if bt709:  # tag the stream BT.709, limited range (as HD cameras do)
@@ -222,11 +250,11 @@ def write_clip(
         if audio:
             name = audio if isinstance(audio, str) else ("libopus" if path.suffix == ".webm" else "aac")
             for k in range(audio_tracks):
-                a: Any = c.add_stream(name, rate=sample_rate, layout="stereo")
+                a: Any = c.add_stream(name, rate=rates[k], layout="stereo")
                 a.metadata["language"] = ("eng", "fra", "deu")[k % 3]
                 streams.append(a)
         end_s = float((pts[-1] + (pts[-1] - pts[-2] if len(pts) > 1 else 1)) * time_base)
-        samples = int(end_s * sample_rate)
+        ends = [int(end_s * r) for r in rates]
         sent = [0] * len(streams)
         for img, p in zip(images, pts):
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
@@ -237,9 +265,10 @@ def write_clip(
             c.mux(v.encode(frame))
             t_s = float(p * time_base)
             for k, a in enumerate(streams):
-                sent[k] = _write_tone(c, a, sent[k], min(samples, int((t_s + 0.1) * sample_rate)), sample_rate, k)
+                due = min(ends[k], int((t_s + 0.1) * rates[k]))
+                sent[k] = _write_tone(c, a, sent[k], due, rates[k], k)
         for k, a in enumerate(streams):
-            sent[k] = _write_tone(c, a, sent[k], samples, sample_rate, k)
+            sent[k] = _write_tone(c, a, sent[k], ends[k], rates[k], k)
         c.mux(v.encode(None))
         for a in streams:
             c.mux(a.encode(None))
