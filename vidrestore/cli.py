@@ -48,7 +48,13 @@ def _common(debug_only: bool = False) -> _Parser:
     parent = _Parser(add_help=False)
     g = parent.add_argument_group("general")
     g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logs")
-    g.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar or summary")
+    g.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="no progress bar or summary (warnings show)",
+    )
     g.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log each step (INFO)")
     g.add_argument(
         "--weights-dir",
@@ -136,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--scale", type=int, choices=(1, 2, 4), help="output.scale: upscale the whole frame 2x or 4x")
     r.add_argument("--no-audio", action="store_true", default=None, help="drop audio tracks on purpose")
     r.add_argument(
+        "--strict",
+        action="store_true",
+        default=None,
+        help="input.strict: stop with exit 4 at the first damage in an input instead of reading on past it",
+    )
+    r.add_argument(
         "--dry-run",
         action="store_true",
         help="print the resolved config, the inputs' streams and the models; process nothing",
@@ -190,6 +202,7 @@ def _flags_to_config(args: argparse.Namespace) -> dict[str, Any]:
         "output.scale": getattr(args, "scale", None),
         "output.overwrite": True if getattr(args, "overwrite", None) else None,
         "output.audio": False if getattr(args, "no_audio", None) else None,
+        "input.strict": True if getattr(args, "strict", None) else None,
     }
     tree: dict[str, Any] = {}
     for dotted, value in pairs.items():
@@ -294,8 +307,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     summary = restore_paths(
         [Path(p) for p in args.inputs], Path(args.output), config, store, progress=not quiet and sys.stderr.isatty()
     )
-    if not quiet:
-        for line in summary.lines():
+    for line in summary.lines():
+        if not quiet or line.startswith("warning:"):  # --quiet drops the summary, never a warning
             sys.stderr.write(line + "\n")
     if args.report:
         Path(args.report).write_text(json.dumps(run_report(summary, config, store), indent=2) + "\n", encoding="utf-8")

@@ -27,6 +27,7 @@ from vidrestore.errors import ConfigError
 __all__ = [
     "Config",
     "DetectorConfig",
+    "InputConfig",
     "OutputConfig",
     "PipelineConfig",
     "RestorerConfig",
@@ -126,6 +127,15 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class InputConfig:
+    """How inputs are read."""
+
+    strict: bool = _key(
+        False, "stop with exit 4 at the first damage in an input (default: read on past it and report it)"
+    )
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """Threads and queues."""
 
@@ -148,6 +158,7 @@ class Config:
     restorer: RestorerConfig = field(default_factory=RestorerConfig)
     upscaler: UpscalerConfig = field(default_factory=UpscalerConfig)
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
+    input: InputConfig = field(default_factory=InputConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 

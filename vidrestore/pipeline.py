@@ -63,8 +63,6 @@ class Summary:
         ]
         if s.stage_seconds:
             out.append("time per stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in s.stage_seconds.items()))
-        if s.skipped_packets:
-            out.append(f"warning: {s.skipped_packets} damaged video packet(s) were skipped")
         if s.timestamps_repaired:
             out.append(
                 f"warning: {s.timestamps_repaired} frame timestamp(s) were out of order or missing and were repaired"
@@ -75,7 +73,7 @@ class Summary:
                 f"warning: the input's timestamps jumped back {s.timestamp_resets} time(s) (joined recordings?); "
                 "later frames and packets were shifted to carry on in sync"
             )
-        out.extend(f"warning: {t}" for t in s.truncated)
+        out.extend(f"warning: {t}" for t in s.damage_lines)
         return out
 
 
@@ -213,6 +211,7 @@ def open_reader(src: Path, config: Config, control: RunControl, copy_streams: bo
         threads=config.pipeline.decode_threads,
         copy_audio=copy_streams and config.output.audio,
         copy_subtitles=copy_streams and config.output.subtitles,
+        strict=config.input.strict,
     )
 
 
@@ -255,14 +254,12 @@ def _restore_video(src: Path, dst: Path, config: Config, stages: FrameStages, st
                 bar.close()
         if control.error is not None:
             raise control.error
-        stats.skipped_packets += reader.skipped_packets
+        if reader.damage.damaged:
+            stats.skipped_packets += reader.damage.packets_skipped
+            stats.damaged.append(reader.damage.to_dict())
+            stats.damage_lines.append(reader.damage.summary())
         stats.timestamps_repaired += reader.repair.repaired
         stats.timestamp_resets += reader.repair.resets + sum(c.resets for c in reader.clocks.values())
-        if reader.truncated_at is not None:
-            stats.truncated.append(
-                f"{src}: the input stopped at {reader.truncated_at:.2f} s (truncated?); "
-                f"the output holds the {reader.decoded} frames before that"
-            )
         target.commit()
 
 

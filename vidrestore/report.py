@@ -46,7 +46,10 @@ def run_report(summary: Summary, config: Config, store: ModelStore) -> dict[str,
         used[name] = {"sha256": spec.sha256, "path": str(store.path(name)), "url": spec.url}
     return {
         "outputs": [str(p) for p in summary.outputs],
-        "counts": {k: v for k, v in vars(summary.stats).items() if k not in ("stage_seconds",)},
+        "counts": {
+            k: v for k, v in vars(summary.stats).items() if k not in ("stage_seconds", "damaged", "damage_lines")
+        },
+        "damage": summary.stats.damaged,
         "stage_seconds": summary.stats.stage_seconds,
         "config": config_to_dict(config),
         "models": used,

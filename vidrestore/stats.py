@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["RunStats"]
 
@@ -18,10 +19,11 @@ class RunStats:
     faces_filled: int = 0
     faces_failed: int = 0
     frames_passed_through: int = 0
-    skipped_packets: int = 0
+    skipped_packets: int = 0  # damaged packets left out, all streams
     timestamps_repaired: int = 0  # frames given a time other than their own pts (out of order, missing)
     timestamp_resets: int = 0  # backward jumps in a stream's times, undone (concatenated recordings)
-    truncated: list[str] = field(default_factory=list)
+    damaged: list[dict[str, Any]] = field(default_factory=list)  # per damaged input: DamageLog.to_dict()
+    damage_lines: list[str] = field(default_factory=list)  # per damaged input: DamageLog.summary()
     stage_seconds: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
 

@@ -10,6 +10,7 @@ packet queue can only run ahead by the same stretch of time.
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import queue
 import threading
@@ -28,6 +29,14 @@ from av.video.reformatter import Interpolation
 
 from vidrestore.control import END, RunControl, Stopped
 from vidrestore.errors import InputError
+from vidrestore.io.recovery import (
+    DamageLog,
+    ErrorLocator,
+    InOrder,
+    ResumingDemuxer,
+    avi_header_seconds,
+    avi_index_counts,
+)
 from vidrestore.records import Frame
 from vidrestore.transfer import view_for
 
@@ -149,6 +158,37 @@ def main_video_stream(streams: Any) -> Any:
     return min(candidates, key=lambda s: (is_cover_art(s), -float((s.duration or 0) * (s.time_base or 0)), s.index))
 
 
+def _audio_checker(stream: Any) -> Any:
+    """A decoder of its own for a copied audio stream, to find packets that no longer decode
+    (None where this FFmpeg cannot decode it: its packets are copied unchecked)."""
+    cc = stream.codec_context
+    if cc is None:
+        return None
+    try:
+        check: Any = av.CodecContext.create(cc.name, "r")
+        check.extradata = cc.extradata
+        check.sample_rate = cc.sample_rate
+        check.layout = cc.layout
+        check.format = cc.format
+        check.open()
+    except (av.error.FFmpegError, ValueError, TypeError) as exc:
+        log.debug("audio track %d (%s) cannot be checked: %s", stream.index, cc.name, exc)
+        return None
+    return check
+
+
+def _video_packets(container: Any, video: Any) -> Iterator[Any]:
+    """The video packets from where ``container`` stands to where demuxing stops (an error included)."""
+    demux = container.demux(video)
+    while True:
+        try:
+            packet = next(demux)
+        except (StopIteration, av.error.FFmpegError):
+            return
+        if packet.size:
+            yield packet
+
+
 class TimestampRepair:
     """Presentation times for decoded frames: what FFmpeg's best-effort timestamp gives, strictly increasing.
 
@@ -264,8 +304,11 @@ class VideoReader:
     """Open ``path``; :meth:`start` the decode thread; iterate :class:`Frame` objects.
 
     ``packets`` yields ``(stream_index, av.Packet)`` of the copied streams, then END.
-    Truncated inputs end at the last decodable frame (see ``truncated_at``); packets
-    that fail to decode are skipped and counted in ``skipped_packets``.
+    Damage costs the damaged packets only: demuxing reads on past it (:mod:`vidrestore.io.recovery`),
+    video packets that fail to decode and copied packets that are flagged corrupt or (audio) fail
+    to decode are skipped, and all of it is kept in ``damage``. A file whose data really ends
+    early ends at the last decodable frame (``truncated_at``). With ``strict``, the first damage
+    stops the run instead (InputError, exit 4).
     """
 
     def __init__(
@@ -277,8 +320,10 @@ class VideoReader:
         threads: int = 0,
         copy_audio: bool = True,
         copy_subtitles: bool = True,
+        strict: bool = False,
     ) -> None:
         self.path = path
+        self.strict = strict
         self.control = control
         self.container = open_input(path)
         try:
@@ -288,7 +333,6 @@ class VideoReader:
             raise
         self.frames: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self.packets: queue.Queue[Any] = queue.Queue()  # bounded in time by the frame queue
-        self.skipped_packets = 0
         self.decoded = 0
         self.truncated_at: float | None = None
         self.last_end_s = 0.0
@@ -341,6 +385,19 @@ class VideoReader:
         # a step back of more than a second is a reset (concatenated recordings), not reordering
         self.repair = TimestampRepair(nominal, jump=max(16 * nominal, round(1 / tb)))
         self.clocks = {s.index: StreamClock(round(1 / (s.time_base or tb))) for s in self.copy_streams}
+        self._orders = {s.index: InOrder(equal_ok=s.type == "subtitle") for s in self.copy_streams}
+        self._counts_packets = "avi" in c.format.name.split(",")  # times are packet counts: keep every packet
+        self.damage = DamageLog(self.path, {s.index: s.type for s in (v, *self.copy_streams)}, self.strict)
+        ends = [float((v.start_time or 0) * tb) + duration_s] if duration_s else []
+        if c.duration:
+            ends.append(((c.start_time or 0) + c.duration) / 1e6)
+        self.end_s = max(ends) if ends else None  # where the container says the file ends
+        # ending this much short of it still counts as the end: two and a half frames, at least 0.1 s
+        self._tolerance = max(0.1, 2.5 / float(rate)) if rate else 0.1
+        self._checks = {s.index: _audio_checker(s) for s in self.copy_streams if s.type == "audio"}
+        self._last_pts: int | None = None  # the decoder's latest frame time, as it came
+        self._cut_short = False  # the file holds fewer frames than its header states (AVI)
+        self._errors = ErrorLocator()
         self._pending: deque[tuple[np.ndarray, int]] = deque()  # decoded pictures waiting for their time
 
     def stream_infos(self) -> list[StreamInfo]:
@@ -373,35 +430,111 @@ class VideoReader:
 
     def _decode_all(self) -> None:
         deep = self.info.bit_depth > 8
-        demux = self.container.demux(self.video, *self.copy_streams)
-        while True:
-            try:
-                packet = next(demux)
-            except StopIteration:
-                break
-            except av.error.FFmpegError as exc:
-                self._mark_truncated(f"demuxing failed ({exc.strerror or exc})")
-                break
+        demux = ResumingDemuxer(
+            self.container,
+            lambda: open_input(self.path),
+            [self.video.index, *(s.index for s in self.copy_streams)],
+            self.video.index,
+            self.damage,
+            self.end_s,
+            self._tolerance,
+        )
+        try:
+            self._decode_packets(demux, deep)
+        finally:
+            demux.close()
+        if self.decoded == 0:
+            raise InputError(f"{self.path}: no video frame could be decoded")
+        if demux.ended_early or self._cut_short:
+            self.truncated_at = self.last_end_s
+            self.damage.ended_early(max([self.last_end_s, *demux.reached.values()]), self.end_s)
+            log.info("%s: the data ends at %.2f s; the output holds what could be decoded", self.path, self.last_end_s)
+
+    def _check_avi(self, read: dict[int, int]) -> bool:
+        """AVI demuxers step over lost data without a word, and AVI times count packets, so no gap
+        shows: what the file's index lists and was never read is the trace. Without the index (it
+        is at the end), the header's length says whether the file ends early (FFmpeg takes the
+        duration from what it finds). Returns whether the file ends early."""
+        if "avi" not in self.container.format.name.split(","):
+            return False
+        listed = avi_index_counts(self.path)
+        if listed is not None:
+            for index, count in read.items():
+                self.damage.missing(index, listed.get(index, 0) - count)
+            return False
+        stated = avi_header_seconds(self.path)
+        return stated is not None and self.last_end_s < stated - self._tolerance
+
+    def _decode_packets(self, demux: ResumingDemuxer, deep: bool) -> None:
+        read: dict[int, int] = {}
+        for packet in demux:
+            read[packet.stream.index] = read.get(packet.stream.index, 0) + 1
             if self.control.stopped:
                 raise Stopped
             if packet.stream.index != self.video.index:
-                if packet.size:  # skip the empty flush packets the demuxer ends with
-                    self.clocks[packet.stream.index](packet)
-                    self.packets.put((packet.stream.index, packet))
+                index = packet.stream.index  # read while its container is open: packets outlive resumes
+                if self._intact(index, packet):
+                    self._copy(index, *self._orders[index].push(packet))
                 continue
-            if not packet.size:
-                continue  # the demuxer's end-of-stream marker: the decoder is flushed below
+            if packet.is_corrupt:  # decoded all the same (FFmpeg conceals what it can), but said
+                self._mark(self.video.index, packet, "flagged corrupt by the demuxer")
+            if packet.pts is not None and packet.time_base is not None:
+                start = float(packet.pts * packet.time_base)
+                self._errors.sent((packet.pts, start, start + float((packet.duration or 0) * packet.time_base)))
             for frame in self._decode(packet):
                 self._emit(frame, deep)
+            self._blame(self._errors.settled())
+        for index, order in self._orders.items():
+            self._copy(index, *order.flush())
         for frame in self._decode(None):
             self._emit(frame, deep)
+        if self.damage.damaged or demux.ended_early:
+            self._decode_tail_again(deep)
         for pts in self.repair.flush():
             self._send(pts)
-        if self.decoded == 0:
-            raise InputError(f"{self.path}: no video frame could be decoded")
-        dur = self.info.duration_s
-        if self.truncated_at is None and dur and self.last_end_s < self.info.start_s + dur - 0.5:
-            self._mark_truncated("the file ends early")
+        self._blame(self._errors.settled(final=True))
+        self._cut_short = self._check_avi(read)
+
+    def _mark(self, index: int, packet: Any, why: str, skipped: int = 0) -> None:
+        ts = packet.pts if packet.pts is not None else packet.dts
+        if ts is None or packet.time_base is None:
+            at = self.last_end_s
+            self.damage.mark(index, at, at, skipped, why)
+            return
+        start = float(ts * packet.time_base)
+        self.damage.mark(index, start, start + float((packet.duration or 0) * packet.time_base), skipped, why)
+
+    def _copy(self, index: int, kept: list[Any], dropped: list[Any]) -> None:
+        for packet in dropped:
+            self._mark(index, packet, "its time is out of order (a damaged timestamp)", skipped=1)
+        for packet in kept:
+            self.clocks[index](packet)
+            self.packets.put((index, packet))
+
+    def _intact(self, index: int, packet: Any) -> bool:
+        """Whether a copied packet is worth keeping: not flagged corrupt, and (audio) decodable.
+
+        In AVI the times of a stream count its packets, so leaving one out would move every later
+        one earlier (audio out of sync): there a damaged packet is kept, and only reported."""
+        why = "flagged corrupt by the demuxer" if packet.is_corrupt else self._undecodable(index, packet)
+        if why is None:
+            return True
+        keep = self._counts_packets
+        why += "; kept, as AVI times count packets" if keep else ""
+        self._mark(index, packet, why, skipped=0 if keep else 1)
+        return keep
+
+    def _undecodable(self, index: int, packet: Any) -> str | None:
+        check = self._checks.get(index)
+        if check is None:
+            return None
+        try:
+            check.decode(packet)
+        except av.error.EOFError:
+            return None
+        except av.error.FFmpegError as exc:
+            return f"does not decode: {exc.strerror or exc}"
+        return None
 
     def _decode(self, packet: Any) -> list[av.VideoFrame]:
         try:
@@ -410,19 +543,61 @@ class VideoReader:
             return []
         except av.error.FFmpegError as exc:
             # A damaged packet: skip it. Frames referencing it may look wrong, but none is dropped
-            # by us, and the count tells the user.
-            self.skipped_packets += 1
-            log.debug("skipped a video packet that failed to decode: %s", exc)
+            # by us, and the damage log tells the user (which packet it was is settled later).
+            log.debug("%s: a video packet does not decode: %s", self.path, exc)
+            self._errors.error()
             return []
 
-    def _mark_truncated(self, why: str) -> None:
-        self.truncated_at = self.last_end_s
-        log.warning("%s: %s after %.2f s; the output holds what could be decoded", self.path, why, self.last_end_s)
+    def _blame(self, settled: list[list[Any]]) -> None:
+        for lost in settled:
+            for k, (_, start, end) in enumerate(lost):
+                why = "does not decode" if k == 0 else "its frame never came out of the decoder"
+                self.damage.mark(self.video.index, start, end, skipped=1 if k == 0 else 0, why=why)
+
+    def _decode_tail_again(self, deep: bool) -> None:
+        """Decode the last stretch again, one frame at a time, for frames the first pass lost.
+
+        A frame-threaded decoder that meets an error while it drains drops the frames still in
+        flight (FFmpeg 7/8: up to ``threads - 1`` frames at the end of a damaged file). A second,
+        slice-threaded decoder from the keyframe before the last frame we got recovers them;
+        frames we already have are skipped by their time.
+        """
+        last = self._last_pts
+        if last is None:
+            return
+        try:
+            other = open_input(self.path)
+        except InputError:
+            return
+        with other:
+            v = other.streams[self.video.index]
+            cc = v.codec_context
+            if cc is None:
+                return
+            cc.thread_type = "SLICE"
+            try:
+                other.seek(last, stream=v, backward=True)
+            except av.error.FFmpegError as exc:
+                log.debug("%s: cannot seek to decode the end again: %s", self.path, exc)
+                return
+            for packet in itertools.chain(_video_packets(other, v), [None]):
+                try:
+                    frames = v.decode(packet)
+                except av.error.FFmpegError:
+                    continue
+                for frame in frames:
+                    pts = frame.pts if frame.pts is not None else frame.dts
+                    if pts is not None and pts > last:
+                        self._emit(frame, deep)
 
     def _emit(self, frame: av.VideoFrame, deep: bool) -> None:
         if self.decoded == 0 and not self._pending:
             self.info = replace(self.info, rotation=int(frame.rotation or 0), hdr=self._hdr_side_data(frame))
         self._pending.append((to_rgb(frame, deep), int(frame.duration or 0)))
+        pts = frame.pts if frame.pts is not None else frame.dts
+        if pts is not None:
+            self._last_pts = pts if self._last_pts is None else max(self._last_pts, pts)
+            self._errors.seen(pts)
         for pts in self.repair.push(frame.pts, frame.dts):
             self._send(pts)
 

@@ -1,0 +1,518 @@
+"""Reading on past damage, and keeping account of it.
+
+A damaged file (bit rot, a bad sector, a half-copied transfer) must cost the packets that are
+damaged, never the rest of the file. FFmpeg's demuxers give up in two ways on damage: an error,
+or an end of data long before the container says the file ends (an MP4 whose sample-size entry
+is corrupt reads on to the end of the file and stops there). :class:`ResumingDemuxer` treats both
+as damage when the file is meant to go on: it seeks back to the last good position (or further
+on, step by step, when the same damage stops it again), drops what it has already delivered, and
+carries on. Only when nothing more can be read is the file truly cut short.
+
+:class:`DamageLog` keeps what was lost, per stream, as time ranges, for ``--report``, the closing
+warning and ``--strict``.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+import av.error
+from av.stream import Discard
+
+from vidrestore.errors import InputError
+
+__all__ = [
+    "DamageLog",
+    "ErrorLocator",
+    "InOrder",
+    "ResumingDemuxer",
+    "StreamDamage",
+    "avi_header_seconds",
+    "avi_index_counts",
+]
+
+log = logging.getLogger(__name__)
+
+# How far past the last good position each attempt to read on seeks, in seconds: the first re-reads
+# from the keyframe before it (the damage may be one bad packet that the seek steps over), then
+# further and further on until past the file's stated end (or, when it states none, a minute on).
+FIRST_STEPS = (0.0, 0.5)
+UNKNOWN_END_LIMIT = 64.0
+BYTE_GAP = 2048  # bytes skipped between packets that mean a loss (overhead and alignment padding stay under)
+MAX_RESUMES = 1000  # a bound on seeks per file; each resume that counts delivered something new
+RESET_STEP = 1.0  # seconds: a step back at least this long is a reset (joined recordings), not damage
+AVI_HEADER_BYTES = 64 << 10  # where an AVI file's stream headers lie
+AVI_INDEX_TAIL = 64 << 20  # how much of an AVI file's end is searched for its index (16 bytes a packet)
+
+
+@dataclass
+class StreamDamage:
+    """What one stream lost: time ranges (seconds, merged) and packets skipped."""
+
+    index: int
+    kind: str
+    ranges: list[list[float]] = field(default_factory=list)
+    packets_skipped: int = 0
+    missing: int = 0  # packets the container's index lists that were never found (where it is not known)
+
+    def add(self, start: float, end: float, merge: float = 0.5) -> None:
+        start, end = round(start, 3), round(max(start, end), 3)
+        for r in self.ranges:
+            if start <= r[1] + merge and end >= r[0] - merge:
+                r[0], r[1] = min(r[0], start), max(r[1], end)
+                return
+        self.ranges.append([start, end])
+        self.ranges.sort()
+
+
+class DamageLog:
+    """Damage found in one input file: per-stream ranges, skipped packets, resumes, a real early end.
+
+    With ``strict``, the first damage raises :class:`InputError` (exit 4) instead.
+    """
+
+    def __init__(self, path: Path, kinds: dict[int, str], strict: bool = False) -> None:
+        self.path = path
+        self.strict = strict
+        self.streams = {i: StreamDamage(i, k) for i, k in kinds.items()}
+        self.resumes = 0
+        self.ended_early_at: float | None = None
+        self.expected_end: float | None = None
+
+    def mark(self, index: int, start: float, end: float, skipped: int = 0, why: str = "damaged") -> None:
+        s = self.streams.get(index)
+        if s is None:
+            return
+        s.add(start, end)
+        s.packets_skipped += skipped
+        log.debug("%s: stream %d %s at %.3f-%.3f s", self.path, index, why, start, end)
+        if self.strict:
+            raise InputError(f"{self.path}: {s.kind} stream {index} is damaged at {start:.2f} s ({why}); --strict")
+
+    def missing(self, index: int, count: int) -> None:
+        """``count`` packets of stream ``index`` are listed by the file's index but were not found."""
+        s = self.streams.get(index)
+        if s is None or count <= 0:
+            return
+        s.missing += count
+        if self.strict:
+            raise InputError(
+                f"{self.path}: {count} {s.kind} packet(s) of stream {index} listed by its index are missing; "
+                "--strict stops"
+            )
+
+    def ended_early(self, at: float, expected: float | None) -> None:
+        self.ended_early_at, self.expected_end = round(at, 3), expected
+        if self.strict:
+            raise InputError(f"{self.path}: the file ends early, at {at:.2f} s (truncated); --strict stops")
+
+    @property
+    def packets_skipped(self) -> int:
+        return sum(s.packets_skipped for s in self.streams.values())
+
+    @property
+    def damaged(self) -> bool:
+        return self.ended_early_at is not None or any(s.ranges or s.missing for s in self.streams.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report's entry for this file."""
+        return {
+            "file": str(self.path),
+            "streams": [
+                {
+                    "index": s.index,
+                    "kind": s.kind,
+                    "ranges": s.ranges,
+                    "packets_skipped": s.packets_skipped,
+                    "packets_missing": s.missing,
+                }
+                for s in self.streams.values()
+                if s.ranges or s.packets_skipped or s.missing
+            ],
+            "packets_skipped": self.packets_skipped,
+            "resumed": self.resumes,
+            "ended_early": self.ended_early_at is not None,
+            "ended_at": self.ended_early_at,
+            "expected_end": self.expected_end,
+        }
+
+    def summary(self) -> str:
+        """One line for the closing warnings."""
+        parts = []
+        for s in self.streams.values():
+            said = []
+            if s.ranges:
+                spans = ", ".join(f"{a:.2f}-{b:.2f} s" for a, b in s.ranges[:3])
+                said.append(f"at {spans}" + (f" and {len(s.ranges) - 3} more" if len(s.ranges) > 3 else ""))
+            if s.missing:
+                said.append(f"{s.missing} packet(s) the index lists are missing")
+            if said:
+                parts.append(f"{s.kind} #{s.index} " + ", ".join(said))
+        text = f"{self.path} is damaged"
+        if parts:
+            text += ": " + "; ".join(parts)
+        text += f" ({self.packets_skipped} packet(s) skipped"
+        if self.resumes:
+            text += f", read on past the damage {self.resumes} time(s)"
+        text += ")"
+        if self.ended_early_at is not None:
+            text += f"; the file really ends early, at {self.ended_early_at:.2f} s"
+            if self.expected_end:
+                text += f" of {self.expected_end:.2f} s"
+            text += " (truncated)"
+        return text
+
+
+Span = tuple[int, float, float]  # a video packet: its pts, and its start and end in seconds
+
+
+class ErrorLocator:
+    """Which packets a video decoder's error cost.
+
+    A frame-threaded decoder reports an error a few packets after the packet it belongs to. So an
+    error is settled once the decoder has moved well past it: the packets sent just before it whose
+    frames never came out are the damaged ones (the decoder may drop a few more frames after a bad
+    one; those are lost too). If every frame came out, the decoder concealed the damage in place,
+    and the packet that was being sent is named.
+    """
+
+    def __init__(self, window: int = 32, settle: int = 24) -> None:
+        self.window = window
+        self.settle = settle
+        self._recent: deque[Span] = deque(maxlen=window)
+        self._seen: set[int] = set()
+        self._seen_order: deque[int] = deque()
+        self._sent = 0
+        self._open: list[tuple[int, list[Span]]] = []
+
+    def sent(self, span: Span) -> None:
+        self._recent.append(span)
+        self._sent += 1
+
+    def seen(self, pts: int) -> None:
+        self._seen.add(pts)
+        self._seen_order.append(pts)
+        if len(self._seen_order) > 8 * self.window:
+            self._seen.discard(self._seen_order.popleft())
+
+    def error(self) -> None:
+        """The decoder just raised: the damaged packet is among the ones sent lately."""
+        self._open.append((self._sent, list(self._recent)))
+
+    def settled(self, final: bool = False) -> list[list[Span]]:
+        """Per error that can be settled now, the packets it cost (the first is the one to blame)."""
+        out, still = [], []
+        for when, recent in self._open:
+            if not final and self._sent < when + self.settle:
+                still.append((when, recent))
+                continue
+            lost = [span for span in recent if span[0] not in self._seen]
+            out.append(lost or recent[-1:])
+        self._open = still
+        return out
+
+
+class InOrder:
+    """A copied stream's packets with damaged times left out: each packet is held until the next
+    arrives, and one whose time lies outside its neighbours' (a flipped bit in a timestamp) is
+    dropped, as is any that would still go backwards. (A step back that the following packets
+    keep to is a reset, not damage: :class:`StreamClock` in the reader carries on from it.)
+
+    :meth:`push` returns ``(kept, dropped)`` packets; :meth:`flush` the one still held.
+    """
+
+    def __init__(self, equal_ok: bool) -> None:
+        self.equal_ok = equal_ok  # subtitles may share a time; audio and data may not
+        self._prev: int | None = None
+        self._held: Any = None
+
+    def push(self, packet: Any) -> tuple[list[Any], list[Any]]:
+        ts = _ts(packet)
+        if ts is None:
+            return [packet], []
+        held, self._held = self._held, packet
+        if held is None:
+            return [], []
+        h = _ts(held)
+        assert h is not None
+        if self._prev is not None and self._prev <= ts and not self._prev <= h <= ts:
+            return [], [held]  # out of line with both neighbours
+        return self._keep(held)
+
+    def flush(self) -> tuple[list[Any], list[Any]]:
+        held, self._held = self._held, None
+        return self._keep(held) if held is not None else ([], [])
+
+    def _keep(self, packet: Any) -> tuple[list[Any], list[Any]]:
+        ts = _ts(packet)
+        assert ts is not None
+        if self._prev is not None and (ts < self._prev or (ts == self._prev and not self.equal_ok)):
+            if self._prev - ts < RESET_STEP * (1 / packet.time_base if packet.time_base else 1):
+                return [], [packet]  # backwards by less than a reset: a damaged time
+        self._prev = ts
+        return [packet], []
+
+
+def _ts(packet: Any) -> int | None:
+    return packet.dts if packet.dts is not None else packet.pts  # type: ignore[no-any-return]
+
+
+class ResumingDemuxer:
+    """The packets of the streams ``indices`` in file order, reading on past damage (see the module's
+    docstring).
+
+    The first pass reads ``container``; each attempt to read on opens the file again with
+    ``reopen`` and seeks there, because seeking a container flushes the decoders of its streams,
+    and the caller's video decoder must carry on as it was. ``end_s`` is where the container says
+    the file ends (None: it does not say; then only a demuxer error, not a quiet end, is taken for
+    damage); ending ``tolerance`` seconds short of it still counts as the end. ``anchor`` is the
+    index of the stream seeks are made in (the video). Resumes, gaps and streams left out go to
+    ``damage``; :attr:`ended_early` says whether the data really stops short.
+    """
+
+    def __init__(
+        self,
+        container: Any,
+        reopen: Callable[[], Any],
+        indices: Sequence[int],
+        anchor: int,
+        damage: DamageLog,
+        end_s: float | None,
+        tolerance: float = 0.1,
+    ) -> None:
+        self.container = container
+        self.tolerance = tolerance  # seconds short of the stated end that still count as the end
+        self.reopen = reopen
+        self.indices = list(indices)
+        self.anchor = anchor
+        self.damage = damage
+        self.end_s = end_s
+        self.reached: dict[int, float] = {}  # per stream: the end of its last packet, seconds
+        self.left_out: set[int] = set()  # streams whose damage stopped all the others, no longer read
+        self._last: dict[int, int] = {}  # per stream: its last packet's dts (pts), in its time base
+        self._failed = False  # whether the last pass ended with an error
+        self._resumed: Any = None  # the container of the latest attempt to read on
+
+    def close(self) -> None:
+        if self._resumed is not None:
+            self._resumed.close()
+            self._resumed = None
+
+    def _steps(self) -> Iterator[float]:
+        yield from FIRST_STEPS
+        step = FIRST_STEPS[-1]
+        limit = self.end_s if self.end_s is not None else UNKNOWN_END_LIMIT
+        while step < limit:
+            step *= 2
+            yield step
+
+    def __iter__(self) -> Iterator[Any]:
+        failed, _ = yield from self._read(self.container, dedupe=False)
+        attempts = 0
+        while self._meant_to_go_on(failed) and attempts < MAX_RESUMES:
+            before = self._position()
+            progressed = False
+            for step in self._steps():
+                attempts += 1
+                target = before + step
+                if self.end_s is not None and target > self.end_s:
+                    break
+                if step == FIRST_STEPS[1]:
+                    # Re-reading did not get past it. One stream's damaged index can stop them all (an
+                    # MP4 demuxer follows every track's sample table at once): leave out the others one
+                    # by one, as FFmpeg leaves out the tracks it does not use, before skipping ahead.
+                    failed, progressed = yield from self._leave_out(before)
+                    if progressed:
+                        break
+                container = self._seek(target, self.left_out)
+                if container is None:
+                    continue
+                log.info("%s: reading stopped at %.2f s; reading on from %.2f s", self.damage.path, before, target)
+                failed, progressed = yield from self._read(container, dedupe=True)
+                if progressed:
+                    self.damage.resumes += 1
+                    break
+            if not progressed:
+                break
+        self._mark_left_out()
+
+    def _leave_out(self, before: float) -> Generator[Any, None, tuple[bool, bool]]:
+        others = [i for i in self.indices if i != self.anchor and i not in self.left_out]
+        tries = [[i] for i in reversed(others)] + ([others] if len(others) > 1 else [])
+        for candidates in tries:
+            container = self._seek(before, self.left_out | set(candidates))
+            if container is None:
+                continue
+            failed, progressed = yield from self._read(container, dedupe=True)
+            if progressed:
+                self.left_out.update(candidates)
+                self.damage.resumes += 1
+                log.info(
+                    "%s: stream(s) %s stop the others at %.2f s; left out from there",
+                    self.damage.path,
+                    ", ".join(map(str, candidates)),
+                    before,
+                )
+                return failed, True
+        return True, False
+
+    def _mark_left_out(self) -> None:
+        end = max(self.reached.values(), default=0.0)
+        if self.end_s is not None:
+            end = max(end, self.end_s)
+        for index in sorted(self.left_out):
+            self.damage.mark(index, self.reached.get(index, 0.0), end, why="its index is damaged; left out")
+
+    def _read(self, container: Any, dedupe: bool) -> Generator[Any, None, tuple[bool, bool]]:
+        """One pass of ``demux()``: yields packets not delivered before; returns
+        ``(ended by an error, delivered anything new)``.
+
+        Demuxers that parse the file as a stream (Matroska, AVI, MPEG-TS...) skip damaged bytes
+        without a word: a jump in the packets' byte positions, confirmed by a jump in a stream's
+        times, is a loss too. (MP4/MOV read by their index, where positions jump by design.)
+        """
+        wanted = {i for i in self.indices if i not in self.left_out}
+        by_position = not set(container.format.name.split(",")) & {"mov", "mp4"}
+        demux = container.demux()  # every stream, so that the byte positions run on
+        progressed = False
+        # streams whose first packet after a resume or a skip is still to come: True where a loss is
+        # certain (bytes were skipped) even if the stream's times run on (AVI counts its frames)
+        unchecked: dict[int, bool] = dict.fromkeys(self._last, False) if dedupe else {}
+        next_pos: int | None = None
+        while True:
+            try:
+                packet = next(demux)
+            except StopIteration:
+                self._failed = False
+                return False, progressed
+            except av.error.FFmpegError as exc:
+                log.debug("%s: demuxing failed: %s", self.damage.path, exc)
+                self._failed = True
+                return True, progressed
+            if not packet.size:
+                continue  # the flush packets demux() ends with: the reader flushes its decoder itself
+            pos = packet.pos
+            if by_position and pos is not None and pos >= 0:
+                if next_pos is not None and pos < next_pos - packet.size:
+                    by_position = False  # positions run back: a file not read front to back (non-interleaved)
+                elif next_pos is not None and pos - next_pos > BYTE_GAP:
+                    unchecked.update(dict.fromkeys(self._last, False))
+                    unchecked[self.anchor] = self.anchor in self._last
+                next_pos = pos + packet.size
+            index = packet.stream.index
+            if index not in wanted:
+                continue
+            ts = _ts(packet)
+            if ts is None or packet.time_base is None:
+                yield packet
+                continue
+            last = self._last.get(index)
+            if dedupe and last is not None and ts <= last:
+                continue  # delivered before the seek
+            at = float((packet.pts if packet.pts is not None else ts) * packet.time_base)
+            if index in unchecked:
+                certain = unchecked.pop(index)
+                start = self.reached[index]
+                if certain or at > start + _gap(packet):  # what lies between was lost
+                    self.damage.mark(index, start, max(start, at), why="unreadable; read on past it")
+            self._last[index] = ts if last is None else max(last, ts)
+            end = at + float((packet.duration or 0) * packet.time_base)
+            self.reached[index] = max(self.reached.get(index, end), end)
+            progressed = True
+            yield packet
+
+    def _position(self) -> float:
+        """Where reading stopped: as far as the anchor stream got (or any stream, without one)."""
+        if self.anchor in self.reached:
+            return self.reached[self.anchor]
+        return max(self.reached.values(), default=0.0)
+
+    @property
+    def ended_early(self) -> bool:
+        """After iterating: whether the data really stops short of the file's stated end."""
+        return self._meant_to_go_on(self._failed)
+
+    def _meant_to_go_on(self, failed: bool) -> bool:
+        """Whether the file should hold more than was read: its stated end is well past every stream."""
+        reached = max(self.reached.values(), default=0.0)
+        if self.end_s is None:
+            return failed
+        return reached < self.end_s - self.tolerance
+
+    def _seek(self, target: float, leave_out: set[int]) -> Any:
+        """The file opened again at the keyframe before ``target`` seconds, without the streams
+        ``leave_out``; None if that fails."""
+        self.close()
+        try:
+            container = self.reopen()
+        except InputError:
+            return None
+        self._resumed = container
+        for i in leave_out:
+            container.streams[i].discard = Discard.all
+        anchor = container.streams[self.anchor]
+        try:
+            container.seek(int(target / anchor.time_base), stream=anchor, backward=True)
+        except (av.error.FFmpegError, OverflowError, ValueError) as exc:
+            log.debug("%s: seeking to %.2f s failed: %s", self.damage.path, target, exc)
+            return None
+        return container
+
+
+def _gap(packet: Any) -> float:
+    """A jump in a stream's times bigger than this (seconds) after reading on is a loss."""
+    duration = float((packet.duration or 0) * packet.time_base)
+    return max(0.1, 1.5 * duration)
+
+
+def avi_index_counts(path: Path) -> dict[int, int] | None:
+    """Per stream number, the packets with data that an AVI file's ``idx1`` index lists; None when the
+    file has none at its end (truncated, an OpenDML file, not an AVI).
+
+    The index is found from the end, where muxers put it: the chunk sizes in front of it no longer
+    lead there once bytes have been lost in the middle.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"AVI ":
+            return None
+        tail_start = max(12, size - AVI_INDEX_TAIL)
+        f.seek(tail_start)
+        tail = f.read()
+    at = len(tail)
+    while (at := tail.rfind(b"idx1", 0, at)) >= 0:
+        length = int.from_bytes(tail[at + 4 : at + 8], "little")
+        if at + 8 + length in (len(tail), len(tail) - 1):  # this chunk runs to the end of the file
+            break
+    else:
+        return None
+    counts: dict[int, int] = {}
+    table = tail[at + 8 : at + 8 + length]
+    for entry in range(0, len(table) - 15, 16):
+        ckid = table[entry : entry + 4]
+        if ckid[:2].isdigit() and int.from_bytes(table[entry + 12 : entry + 16], "little") > 0:
+            counts[int(ckid[:2])] = counts.get(int(ckid[:2]), 0) + 1
+    return counts
+
+
+def avi_header_seconds(path: Path) -> float | None:
+    """How long an AVI file's header says its video is (the video ``strh``: length times scale over
+    rate), or None. FFmpeg replaces this with what it finds when the index is gone."""
+    with path.open("rb") as f:
+        head = f.read(AVI_HEADER_BYTES)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"AVI ":
+        return None
+    at = 0
+    while (at := head.find(b"strh", at + 1)) > 0 and at + 44 <= len(head):
+        if head[at + 8 : at + 12] == b"vids":
+            scale, rate, _, length = struct.unpack("<IIII", head[at + 28 : at + 44])
+            return length * scale / rate if scale and rate and length else None
+    return None
