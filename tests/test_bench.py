@@ -59,3 +59,38 @@ def test_full_size_gfpgan_costs_what_the_design_says() -> None:
 
     gflop = flops_per_face(_model("gfpgan_v1_clean", small=False).eval(), torch.device("cpu")) / 1e9
     assert 380 < gflop < 410  # DESIGN.md: ~396 GFLOP per 512x512 face
+
+
+def test_damage_benchmark_runs_and_counts_against_ffmpeg(tmp_path: Path) -> None:
+    import shutil
+
+    if shutil.which("ffmpeg") is None:
+        import os
+
+        import pytest
+
+        if os.environ.get("CI"):
+            pytest.fail("CI must have the ffmpeg CLI")
+        pytest.skip("the ffmpeg CLI is not installed")
+    out = tmp_path / "damage.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.damage", "--seeds", "1", "--containers", "mp4", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["totals"]["files"] == 7 and data["tracebacks"] == 0
+    assert {r["kind"] for r in data["by_kind"]} == {
+        "flip",
+        "zero",
+        "remove",
+        "duplicate",
+        "index",
+        "sample-size",
+        "truncate",
+    }
+    assert data["totals"]["fewer_than_ffmpeg"] == 0
+    assert data["totals"]["vidrestore"] >= data["totals"]["ffmpeg"]
