@@ -392,6 +392,7 @@ class VideoReader:
         if c.duration:
             ends.append(((c.start_time or 0) + c.duration) / 1e6)
         self.end_s = max(ends) if ends else None  # where the container says the file ends
+        self.damage.expected_end = self.end_s
         # ending this much short of it still counts as the end: two and a half frames, at least 0.1 s
         self._tolerance = max(0.1, 2.5 / float(rate)) if rate else 0.1
         self._checks = {s.index: _audio_checker(s) for s in self.copy_streams if s.type == "audio"}
