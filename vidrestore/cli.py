@@ -21,6 +21,7 @@ import yaml
 from vidrestore import __version__
 from vidrestore.config import Config, EncoderPreset, config_to_dict, load_config
 from vidrestore.errors import ConfigError, VidrestoreError
+from vidrestore.models.compat import CODEFORMER_INSTALL
 from vidrestore.models.registry import DEFAULT_REGISTRY
 from vidrestore.models.store import ModelStore, default_weights_dir, offline_requested
 from vidrestore.presets import list_presets, preset_path
@@ -97,6 +98,11 @@ def _common(debug_only: bool = False) -> _Parser:
             default=argparse.SUPPRESS,
             help="retinaface_resnet50, retinaface_mobile0.25, centerface (no download) or none",
         )
+        c.add_argument(
+            "--restorer",
+            default=argparse.SUPPRESS,
+            help="restorer.model: gfpgan-1.4, gfpgan-1.3, gfpgan-1.2, restoreformer, codeformer (extra) or none",
+        )
     return parent
 
 
@@ -127,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("-y", "--overwrite", action="store_true", default=None, help="replace existing outputs")
     r.add_argument("--blend", type=float, metavar="F", help="restorer.blend: 0 original .. 1 fully restored")
+    r.add_argument(
+        "--fidelity",
+        type=float,
+        metavar="W",
+        help="restorer.fidelity: CodeFormer's w, 0 more detail .. 1 more faithful",
+    )
     r.add_argument("--upscale-below", type=int, metavar="PX", help="upscaler.below: upscale faces under PX first")
     r.add_argument("--crf", type=int, help="output.crf: encoder quality (lower is better)")
     r.add_argument(
@@ -194,7 +206,9 @@ def _flags_to_config(args: argparse.Namespace) -> dict[str, Any]:
         "device": getattr(args, "device", None),
         "weights_dir": getattr(args, "weights_dir", None),
         "detector.model": getattr(args, "detector", None),
+        "restorer.model": getattr(args, "restorer", None),
         "restorer.blend": getattr(args, "blend", None),
+        "restorer.fidelity": getattr(args, "fidelity", None),
         "upscaler.below": getattr(args, "upscale_below", None),
         "output.crf": getattr(args, "crf", None),
         "output.codec": getattr(args, "codec", None),
@@ -251,12 +265,20 @@ def _cmd_models(args: argparse.Namespace) -> int:
     action = args.models_command
     if action == "list":
         _out(f"weights folder: {store.root}")
-        _out(f"{'name':24} {'role':9} {'status':8} {'size':>9}  path")
+        _out(f"{'name':24} {'role':9} {'status':8} {'size':>9}  {'licence':24} path")
         for name in store.registry:
             st = store.status(name)
-            size = _fmt_size(st.size_bytes) if st.size_bytes is not None else f"~{st.spec.size_mb:.0f} MB"
-            note = "" if st.spec.sha256 else "  (no confirmed checksum: supply via *.weights)"
-            _out(f"{name:24} {st.spec.role:9} {'present' if st.present else 'missing':8} {size:>9}  {st.path}{note}")
+            spec = st.spec
+            size = _fmt_size(st.size_bytes) if st.size_bytes is not None else f"~{spec.size_mb:.0f} MB"
+            note = "" if spec.sha256 else "  (no confirmed checksum: supply via *.weights)"
+            licence = spec.licence if len(spec.licence) <= 24 else spec.licence.split(" (")[0]
+            status = "present" if st.present else "missing"
+            _out(f"{name:24} {spec.role:9} {status:8} {size:>9}  {licence:24} {st.path}{note}")
+            card = f"    {spec.arch}, {spec.params_m:g} M parameters, input {spec.input_size}: {spec.good_at}"
+            if spec.extra is not None:
+                card += f"; needs {CODEFORMER_INSTALL if spec.extra == 'codeformer' else spec.extra}"
+                card += f" ({'installed' if _has_extra(spec.arch) else 'not installed'}); {spec.licence}"
+            _out(card)
         return 0
     if action == "path":
         _out(str(store.path(args.name)))
@@ -270,6 +292,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
             _out(f"{name}: {store.path(name)}")
         return 0
     raise ConfigError("models: choose an action: list, fetch or path")
+
+
+def _has_extra(arch: str) -> bool:
+    import importlib.util
+
+    return arch != "codeformer" or importlib.util.find_spec("spandrel_extra_arches") is not None
 
 
 def _download_bar(name: str, quiet: bool) -> Any:

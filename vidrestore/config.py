@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 DetectorName = Literal["retinaface_resnet50", "retinaface_mobile0.25", "centerface", "none"]
-RestorerName = Literal["gfpgan-1.4", "gfpgan-1.3", "none"]
+RestorerName = Literal["gfpgan-1.4", "gfpgan-1.3", "gfpgan-1.2", "restoreformer", "codeformer", "none"]
 UpscalerName = Literal["realesr-general-x4v3", "realesrgan-x4plus", "realesrgan-x2plus", "none"]
 VideoCodec = Literal["auto", "libx264", "libx265", "libsvtav1", "libvpx-vp9", "h264_nvenc", "hevc_nvenc"]
 EncoderPreset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
@@ -74,9 +74,14 @@ class DetectorConfig:
 class RestorerConfig:
     """Face restoration on aligned crops."""
 
-    model: RestorerName = _key("gfpgan-1.4", "face restorer")
+    model: RestorerName = _key(
+        "gfpgan-1.4", "face restorer: gfpgan-1.4, gfpgan-1.3, gfpgan-1.2, restoreformer, codeformer (extra) or none"
+    )
     weights: str | None = _key(None, "local weights file used as-is instead of the registry's")
     blend: float = _key(1.0, "0 keeps the original face, 1 the fully restored one", 0.0, 1.0)
+    fidelity: float = _key(
+        0.5, "codeformer only (its w): 0 more invented detail, 1 more faithful to the input and steadier", 0.0, 1.0
+    )
     batch_size: int = _key(
         0, "faces per restorer call; 0: auto (8 on a GPU; 1 on the CPU, where batches run slower)", 0, 256
     )

@@ -28,7 +28,7 @@ def _folder() -> Path:
 def list_presets() -> list[Preset]:
     """Every shipped preset but ``default`` (which lists every key), sorted by name."""
     out = []
-    for path in sorted(_folder().glob("*.yaml")):
+    for path in sorted(_folder().glob("*.yaml"), key=lambda p: p.stem):
         if path.stem == "default":
             continue
         out.append(Preset(path.stem, _summary(path.read_text(encoding="utf-8"))))

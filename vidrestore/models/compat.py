@@ -15,7 +15,9 @@ import sys
 import types
 from typing import Any
 
-__all__ = ["import_research_module", "patch_torchvision_for_basicsr"]
+__all__ = ["CODEFORMER_INSTALL", "import_codeformer", "import_research_module", "patch_torchvision_for_basicsr"]
+
+CODEFORMER_INSTALL = "pip install 'vidrestore[codeformer]'"
 
 _OLD = "torchvision.transforms.functional_tensor"
 
@@ -40,3 +42,22 @@ def import_research_module(name: str) -> Any:
     """Import a module from basicsr/gfpgan/realesrgan/facexlib with the shim in place."""
     patch_torchvision_for_basicsr()
     return importlib.import_module(name)
+
+
+def import_codeformer() -> Any:
+    """CodeFormer's architecture, from the ``spandrel-extra-arches`` package (the ``codeformer``
+    extra: its code and weights are under a non-commercial licence, so they are never part of
+    the base install). Raises ConfigError (exit 2) with the install command when it is missing."""
+    import warnings
+
+    from vidrestore.errors import ConfigError
+
+    try:
+        with warnings.catch_warnings():  # spandrel's import trips torch's jit-script deprecation notice
+            warnings.simplefilter("ignore", FutureWarning)
+            module = importlib.import_module("spandrel_extra_arches.architectures.CodeFormer")
+    except ImportError as exc:
+        raise ConfigError(
+            f"restorer codeformer needs the codeformer extra (NTU S-Lab licence, non-commercial): {CODEFORMER_INSTALL}"
+        ) from exc
+    return module

@@ -8,6 +8,8 @@ read with ``torch.load(..., weights_only=True)``: no pickled code ever runs.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import re
@@ -19,7 +21,7 @@ import torch
 from torch import nn
 
 from vidrestore.errors import ModelError
-from vidrestore.models.compat import import_research_module
+from vidrestore.models.compat import import_codeformer, import_research_module
 from vidrestore.models.registry import Arch
 from vidrestore.models.speedups import batch_modulated_convs
 
@@ -81,6 +83,33 @@ def _gfpgan(state: StateDict) -> nn.Module:
     )
 
 
+def _restoreformer(state: StateDict) -> nn.Module:
+    arch = import_research_module("gfpgan.archs.restoreformer_arch")
+    ch = state["encoder.conv_in.weight"].shape[0]
+    levels = _count(state, r"encoder\.down\.(\d+)\.")
+    ch_mult = tuple(state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in range(levels))
+    resolution = 512
+    attn = tuple(resolution // 2**i for i in range(levels) if f"encoder.down.{i}.attn.0.q.weight" in state)
+    n_embed, embed_dim = state["quantize.embedding.weight"].shape
+    with contextlib.redirect_stdout(io.StringIO()):  # its constructor prints the latent's shape
+        return arch.RestoreFormer(  # type: ignore[no-any-return]
+            n_embed=n_embed,
+            embed_dim=embed_dim,
+            ch=ch,
+            ch_mult=ch_mult,
+            num_res_blocks=_count(state, r"encoder\.down\.0\.block\.(\d+)\."),
+            attn_resolutions=attn,
+            resolution=resolution,
+            z_channels=state["quant_conv.weight"].shape[1],
+            enable_mid="encoder.mid.block_1.conv1.weight" in state,
+        )
+
+
+def _codeformer(state: StateDict) -> nn.Module:
+    module = import_codeformer()
+    return module.CodeFormerArch().load(dict(state)).model  # type: ignore[no-any-return]
+
+
 def _rrdbnet(state: StateDict) -> nn.Module:
     arch = import_research_module("basicsr.archs.rrdbnet_arch")
     in_ch = state["conv_first.weight"].shape[1]
@@ -127,6 +156,8 @@ def _parsenet(state: StateDict) -> nn.Module:
 
 _BUILDERS: dict[str, Callable[[StateDict], nn.Module]] = {
     "gfpgan_v1_clean": _gfpgan,
+    "restoreformer": _restoreformer,
+    "codeformer": _codeformer,
     "rrdbnet": _rrdbnet,
     "srvgg_compact": _srvgg,
     "retinaface": _retinaface,
@@ -148,7 +179,7 @@ def load_model(arch: Arch, path: Path, device: torch.device | str = "cpu") -> nn
     try:
         model = build_model(arch, state)
         model.load_state_dict(state, strict=True)
-    except (KeyError, ValueError, RuntimeError, IndexError) as exc:
+    except (KeyError, ValueError, RuntimeError, IndexError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path} does not fit the {arch} architecture ({first[:160]})") from exc
     model.eval().requires_grad_(False)

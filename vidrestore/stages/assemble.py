@@ -17,6 +17,7 @@ from vidrestore.config import Config
 from vidrestore.control import in_background
 from vidrestore.device import Placement, resolve_placement
 from vidrestore.errors import ConfigError
+from vidrestore.models.compat import import_codeformer
 from vidrestore.models.store import ModelStore
 from vidrestore.records import Frame
 from vidrestore.stages.detect import CenterFaceDetector, Detector, RetinaFaceDetector, detect_frames
@@ -38,6 +39,19 @@ def _load(store: ModelStore, name: str, local: str | None, key: str, placement: 
 
     path = store.resolve(name, local, key=key)
     return load_model(store.spec(name).arch, path, placement.device)
+
+
+def _licence_notice(store: ModelStore, name: str, licence: str) -> None:
+    """Say a model's restrictive licence once, at its first use with this weights folder."""
+    marker = store.root / f".{name}.licence-noted"
+    if marker.exists():
+        return
+    log.warning("%s is under the %s; check that your use is allowed (said once)", name, licence)
+    try:
+        store.root.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError as exc:  # a read-only cache: say it again next time rather than fail
+        log.debug("cannot record that the %s licence was shown: %s", name, exc)
 
 
 def build_detector(config: Config, store: ModelStore, placement: Placement) -> Detector:
@@ -111,14 +125,18 @@ class FaceStages:
 
 def build_face_stages(config: Config, store: ModelStore, stats: RunStats | None = None) -> FaceStages:
     """Load the models ``config`` names and wire the face stages."""
-    from vidrestore.stages.networks import FaceParser, GFPGANRestorer
+    from vidrestore.stages.networks import FaceParser, build_restorer
     from vidrestore.stages.restore import RestoreStage
 
+    r = config.restorer
+    spec = store.spec(r.model) if r.model != "none" else None
+    if spec is not None and spec.arch == "codeformer":
+        import_codeformer()  # exit 2 with the install command before anything is loaded or fetched
     placement = resolve_placement(config.device, config.precision)
     log.info("running the models on %s", placement)
     detector = build_detector(config, store, placement) if config.detector.model != "none" else None
     restore = None
-    r, u = config.restorer, config.upscaler
+    u = config.upscaler
     shared: Upscaler | None = None
     if u.model != "none" and (config.output.scale > 1 or (u.below > 0 and r.model != "none" and detector)):
         shared = Upscaler(_load(store, u.model, u.weights, "upscaler.weights", placement), placement)
@@ -126,7 +144,11 @@ def build_face_stages(config: Config, store: ModelStore, stats: RunStats | None 
     # 6.4 s per 512x512 face for GFPGAN v1.4 at batch 4 and 1 on 2 cores): batches pay on GPUs only.
     batch = r.batch_size or (8 if placement.device.type != "cpu" else 1)
     if r.model != "none" and detector is not None:
-        restorer = GFPGANRestorer(_load(store, r.model, r.weights, "restorer.weights", placement), placement)
+        assert spec is not None
+        model = _load(store, r.model, r.weights, "restorer.weights", placement)
+        restorer = build_restorer(spec.arch, model, placement, fidelity=r.fidelity)
+        if spec.extra is not None:
+            _licence_notice(store, spec.name, spec.licence)
         upscaler = shared if u.below > 0 else None
         parser = None
         if r.parsing_mask:

@@ -4,14 +4,16 @@ Convention for every method here: images are float32 tensors ``(N, 3, H, W)``, R
 ``[0, 1]``, on the placement's device; outputs likewise. The networks themselves may run
 in bf16/fp16; inputs are cast on the way in and outputs back to float32.
 
-Adding another restorer (CodeFormer, say) means one class with ``size`` and
-``restore()`` like :class:`GFPGANRestorer`, and one entry in ``build_restorer``.
+Restorers: the face stage talks to :class:`Restorer` only (aligned crops in, restored crops out,
+and :class:`RestorerNeeds` saying what the model needs). Adding one means a class here, an entry
+in :func:`build_restorer`, a loader in ``models/loading.py`` and a registry entry.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import dataclass
 from typing import Protocol
 
 import cv2
@@ -22,7 +24,17 @@ from torch import nn
 
 from vidrestore.device import Placement
 
-__all__ = ["FaceParser", "GFPGANRestorer", "NonFiniteOutput", "Restorer", "Upscaler", "gaussian_blur"]
+__all__ = [
+    "CodeFormerRestorer",
+    "FaceParser",
+    "GFPGANRestorer",
+    "NonFiniteOutput",
+    "Restorer",
+    "RestorerNeeds",
+    "Upscaler",
+    "build_restorer",
+    "gaussian_blur",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +43,31 @@ class NonFiniteOutput(RuntimeError):
     """A network gave NaN or inf (half precision overflow, usually)."""
 
 
+@dataclass(frozen=True)
+class RestorerNeeds:
+    """What a restorer needs from the face stage, and what it offers.
+
+    ``size``: the side of the aligned crop; ``value_range``: what the network takes and gives
+    (the restorer converts from and to ``[0, 1]`` itself); ``template``: where the five landmarks
+    go in the crop (``ffhq``: facexlib's FFHQ template, scaled to ``size``); ``bf16``/``fp16``:
+    whether half precision is safe; ``batches``: whether several faces may go in one call;
+    ``knobs``: the config keys it reads besides its weights.
+    """
+
+    size: int = 512
+    value_range: tuple[float, float] = (-1.0, 1.0)
+    template: str = "ffhq"
+    bf16: bool = True
+    fp16: bool = True
+    batches: bool = True
+    knobs: tuple[str, ...] = ()
+
+
 class Restorer(Protocol):
-    size: int
+    needs: RestorerNeeds
+
+    @property
+    def size(self) -> int: ...
 
     def restore(self, faces: torch.Tensor, fp32: bool = False) -> torch.Tensor:
         """Aligned ``(N, 3, size, size)`` faces in, restored faces out; ``fp32`` forces full precision
@@ -46,34 +81,80 @@ def _check_finite(x: torch.Tensor, what: str) -> torch.Tensor:
     return x
 
 
-class GFPGANRestorer:
-    """GFPGAN v1.3/v1.4 (``GFPGANv1Clean``) with its noise fixed, so equal inputs give equal outputs.
+class _HalfRetry:
+    """A network in the placement's precision, with an fp32 copy made on the first overflow."""
 
-    ``randomize_noise=False`` uses the StyleGAN decoder's stored noise buffers instead of
-    drawing new noise on every call (which flickers in video).
-    """
+    def __init__(self, model: nn.Module, placement: Placement, needs: RestorerNeeds) -> None:
+        dtype = placement.dtype
+        if (dtype == torch.float16 and not needs.fp16) or (dtype == torch.bfloat16 and not needs.bf16):
+            ok_bf16 = needs.bf16 and placement.device.type == "cuda" and torch.cuda.is_bf16_supported()
+            dtype = torch.bfloat16 if ok_bf16 else torch.float32
+            log.info("this restorer is not safe in %s; running it in %s", placement.dtype, dtype)
+        self.dtype = dtype
+        self.model = model.to(placement.device, dtype)
+        self.needs = needs
+        self._full: nn.Module | None = None
+
+    @property
+    def size(self) -> int:
+        return self.needs.size
+
+    def _pick(self, fp32: bool) -> tuple[nn.Module, torch.dtype]:
+        if not fp32 or self.dtype == torch.float32:
+            return self.model, self.dtype
+        if self._full is None:
+            log.warning("the restorer overflowed in %s; retrying such batches in fp32", self.dtype)
+            self._full = copy.deepcopy(self.model).float()
+        return self._full, torch.float32
+
+
+class GFPGANRestorer(_HalfRetry):
+    """GFPGAN v1.2/v1.3/v1.4 (``GFPGANv1Clean``) and RestoreFormer: both take ``[-1, 1]`` crops and
+    are called as the ``gfpgan`` package's ``GFPGANer`` calls them, with GFPGAN's noise fixed, so
+    equal inputs give equal outputs (``randomize_noise=False`` uses the StyleGAN decoder's stored
+    noise instead of drawing new noise on every call, which flickers in video; RestoreFormer has
+    no noise and ignores it)."""
 
     def __init__(self, model: nn.Module, placement: Placement) -> None:
-        self.model = model.to(placement.device, placement.dtype)
-        self.placement = placement
-        self.size = int(2**model.log_size)  # type: ignore[operator]
-        self._full: nn.Module | None = None  # an fp32 copy, made on the first half-precision overflow
-
-    def _fp32_model(self) -> nn.Module:
-        if self.placement.dtype == torch.float32:
-            return self.model
-        if self._full is None:
-            log.warning("the restorer overflowed in %s; retrying such batches in fp32", self.placement.dtype)
-            self._full = copy.deepcopy(self.model).float()
-        return self._full
+        size = int(2**model.log_size) if hasattr(model, "log_size") else 512  # type: ignore[operator]
+        super().__init__(model, placement, RestorerNeeds(size=size))
 
     @torch.inference_mode()
     def restore(self, faces: torch.Tensor, fp32: bool = False) -> torch.Tensor:
-        model = self._fp32_model() if fp32 else self.model
-        x = (faces * 2 - 1).to(torch.float32 if fp32 else self.placement.dtype)
-        out, _ = model(x, return_rgb=False, randomize_noise=False)
+        model, dtype = self._pick(fp32)
+        out, _ = model((faces * 2 - 1).to(dtype), return_rgb=False, randomize_noise=False)
         out = _check_finite(out.float(), "the restorer")
         return (out.clamp(-1, 1) + 1) / 2
+
+
+class CodeFormerRestorer(_HalfRetry):
+    """CodeFormer, with its fidelity weight ``w`` (``restorer.fidelity``): 0 leans on the learned
+    codebook (more invented detail), 1 keeps to the input (more faithful, steadier in video).
+
+    Called as CodeFormer's own inference script calls it (``[-1, 1]`` crops, ``adain``); spandrel's
+    class names the weight ``weight`` (its ``w=`` would be swallowed silently), so it is passed by
+    that name. Not safe in fp16 (spandrel says so): fp16 placements run it in bf16 or fp32.
+    """
+
+    def __init__(self, model: nn.Module, placement: Placement, fidelity: float) -> None:
+        super().__init__(model, placement, RestorerNeeds(fp16=False, knobs=("restorer.fidelity",)))
+        self.fidelity = float(fidelity)
+
+    @torch.inference_mode()
+    def restore(self, faces: torch.Tensor, fp32: bool = False) -> torch.Tensor:
+        model, dtype = self._pick(fp32)
+        out = model((faces * 2 - 1).to(dtype), weight=self.fidelity)[0]
+        out = _check_finite(out.float(), "the restorer")
+        return (out.clamp(-1, 1) + 1) / 2
+
+
+def build_restorer(arch: str, model: nn.Module, placement: Placement, fidelity: float = 0.5) -> Restorer:
+    """The restorer for a loaded network of family ``arch``."""
+    if arch == "codeformer":
+        return CodeFormerRestorer(model, placement, fidelity)
+    if arch in ("gfpgan_v1_clean", "restoreformer"):
+        return GFPGANRestorer(model, placement)
+    raise ValueError(f"{arch} is not a face restorer")
 
 
 class Upscaler:
