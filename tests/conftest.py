@@ -108,3 +108,14 @@ def assert_one_line_error(err: str) -> None:
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def restore_still(img: np.ndarray, *overrides: str) -> np.ndarray:
+    """One still through vidrestore as the fidelity tests run it: CenterFace (the references' detector
+    too), no smoothing and no upscaler, plus ``overrides`` (the restorer and its files)."""
+    from vidrestore import restore_frames
+    from vidrestore.config import load_config
+
+    base = ["detector.model=centerface", "detector.threshold=0.5", "smoothing.method=none", "upscaler.model=none"]
+    (out,) = list(restore_frames([img], load_config(None, [*base, *overrides])))
+    return out  # type: ignore[no-any-return]

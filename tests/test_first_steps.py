@@ -121,7 +121,7 @@ def test_presets_are_listed_and_used_by_name(cli: Cli, face_clip: FaceClip) -> N
     r = cli("presets")
     assert r.code == 0
     names = [ln.split()[0] for ln in r.out.splitlines()[:-1]]
-    assert names == ["quality", "screenshot", "tiny-faces", "vhs", "video-call"]
+    assert names == ["quality", "screenshot", "tiny-faces", "vhs", "vhs-codeformer", "video-call"]
     assert all(len(ln.split(None, 1)) == 2 for ln in r.out.splitlines())  # a name and a line each
     r = cli("restore", face_clip.path, "--preset", "vhs", "--dry-run")
     assert r.code == 0, r.err

@@ -24,6 +24,8 @@ CHECKSUMS = {  # the confirmed values (shared/model-checksums.md); a typo in the
     "realesr-general-x4v3": "8dc7edb9ac80ccdc30c3a5dca6616509367f05fbc184ad95b731f05bece96292",
     "retinaface_resnet50": "6d1de9c2944f2ccddca5f5e010ea5ae64a39845a86311af6fdf30841b0a5a16d",
     "parsenet": "3d558d8d0e42c20224f13cf5a29c79eba2d59913419f945545d8cf7b72920de2",
+    "restoreformer": "07404d446d62ca3d5ed38b1de09a947a1e77d46dbccec961a74d713a8f24ace0",
+    "codeformer": "1009e537e0c2a07d4cabce6355f53cb66767cd4b4297ec7a4a64ca4b8a5684b7",
 }
 
 
@@ -37,6 +39,7 @@ def test_registry_matches_confirmed_checksums_and_official_urls() -> None:
     # not confirmed: kept without a checksum, so they are never fetched unverified
     assert DEFAULT_REGISTRY["realesrgan-x2plus"].sha256 is None
     assert DEFAULT_REGISTRY["retinaface_mobile0.25"].sha256 is None
+    assert DEFAULT_REGISTRY["gfpgan-1.2"].sha256 is None
 
 
 def test_spec_rejects_malformed_checksums() -> None:
@@ -166,6 +169,8 @@ def test_local_weights_are_used_as_is(tmp_path: Path, payload: Path) -> None:
 
 ARCH_FILES = {
     "gfpgan-1.4": ("gfpgan_v1_clean", "params_ema"),
+    "restoreformer": ("restoreformer", "params_ema"),
+    "codeformer": ("codeformer", "params_ema"),
     "realesrgan-x4plus": ("rrdbnet", "params_ema"),
     "realesrgan-x2plus": ("rrdbnet_x2", "params_ema"),
     "realesr-general-x4v3": ("srvgg_compact", "params"),
@@ -189,8 +194,9 @@ def test_each_registered_architecture_loads_from_a_random_weight_file(name: str,
     assert not model.training
 
 
-def test_gfpgan_13_uses_the_same_family() -> None:
+def test_gfpgan_12_and_13_use_the_same_family() -> None:
     assert DEFAULT_REGISTRY["gfpgan-1.3"].arch == DEFAULT_REGISTRY["gfpgan-1.4"].arch
+    assert DEFAULT_REGISTRY["gfpgan-1.2"].arch == DEFAULT_REGISTRY["gfpgan-1.4"].arch
 
 
 def test_small_variants_are_recognised_from_their_shapes(tmp_path: Path) -> None:

@@ -9,9 +9,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import Weights, psnr
+from conftest import Weights, psnr, restore_still
 
-from vidrestore.config import load_config
 from vidrestore.device import Placement
 from vidrestore.errors import PipelineError
 from vidrestore.geometry import estimate_similarity, invert, template, transformed_bounds
@@ -220,7 +219,6 @@ def test_deep_frames_stay_deep(restorer: GFPGANRestorer) -> None:
 
 
 def test_matches_gfpganer_enhance_on_a_still(weights: Weights) -> None:
-    from vidrestore import restore_frames
     from vidrestore.testing import reference_gfpganer
 
     ref = reference_gfpganer(
@@ -232,18 +230,11 @@ def test_matches_gfpganer_enhance_on_a_still(weights: Weights) -> None:
     _, _, expected_bgr = ref.enhance(img[:, :, ::-1].copy(), paste_back=True)
     expected = expected_bgr[:, :, ::-1]
 
-    config = load_config(
-        None,
-        [
-            "detector.model=centerface",
-            "detector.threshold=0.5",
-            "smoothing.method=none",
-            "upscaler.model=none",
-            f"restorer.weights={weights.gfpgan}",
-            f"restorer.parsing_weights={weights.parsenet}",  # parsing mask on (the default), at 256 px
-        ],
+    ours = restore_still(
+        img,
+        f"restorer.weights={weights.gfpgan}",
+        f"restorer.parsing_weights={weights.parsenet}",  # parsing mask on (the default), at 256 px
     )
-    (ours,) = list(restore_frames([img], config))
     face = face_of(img)
     x0, y0, x1, y1 = region_of(face, 512, img.shape[1], img.shape[0])
     assert not np.array_equal(expected[y0:y1, x0:x1], img[y0:y1, x0:x1])

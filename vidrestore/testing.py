@@ -25,6 +25,8 @@ __all__ = [
     "FaceClip",
     "astronaut",
     "make_face_clip",
+    "reference_codeformer",
+    "reference_gfpganer",
     "save_random_weights",
     "write_clip",
 ]
@@ -53,6 +55,23 @@ def _model(arch: str, small: bool) -> Any:
             sft_half=True,
             **width,
         )
+    if arch == "restoreformer":
+        m = import_research_module("gfpgan.archs.restoreformer_arch")
+        # as released, or narrower with a small codebook (the same six levels and 16x16 latent)
+        width = (
+            {"ch": 32, "num_res_blocks": 1, "n_embed": 64, "embed_dim": 32, "z_channels": 64}
+            if small
+            else {"ch": 64, "num_res_blocks": 2, "n_embed": 1024, "embed_dim": 256, "z_channels": 256}
+        )
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):  # its constructor prints the latent's shape
+            return m.RestoreFormer(**width)
+    if arch == "codeformer":  # only as released: spandrel's class fixes the sizes
+        from vidrestore.models.compat import import_codeformer
+
+        return import_codeformer().CodeFormer()
     if arch == "srvgg_compact":
         m = import_research_module("realesrgan.archs.srvgg_arch")
         return m.SRVGGNetCompact(
@@ -88,13 +107,25 @@ def save_random_weights(
 ) -> Path:
     """Build ``arch`` with random weights and save its state dict like the release files do.
 
-    ``key`` wraps the state dict (``params_ema`` for GFPGAN/x4plus, ``params`` for
-    general-x4v3, ``None`` for the facexlib models). ``scale`` multiplies every float
-    tensor (a smaller scale keeps a random network's output tame).
+    ``key`` wraps the state dict (``params_ema`` for GFPGAN/x4plus/RestoreFormer/CodeFormer,
+    ``params`` for general-x4v3, ``None`` for the facexlib models). ``scale`` multiplies every
+    float tensor (a smaller scale keeps a random network's output tame).
+
+    RestoreFormer and CodeFormer pick a codebook entry per latent cell (an argmin, an argmax).
+    Trained codebooks are far apart; random ones are not, so a difference of one grey level in
+    the aligned crop would flip codes and change the face: the random files make the choice
+    clear (one code near the origin and the rest far off; CodeFormer's code logits made
+    constant), so that two pipelines can be compared at all. Every layer still runs.
     """
     torch.manual_seed(seed)
     model = _model(arch, small)
     state = {k: (v * scale if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    if arch == "restoreformer":
+        book = state["quantize.embedding.weight"]
+        book.copy_(torch.nn.functional.normalize(book, dim=1) * 1e3)
+        book[0] = 0
+    if arch == "codeformer":
+        state["idx_pred_layer.0.weight"].zero_()  # LayerNorm's gain: the logits are its bias's, fixed
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({key: state} if key else state, path)
     return path
@@ -318,6 +349,27 @@ class FacexlibDetector:
         return np.concatenate([d.boxes, d.scores[:, None], d.landmarks.reshape(-1, 10)], axis=1)
 
 
+def _face_helper(parser: torch.nn.Module, detector: Any, upscale: int, device: torch.device) -> Any:
+    """facexlib's ``FaceRestoreHelper`` as GFPGAN and CodeFormer build it (512 crops, parsing mask on),
+    with our detector and the given parser instead of the models its constructor would download."""
+    helper_mod = import_research_module("facexlib.utils.face_restoration_helper")
+    saved = helper_mod.init_detection_model, helper_mod.init_parsing_model
+    helper_mod.init_detection_model = lambda *a, **k: FacexlibDetector(detector)
+    helper_mod.init_parsing_model = lambda *a, **k: parser
+    try:
+        return helper_mod.FaceRestoreHelper(
+            upscale,
+            face_size=512,
+            crop_ratio=(1, 1),
+            det_model="retinaface_resnet50",
+            save_ext="png",
+            use_parse=True,
+            device=device,
+        )
+    finally:
+        helper_mod.init_detection_model, helper_mod.init_parsing_model = saved
+
+
 def reference_gfpganer(
     gfpgan: torch.nn.Module,
     parser: torch.nn.Module,
@@ -331,24 +383,43 @@ def reference_gfpganer(
     same object with the detector (any of ours, through :class:`FacexlibDetector`) and the
     networks handed in, and the GFPGAN noise fixed. ``enhance()`` is the package's own code.
     """
-    helper_mod = import_research_module("facexlib.utils.face_restoration_helper")
     gfpgan_utils = import_research_module("gfpgan.utils")
-    saved = helper_mod.init_detection_model, helper_mod.init_parsing_model
-    helper_mod.init_detection_model = lambda *a, **k: FacexlibDetector(detector)
-    helper_mod.init_parsing_model = lambda *a, **k: parser
-    try:
-        ref = gfpgan_utils.GFPGANer.__new__(gfpgan_utils.GFPGANer)
-        ref.upscale, ref.bg_upsampler, ref.device = upscale, None, torch.device(device)
-        ref.face_helper = helper_mod.FaceRestoreHelper(
-            upscale,
-            face_size=512,
-            crop_ratio=(1, 1),
-            det_model="retinaface_resnet50",
-            save_ext="png",
-            use_parse=True,
-            device=ref.device,
-        )
-    finally:
-        helper_mod.init_detection_model, helper_mod.init_parsing_model = saved
+    ref = gfpgan_utils.GFPGANer.__new__(gfpgan_utils.GFPGANer)
+    ref.upscale, ref.bg_upsampler, ref.device = upscale, None, torch.device(device)
+    ref.face_helper = _face_helper(parser, detector, upscale, ref.device)
     ref.gfpgan = _FixedNoise(gfpgan).to(ref.device)
     return ref
+
+
+def reference_codeformer(
+    codeformer: torch.nn.Module, parser: torch.nn.Module, detector: Any, fidelity: float
+) -> Callable[[np.ndarray], np.ndarray]:
+    """CodeFormer's own inference script's per-image loop (``inference_codeformer.py``, whole-image
+    mode, no background upsampler), on facexlib's helper, with the given networks and detector.
+
+    The script calls ``net(face, w=fidelity, adain=True)[0]``; spandrel's class takes the same
+    weight as ``weight`` (and always uses AdaIN), so it is called that way here. Detection runs at
+    full size (the script shrinks the image to 640 px for its detector; this compares restorers).
+    Returns ``enhance(bgr) -> bgr``.
+    """
+    misc = import_research_module("basicsr.utils")
+    from torchvision.transforms.functional import normalize
+
+    helper = _face_helper(parser, detector, 1, torch.device("cpu"))
+
+    def enhance(bgr: np.ndarray) -> np.ndarray:
+        helper.clean_all()
+        helper.read_image(bgr)
+        helper.get_face_landmarks_5(only_center_face=False, eye_dist_threshold=5)
+        helper.align_warp_face()
+        for cropped in helper.cropped_faces:
+            t = misc.img2tensor(cropped / 255.0, bgr2rgb=True, float32=True)
+            normalize(t, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), inplace=True)
+            with torch.no_grad():
+                out = codeformer(t.unsqueeze(0), weight=fidelity)[0]
+            restored = misc.tensor2img(out, rgb2bgr=True, min_max=(-1, 1)).astype("uint8")
+            helper.add_restored_face(restored)  # (CodeFormer's own facexlib fork also takes the crop)
+        helper.get_inverse_affine(None)
+        return helper.paste_faces_to_input_image(upsample_img=None)  # type: ignore[no-any-return]
+
+    return enhance
