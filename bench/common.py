@@ -82,6 +82,14 @@ def save(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
+def write_result(name: str, data: dict[str, Any], out: Path | None) -> None:
+    """Write ``data`` to ``out``, or to bench/results/NAME.json (saying where) when ``out`` is None."""
+    if out is not None:
+        out.write_text(json.dumps(data, indent=2) + "\n")
+    else:
+        print(f"wrote {save(name, data)}")
+
+
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]

@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench.common import machine, save, table
+from bench.common import machine, table, write_result
 from vidrestore.cli import main as cli_main
 from vidrestore.corpus import CONTAINERS, KINDS, Damaged, ffmpeg_frames, make_corpus
 
@@ -113,10 +113,7 @@ def main() -> None:
         "files": rows,
         "tracebacks": sum(r["traceback"] for r in rows),
     }
-    if args.out:
-        args.out.write_text(json.dumps(data, indent=2) + "\n")
-    else:
-        print(f"wrote {save('damage', data)}")
+    write_result("damage", data, args.out)
 
 
 if __name__ == "__main__":

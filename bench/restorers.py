@@ -1,0 +1,76 @@
+"""Each restorer's speed on this machine against GFPGAN v1.4, side by side in one run.
+
+    python -m bench.restorers               # 3 timed faces each, after one warm-up
+    python -m bench.restorers --faces 1     # quicker
+
+The networks are the released architectures at full size with random weights (the same cost as
+the trained ones), loaded through vidrestore's own loading code and called through its restorer
+interface on aligned 512x512 crops, one face per call (vidrestore's batch on a CPU). GFPGAN
+v1.2, v1.3 and v1.4 share one architecture, so one row stands for all three. CodeFormer needs the
+``codeformer`` extra. Prints a table and writes bench/results/restorers.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import machine, table, write_result
+from vidrestore.device import Placement
+from vidrestore.models.loading import load_model
+from vidrestore.models.registry import DEFAULT_REGISTRY
+from vidrestore.stages.networks import build_restorer
+from vidrestore.testing import astronaut, save_random_weights
+
+ROWS = (("gfpgan-1.4", "gfpgan_v1_clean"), ("restoreformer", "restoreformer"), ("codeformer", "codeformer"))
+
+
+def faces(n: int) -> torch.Tensor:
+    """``n`` copies of the astronaut's face, roughly aligned, as ``(n, 3, 512, 512)`` in [0, 1]."""
+    face = torch.from_numpy(astronaut()).permute(2, 0, 1).float() / 255
+    return face[None].repeat(n, 1, 1, 1)
+
+
+def measure(name: str, arch: str, folder: Path, n: int) -> dict[str, Any]:
+    spec = DEFAULT_REGISTRY[name]
+    path = save_random_weights(arch, folder / spec.filename, small=False)
+    placement = Placement(torch.device("cpu"), torch.float32)
+    restorer = build_restorer(spec.arch, load_model(spec.arch, path), placement, fidelity=0.5)
+    batch = faces(1)
+    restorer.restore(batch)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(n):
+        restorer.restore(batch)
+    seconds = (time.perf_counter() - t0) / n
+    path.unlink()
+    return {
+        "restorer": "gfpgan-1.2/1.3/1.4" if name == "gfpgan-1.4" else name,
+        "params_m": spec.params_m,
+        "licence": spec.licence,
+        "seconds_per_face": round(seconds, 2),
+        "faces_per_s": round(1 / seconds, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--faces", type=int, default=3, help="timed faces per restorer")
+    parser.add_argument("--out", type=Path, help="result file (default: bench/results/restorers.json)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="vidrestore-restorers-") as tmp:
+        rows = [measure(name, arch, Path(tmp), args.faces) for name, arch in ROWS]
+    base = rows[0]["faces_per_s"]
+    for r in rows:
+        r["vs_gfpgan_1_4"] = f"{r['faces_per_s'] / base:.2f}x"
+    print(table(rows, ["restorer", "params_m", "seconds_per_face", "faces_per_s", "vs_gfpgan_1_4", "licence"]))
+    data = {"machine": machine(), "threads": torch.get_num_threads(), "faces": args.faces, "rows": rows}
+    write_result("restorers", data, args.out)
+
+
+if __name__ == "__main__":
+    main()
