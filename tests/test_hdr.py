@@ -16,6 +16,7 @@ from conftest import CliResult, Weights
 from vidrestore.device import Placement
 from vidrestore.records import Face, Frame
 from vidrestore.stages.detect import CenterFaceDetector
+from vidrestore.stages.networks import RestorerNeeds
 from vidrestore.stages.restore import RestoreStage
 from vidrestore.testing import astronaut
 from vidrestore.transfer import HLG, PQ, SdrView, _nits_to_pq
@@ -44,6 +45,7 @@ class Recorder:
     """A restorer that hands back what it was given, and keeps it."""
 
     size = 512
+    needs = RestorerNeeds()
 
     def __init__(self) -> None:
         self.seen: list[torch.Tensor] = []

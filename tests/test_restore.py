@@ -122,6 +122,7 @@ class Scripted:
 
     def __init__(self, real: GFPGANRestorer, fail: object) -> None:
         self.real, self.fail, self.size, self.calls = real, fail, real.size, 0
+        self.needs = real.needs
 
     def restore(self, faces: torch.Tensor, fp32: bool = False) -> torch.Tensor:
         self.calls += 1

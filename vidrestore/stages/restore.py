@@ -107,9 +107,12 @@ class RestoreStage:
         self.margin = margin
         self.parser = parser
         self.blend = blend
-        self.batch_size = batch_size
+        needs = restorer.needs  # what the model asks of this stage: crop size, landmark template, batching
+        if needs.template != "ffhq":
+            raise ValueError(f"unknown landmark template {needs.template!r}")
+        self.batch_size = batch_size if needs.batches else 1
         self.max_frames = max(1, max_frames)
-        self.size = restorer.size
+        self.size = needs.size
         self.template = template(self.size)
         self.feather = feather_mask(self.size, device)
         self.io = Transfers(device)  # every host <-> device move of a picture, counted
