@@ -219,7 +219,9 @@ def test_deep_frames_stay_deep(restorer: GFPGANRestorer) -> None:
 # -- fidelity to the gfpgan package's own per-frame loop ------------------------------------
 
 
-def test_matches_gfpganer_enhance_on_a_still(weights: Weights) -> None:
+@pytest.mark.parametrize("model", ["gfpgan-1.4", "gfpgan-1.3", "gfpgan-1.2"])
+def test_matches_gfpganer_enhance_on_a_still(weights: Weights, model: str) -> None:
+    """GFPGANer builds v1.2, v1.3 and v1.4 alike (arch "clean"): each name, the package's own loop."""
     from vidrestore.testing import reference_gfpganer
 
     ref = reference_gfpganer(
@@ -233,6 +235,7 @@ def test_matches_gfpganer_enhance_on_a_still(weights: Weights) -> None:
 
     ours = restore_still(
         img,
+        f"restorer.model={model}",
         f"restorer.weights={weights.gfpgan}",
         f"restorer.parsing_weights={weights.parsenet}",  # parsing mask on (the default), at 256 px
     )
