@@ -32,6 +32,7 @@ __all__ = [
     "PipelineConfig",
     "RestorerConfig",
     "SmoothingConfig",
+    "TemporalConfig",
     "UpscalerConfig",
     "apply_overrides",
     "config_to_dict",
@@ -45,6 +46,7 @@ VideoCodec = Literal["auto", "libx264", "libx265", "libsvtav1", "libvpx-vp9", "h
 EncoderPreset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 SmoothingMethod = Literal["centered", "none"]
+TemporalMethod = Literal["none", "flow-blend"]
 Overlap = Literal["auto", "on", "off"]
 
 
@@ -118,6 +120,20 @@ class SmoothingConfig:
 
 
 @dataclass(frozen=True)
+class TemporalConfig:
+    """Temporal fusion of each track's restored faces (less texture flicker)."""
+
+    method: TemporalMethod = _key(
+        "none", "flow-blend: blend each restored face with its flow-warped history where the input holds still"
+    )
+    strength: float = _key(0.6, "how much history a still pixel keeps (0 none; below 1)", 0.0, 0.95)
+    occlusion: float = _key(
+        2.0, "forward-backward flow error (px of the 512 crop) that marks a pixel occluded", 0.1, 64
+    )
+    change: float = _key(0.06, "the input's own change (0-1) that marks a pixel as moving: it is not blended", 0.0, 1.0)
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     """The written file."""
 
@@ -163,6 +179,7 @@ class Config:
     restorer: RestorerConfig = field(default_factory=RestorerConfig)
     upscaler: UpscalerConfig = field(default_factory=UpscalerConfig)
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
     input: InputConfig = field(default_factory=InputConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)

@@ -61,6 +61,16 @@ class Summary:
             f"faces: {s.faces_restored} restored, {s.faces_upscaled} upscaled first, {s.faces_filled} filled in, "
             f"{s.faces_failed} failed (kept original); {s.frames_passed_through} frames had no face",
         ]
+        t = s.temporal()
+        if "flicker_output" in t:
+            out.append(
+                f"flicker: {t['flicker_per_frame']:.2f} per frame -> {t['flicker_output']:.2f} out (grey levels)"
+                + (
+                    f"; landmark jitter {t['landmark_jitter_raw_px']:.2f} -> {t['landmark_jitter_smoothed_px']:.2f} px"
+                    if "landmark_jitter_raw_px" in t
+                    else ""
+                )
+            )
         if s.stage_seconds:
             out.append("time per stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in s.stage_seconds.items()))
         if s.timestamps_repaired:

@@ -47,8 +47,11 @@ def run_report(summary: Summary, config: Config, store: ModelStore) -> dict[str,
     return {
         "outputs": [str(p) for p in summary.outputs],
         "counts": {
-            k: v for k, v in vars(summary.stats).items() if k not in ("stage_seconds", "damaged", "damage_lines")
+            k: v
+            for k, v in vars(summary.stats).items()
+            if k not in ("stage_seconds", "damaged", "damage_lines", "jitter", "flicker")
         },
+        "temporal": {"method": config.temporal.method, **summary.stats.temporal()},
         "damage": summary.stats.damaged,
         "stage_seconds": summary.stats.stage_seconds,
         "config": config_to_dict(config),

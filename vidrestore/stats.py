@@ -25,6 +25,23 @@ class RunStats:
     damaged: list[dict[str, Any]] = field(default_factory=list)  # per damaged input: DamageLog.to_dict()
     damage_lines: list[str] = field(default_factory=list)  # per damaged input: DamageLog.summary()
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    jitter: dict[str, float] = field(default_factory=dict)  # summed landmark jitter: raw, smoothed, pairs
+    flicker: dict[str, float] = field(default_factory=dict)  # summed flicker: per_frame, output, pairs
+
+    def temporal(self) -> dict[str, float]:
+        """Mean flicker (grey levels) and landmark jitter (px) over consecutive face pairs, for reports."""
+        out: dict[str, float] = {}
+        if self.flicker.get("pairs"):
+            n = self.flicker["pairs"]
+            out["flicker_per_frame"] = round(self.flicker["per_frame"] / n, 3)
+            out["flicker_output"] = round(self.flicker["output"] / n, 3)
+            out["face_pairs"] = n
+        if self.jitter.get("pairs"):
+            n = self.jitter["pairs"]
+            out["landmark_jitter_raw_px"] = round(self.jitter["raw"] / n, 3)
+            out["landmark_jitter_smoothed_px"] = round(self.jitter["smoothed"] / n, 3)
+        return out
+
     wall_seconds: float = 0.0
 
     def add_time(self, stage: str, seconds: float) -> None:

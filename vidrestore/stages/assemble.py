@@ -23,6 +23,7 @@ from vidrestore.records import Frame
 from vidrestore.stages.detect import CenterFaceDetector, Detector, RetinaFaceDetector, detect_frames
 from vidrestore.stages.frame_upscale import scale_face, upscale_image
 from vidrestore.stages.networks import Upscaler
+from vidrestore.stages.temporal import TemporalFusion
 from vidrestore.stages.track import TrackSmoother
 from vidrestore.stats import RunStats
 
@@ -39,6 +40,13 @@ def _load(store: ModelStore, name: str, local: str | None, key: str, placement: 
 
     path = store.resolve(name, local, key=key)
     return load_model(store.spec(name).arch, path, placement.device)
+
+
+def _temporal(config: Config) -> TemporalFusion:
+    """Fusion as configured; with method none it only measures the flicker (strength 0)."""
+    t = config.temporal
+    strength = t.strength if t.method == "flow-blend" else 0.0
+    return TemporalFusion(strength=strength, occlusion=t.occlusion, change=t.change)
 
 
 def _licence_notice(store: ModelStore, name: str, licence: str) -> None:
@@ -168,6 +176,7 @@ def build_face_stages(config: Config, store: ModelStore, stats: RunStats | None 
             batch_size=batch,
             max_frames=max(2 * batch, 4),
             stats=stats,
+            temporal=_temporal(config),
         )
     frame_upscaler = shared if config.output.scale > 1 else None
     if frame_upscaler is not None and frame_upscaler.scale < config.output.scale:

@@ -23,6 +23,7 @@ from vidrestore.errors import PipelineError, VidrestoreError
 from vidrestore.geometry import compose, estimate_similarity, invert, template, transformed_bounds, warp
 from vidrestore.records import Face, Frame
 from vidrestore.stages.networks import FaceParser, NonFiniteOutput, Restorer, Upscaler
+from vidrestore.stages.temporal import TemporalFusion
 from vidrestore.stats import RunStats
 from vidrestore.transfer import SdrView, view_for
 
@@ -99,8 +100,11 @@ class RestoreStage:
         batch_size: int = 8,
         max_frames: int = 16,
         stats: RunStats | None = None,
+        temporal: TemporalFusion | None = None,
     ) -> None:
         self.restorer = restorer
+        self.temporal = temporal  # fusion of each track's restored texture with its history (or only its figures)
+        self._landmarks: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
         self.device = device
         self.upscaler = upscaler
         self.upscale_below = upscale_below if upscaler is not None else 0
@@ -150,6 +154,11 @@ class RestoreStage:
             self._restore(jobs[start : start + self.batch_size])
         t2 = time.perf_counter()
         self.timer("restorer", t2 - t1)
+        self._jitter(jobs)
+        if self.temporal is not None:
+            self._fuse(frames[0].index, jobs)
+            t2, fused = time.perf_counter(), t2
+            self.timer("temporal", t2 - fused)
         done = [job for job in jobs if job.restored is not None]
         self._masks(done)
         by_frame: dict[int, list[_Job]] = {}
@@ -164,6 +173,37 @@ class RestoreStage:
                 image = self.io.download(pictures.pop(pos), frame.image.dtype)
             yield replace(frame, image=image)
         self.timer("mask + paste", time.perf_counter() - t2)
+
+    def _fuse(self, first_index: int, jobs: list[_Job]) -> None:
+        """Temporal fusion, track by track in frame order; a filled-in or failed face starts its track afresh."""
+        assert self.temporal is not None
+        self.temporal.forget_before(first_index)
+        for job in jobs:
+            tid = job.face.track_id
+            if job.restored is None or job.face.interpolated:
+                self.temporal.reset(tid)
+                continue
+            job.restored = self.temporal.fuse(tid, job.frame_index, job.aligned, job.restored)
+        f = self.temporal.flicker
+        self.stats.flicker = {"per_frame": f.per_frame, "output": f.output, "pairs": float(f.pairs)}
+
+    def _jitter(self, jobs: list[_Job]) -> None:
+        """Landmark jitter per track, raw and as aligned (the second difference of the five points, px)."""
+        for job in jobs:
+            face = job.face
+            if face.landmarks_raw is None:
+                continue
+            seen = self._landmarks.get(face.track_id, [])
+            seen = [s for s in seen if s[0] >= job.frame_index - 2][-2:]
+            seen.append((job.frame_index, face.landmarks_raw, face.landmarks))
+            self._landmarks[face.track_id] = seen
+            if len(seen) == 3 and seen[0][0] == job.frame_index - 2:
+                for k, key in ((1, "raw"), (2, "smoothed")):
+                    second = seen[2][k] - 2 * seen[1][k] + seen[0][k]
+                    self.stats.jitter[key] = self.stats.jitter.get(key, 0.0) + float(
+                        np.linalg.norm(second, axis=1).mean()
+                    )
+                self.stats.jitter["pairs"] = self.stats.jitter.get("pairs", 0.0) + 1
 
     def _masks(self, jobs: list[_Job]) -> None:
         """The paste-back mask of every restored face: ParseNet once per batch, else the soft square."""

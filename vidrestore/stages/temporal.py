@@ -1,0 +1,140 @@
+"""Temporal fusion of restored faces: less texture flicker, no ghosting.
+
+Face restorers invent skin, eye and hair detail anew in every frame, so a still face shimmers.
+Each track's faces are aligned to one template, so consecutive aligned crops nearly line up; what
+is left to follow is expression and pose. For each track, the restored crop of frame t is blended
+with the previous *fused* crop, warped onto frame t by the optical flow between the two
+**unrestored** aligned crops (measured on the input, so the invented texture cannot steer it).
+Where the flow does not hold (a forward-backward check) or the input itself changed (a
+photometric check: a mouth opening, a blink, a hand passing), the new frame goes through as it
+is, so nothing ghosts. A track's history starts afresh at its first frame, after a gap (the
+tracker ends tracks at scene cuts, so a cut is a new track) and at a filled-in frame.
+
+The flow is OpenCV's DIS flow on small grey crops (no download, on the CPU); the warp and blend
+run on the device. It streams: nothing is held beyond the previous fused crop per track.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["Flicker", "TemporalFusion"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Track:
+    frame_index: int
+    grey: np.ndarray  # the unrestored aligned crop, small and grey (uint8)
+    fused: torch.Tensor  # (3, S, S) the fused output, on the device
+    restored: torch.Tensor  # (3, S, S) the restorer's own output, before fusion
+
+
+@dataclass
+class Flicker:
+    """Frame-to-frame change of restored faces where the input holds still (grey levels, 0-255):
+    the warping error, with the flow measured on the input and occluded or moving pixels left out."""
+
+    per_frame: float = 0.0  # summed over face pairs: the restorer's own output
+    output: float = 0.0  # the output (fused, where fusion is on)
+    pairs: int = 0
+
+    def add(self, per_frame: float, output: float) -> None:
+        self.per_frame += per_frame
+        self.output += output
+        self.pairs += 1
+
+
+class TemporalFusion:
+    """``fuse(track, frame, aligned, restored)`` -> the fused restored crop (see the module docstring).
+
+    ``strength`` in [0, 1): how much of the warped history a pixel keeps where the flow holds
+    (0.6 cuts the frame-to-frame change of independent invented texture to about a third);
+    ``occlusion``: the forward-backward flow error, in pixels of the 512 crop, above which a
+    pixel is taken as occluded; ``change``: the input's own change (0-1) above which it is taken
+    as moving (mouth, eyes).
+    """
+
+    def __init__(self, strength: float = 0.6, occlusion: float = 2.0, change: float = 0.06, flow_size: int = 128):
+        """``strength`` 0 blends nothing and only measures (:attr:`flicker`)."""
+        if not 0 <= strength < 1:
+            raise ValueError("temporal.strength must be in [0, 1)")
+        self.flicker = Flicker()
+        self.strength = strength
+        self.occlusion = occlusion
+        self.change = change
+        self.flow_size = flow_size
+        self.fused = 0  # faces blended with their history
+        self._tracks: dict[int, _Track] = {}
+        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # type: ignore[attr-defined]
+
+    def reset(self, track_id: int) -> None:
+        self._tracks.pop(track_id, None)
+
+    def forget_before(self, frame_index: int) -> None:
+        """Drop the history of tracks not seen since before ``frame_index`` (ended tracks)."""
+        for tid in [t for t, s in self._tracks.items() if s.frame_index < frame_index - 1]:
+            del self._tracks[tid]
+
+    def _grey(self, aligned: torch.Tensor) -> np.ndarray:
+        small = F.interpolate(aligned[None].float(), size=(self.flow_size, self.flow_size), mode="area")[0]
+        luma = 0.299 * small[0] + 0.587 * small[1] + 0.114 * small[2]
+        return (luma.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()  # type: ignore[no-any-return]
+
+    def weights(self, prev: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flow from ``cur`` to ``prev`` (where each pixel of the current crop was) and the blend
+        weight per pixel (0 where the flow fails or the input changed), both at ``flow_size``."""
+        to_prev = self._dis.calc(cur, prev, None)
+        to_cur = self._dis.calc(prev, cur, None)
+        n = self.flow_size
+        gx, gy = np.meshgrid(np.arange(n, dtype=np.float32), np.arange(n, dtype=np.float32))
+        mx, my = gx + to_prev[..., 0], gy + to_prev[..., 1]
+        back = cv2.remap(to_cur, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        fb = np.hypot(to_prev[..., 0] + back[..., 0], to_prev[..., 1] + back[..., 1]) * (512 / n)
+        seen = cv2.remap(prev, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        changed = np.abs(cur.astype(np.float32) - seen.astype(np.float32)) / 255
+        inside = (mx >= 0) & (mx <= n - 1) & (my >= 0) & (my <= n - 1)
+        ok = ((fb < self.occlusion) & (changed < self.change) & inside).astype(np.float32)
+        ok = cv2.erode(ok, np.ones((3, 3), np.uint8))  # a margin around what moved
+        ok = cv2.GaussianBlur(ok, (0, 0), 1.0)
+        return to_prev, ok * (self.strength if self.strength > 0 else 1.0)
+
+    def fuse(self, track_id: int, frame_index: int, aligned: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
+        grey = self._grey(aligned)
+        state = self._tracks.get(track_id)
+        out = restored
+        if state is not None and state.frame_index == frame_index - 1:
+            flow, weight = self.weights(state.grey, grey)
+            size = restored.shape[-1]
+            n = self.flow_size
+            # where each current pixel was in the previous crop, as a grid_sample grid in [-1, 1]
+            f = torch.from_numpy(flow).to(restored.device).permute(2, 0, 1)[None] * (size / n)
+            f = F.interpolate(f, size=(size, size), mode="bilinear", align_corners=False)[0]
+            ys, xs = torch.meshgrid(
+                torch.arange(size, device=restored.device, dtype=torch.float32),
+                torch.arange(size, device=restored.device, dtype=torch.float32),
+                indexing="ij",
+            )
+            grid = torch.stack([(xs + f[0]) / (size - 1) * 2 - 1, (ys + f[1]) / (size - 1) * 2 - 1], dim=-1)[None]
+            history = torch.stack([state.fused.float(), state.restored.float()])
+            warped = F.grid_sample(history, grid.expand(2, -1, -1, -1), padding_mode="border", align_corners=True)
+            w = torch.from_numpy(weight).to(restored.device)[None, None]
+            w = F.interpolate(w, size=(size, size), mode="bilinear", align_corners=False)[0]
+            if self.strength > 0:
+                out = (w * warped[0] + (1 - w) * restored.float()).to(restored.dtype)
+                self.fused += 1
+            # the flicker figures: over the pixels where the input holds still (weight > 0)
+            still = (w > 0.5 * max(self.strength, 1e-6)).expand_as(restored)
+            if bool(still.any()):
+                before = (restored.float() - warped[1]).abs()[still].mean()
+                after = (out.float() - warped[0]).abs()[still].mean()
+                self.flicker.add(float(before) * 255, float(after) * 255)
+        self._tracks[track_id] = _Track(frame_index, grey, out, restored)
+        return out
