@@ -7,7 +7,8 @@ The networks are the released architectures at full size with random weights (th
 the trained ones), loaded through vidrestore's own loading code and called through its restorer
 interface on aligned 512x512 crops, one face per call (vidrestore's batch on a CPU). GFPGAN
 v1.2, v1.3 and v1.4 share one architecture, so one row stands for all three. CodeFormer needs the
-``codeformer`` extra. Prints a table and writes bench/results/restorers.json.
+``codeformer`` extra. Then the cost of temporal fusion per face, as a share of GFPGAN v1.4's time.
+Prints tables and writes bench/results/restorers.json.
 """
 
 from __future__ import annotations
@@ -57,6 +58,23 @@ def measure(name: str, arch: str, folder: Path, n: int) -> dict[str, Any]:
     }
 
 
+def fusion_cost(n: int) -> dict[str, Any]:
+    """Temporal fusion (flow-blend) per face: DIS flow both ways on 128-px grey crops, the warp and
+    the blend of two 512 crops; a moving face, so that the flow has work to do."""
+    from vidrestore.stages.temporal import TemporalFusion
+
+    fusion = TemporalFusion(strength=0.6)
+    face = faces(1)[0]
+    crops = [torch.roll(face, shifts=(k, 2 * k), dims=(1, 2)) for k in range(n + 2)]
+    fusion.fuse(0, 0, crops[0], crops[0])
+    fusion.fuse(0, 1, crops[1], crops[1])  # warm-up
+    t0 = time.perf_counter()
+    for k in range(2, n + 2):
+        fusion.fuse(0, k, crops[k], crops[k])
+    seconds = (time.perf_counter() - t0) / n
+    return {"restorer": "temporal fusion (flow-blend)", "seconds_per_face": round(seconds, 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--faces", type=int, default=3, help="timed faces per restorer")
@@ -68,7 +86,16 @@ def main() -> None:
     for r in rows:
         r["vs_gfpgan_1_4"] = f"{r['faces_per_s'] / base:.2f}x"
     print(table(rows, ["restorer", "params_m", "seconds_per_face", "faces_per_s", "vs_gfpgan_1_4", "licence"]))
-    data = {"machine": machine(), "threads": torch.get_num_threads(), "faces": args.faces, "rows": rows}
+    fusion = fusion_cost(max(args.faces, 10))
+    fusion["share_of_gfpgan_1_4"] = f"{100 * fusion['seconds_per_face'] / rows[0]['seconds_per_face']:.1f}%"
+    print(table([fusion], ["restorer", "seconds_per_face", "share_of_gfpgan_1_4"]))
+    data = {
+        "machine": machine(),
+        "threads": torch.get_num_threads(),
+        "faces": args.faces,
+        "rows": rows,
+        "temporal_fusion": fusion,
+    }
     write_result("restorers", data, args.out)
 
 
