@@ -6,21 +6,26 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_gpu_script_smoke_mode(tmp_path: Path) -> None:
-    out = tmp_path / "gpu.json"
+def _bench(module: str, out: Path, *args: str) -> dict[str, Any]:
+    """Run ``python -m MODULE ARGS --out OUT`` from the repository; return the JSON it wrote."""
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.gpu", "--smoke", "--out", str(out)],
+        [sys.executable, "-m", module, *args, "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads(out.read_text())
+    return json.loads(out.read_text())  # type: ignore[no-any-return]
+
+
+def test_gpu_script_smoke_mode(tmp_path: Path) -> None:
+    data = _bench("bench.gpu", tmp_path / "gpu.json", "--smoke")
     assert {r["batch"] for r in data["restorer"]} == {1, 2}
     for row in data["restorer"]:
         assert row["faces_per_s"] > 0 and row["finite"] and row["gflop_per_face"] > 0
@@ -72,16 +77,7 @@ def test_damage_benchmark_runs_and_counts_against_ffmpeg(tmp_path: Path) -> None
         if os.environ.get("CI"):
             pytest.fail("CI must have the ffmpeg CLI")
         pytest.skip("the ffmpeg CLI is not installed")
-    out = tmp_path / "damage.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.damage", "--seeds", "1", "--containers", "mp4", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads(out.read_text())
+    data = _bench("bench.damage", tmp_path / "damage.json", "--seeds", "1", "--containers", "mp4")
     assert data["totals"]["files"] == 7 and data["tracebacks"] == 0
     assert {r["kind"] for r in data["by_kind"]} == {
         "flip",

@@ -242,3 +242,13 @@ def test_compare_puts_the_two_side_by_side_with_the_original_sound(
     r = cli("compare", face_clip.path, b, "-o", tmp_path / "x.mp4")
     assert r.code == 4 and "image" in r.err
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_measuring_alone_samples_pairs_and_changes_nothing() -> None:
+    meter = TemporalFusion(strength=0.0, measure_every=4)
+    a = torch.rand(3, 512, 512)
+    for i in range(9):
+        restored = (a + 0.01 * i).clamp(0, 1)
+        assert meter.fuse(0, i, a, restored) is restored
+    assert meter.flicker.pairs == 2  # frames (3, 4) and (7, 8): the flow runs on one pair in four
+    assert meter.fused == 0

@@ -62,8 +62,17 @@ class TemporalFusion:
     as moving (mouth, eyes).
     """
 
-    def __init__(self, strength: float = 0.6, occlusion: float = 2.0, change: float = 0.06, flow_size: int = 128):
-        """``strength`` 0 blends nothing and only measures (:attr:`flicker`)."""
+    def __init__(
+        self,
+        strength: float = 0.6,
+        occlusion: float = 2.0,
+        change: float = 0.06,
+        flow_size: int = 128,
+        measure_every: int = 8,
+    ):
+        """``strength`` 0 blends nothing and only measures (:attr:`flicker`), on one pair of
+        consecutive frames in ``measure_every`` (the flow runs on the CPU: measuring every pair
+        would slow a GPU run down)."""
         if not 0 <= strength < 1:
             raise ValueError("temporal.strength must be in [0, 1)")
         self.flicker = Flicker()
@@ -71,6 +80,7 @@ class TemporalFusion:
         self.occlusion = occlusion
         self.change = change
         self.flow_size = flow_size
+        self.measure_every = max(1, measure_every)
         self.fused = 0  # faces blended with their history
         self._tracks: dict[int, _Track] = {}
         self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # type: ignore[attr-defined]
@@ -107,6 +117,10 @@ class TemporalFusion:
         return to_prev, ok * (self.strength if self.strength > 0 else 1.0)
 
     def fuse(self, track_id: int, frame_index: int, aligned: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
+        every = self.measure_every
+        if self.strength == 0 and every > 1 and frame_index % every not in (0, every - 1):
+            self._tracks.pop(track_id, None)  # only measuring, and not this pair
+            return restored
         grey = self._grey(aligned)
         state = self._tracks.get(track_id)
         out = restored
