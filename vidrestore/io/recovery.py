@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 # further and further on until past the file's stated end (or, when it states none, a minute on).
 FIRST_STEPS = (0.0, 0.5)
 UNKNOWN_END_LIMIT = 64.0
+CONTIGUOUS_FORMATS = frozenset({"matroska", "webm", "avi", "flv"})  # packets back to back: gaps are losses
 BYTE_GAP = 2048  # bytes skipped between packets that mean a loss (overhead and alignment padding stay under)
 MAX_RESUMES = 1000  # a bound on seeks per file; each resume that counts delivered something new
 RESET_STEP = 1.0  # seconds: a step back at least this long is a reset (joined recordings), not damage
@@ -374,12 +375,13 @@ class ResumingDemuxer:
         """One pass of ``demux()``: yields packets not delivered before; returns
         ``(ended by an error, delivered anything new)``.
 
-        Demuxers that parse the file as a stream (Matroska, AVI, MPEG-TS...) skip damaged bytes
-        without a word: a jump in the packets' byte positions, confirmed by a jump in a stream's
-        times, is a loss too. (MP4/MOV read by their index, where positions jump by design.)
+        Demuxers that parse the file as a stream skip damaged bytes without a word: in formats
+        whose packets lie back to back (Matroska, WebM, AVI, FLV), a jump in the packets' byte
+        positions is a loss too. (Not MP4/MOV, read by their index, where positions jump by
+        design, nor MPEG-TS, whose packets are cut into 188-byte pieces among padding.)
         """
         wanted = {i for i in self.indices if i not in self.left_out}
-        by_position = not set(container.format.name.split(",")) & {"mov", "mp4"}
+        by_position = bool(set(container.format.name.split(",")) & CONTIGUOUS_FORMATS)
         demux = container.demux()  # every stream, so that the byte positions run on
         progressed = False
         # streams whose first packet after a resume or a skip is still to come: True where a loss is
