@@ -177,6 +177,15 @@ def _audio_checker(stream: Any) -> Any:
     return check
 
 
+def _span(packet: Any) -> tuple[float, float] | None:
+    """A packet's start and end in seconds (by its pts, else its dts), or None without a time."""
+    ts = packet.pts if packet.pts is not None else packet.dts
+    if ts is None or packet.time_base is None:
+        return None
+    start = float(ts * packet.time_base)
+    return start, start + float((packet.duration or 0) * packet.time_base)
+
+
 def _video_packets(container: Any, video: Any) -> Iterator[Any]:
     """The video packets from where ``container`` stands to where demuxing stops (an error included)."""
     demux = container.demux(video)
@@ -386,7 +395,7 @@ class VideoReader:
         self.repair = TimestampRepair(nominal, jump=max(16 * nominal, round(1 / tb)))
         self.clocks = {s.index: StreamClock(round(1 / (s.time_base or tb))) for s in self.copy_streams}
         self._orders = {s.index: InOrder(equal_ok=s.type == "subtitle") for s in self.copy_streams}
-        self._counts_packets = "avi" in c.format.name.split(",")  # times are packet counts: keep every packet
+        self._avi = "avi" in c.format.name.split(",")  # times count packets; an idx1 lists what should be there
         self.damage = DamageLog(self.path, {s.index: s.type for s in (v, *self.copy_streams)}, self.strict)
         ends = [float((v.start_time or 0) * tb) + duration_s] if duration_s else []
         if c.duration:
@@ -448,7 +457,7 @@ class VideoReader:
             raise InputError(f"{self.path}: no video frame could be decoded")
         if demux.ended_early or self._cut_short:
             self.truncated_at = self.last_end_s
-            self.damage.ended_early(max([self.last_end_s, *demux.reached.values()]), self.end_s)
+            self.damage.ended_early(max([self.last_end_s, *demux.reached.values()]))
             log.info("%s: the data ends at %.2f s; the output holds what could be decoded", self.path, self.last_end_s)
 
     def _check_avi(self, read: dict[int, int]) -> bool:
@@ -456,7 +465,7 @@ class VideoReader:
         shows: what the file's index lists and was never read is the trace. Without the index (it
         is at the end), the header's length says whether the file ends early (FFmpeg takes the
         duration from what it finds). Returns whether the file ends early."""
-        if "avi" not in self.container.format.name.split(","):
+        if not self._avi:
             return False
         listed = avi_index_counts(self.path)
         if listed is not None:
@@ -469,19 +478,18 @@ class VideoReader:
     def _decode_packets(self, demux: ResumingDemuxer, deep: bool) -> None:
         read: dict[int, int] = {}
         for packet in demux:
-            read[packet.stream.index] = read.get(packet.stream.index, 0) + 1
+            index = packet.stream.index  # read while its container is open: packets outlive resumes
+            read[index] = read.get(index, 0) + 1
             if self.control.stopped:
                 raise Stopped
-            if packet.stream.index != self.video.index:
-                index = packet.stream.index  # read while its container is open: packets outlive resumes
+            if index != self.video.index:
                 if self._intact(index, packet):
                     self._copy(index, *self._orders[index].push(packet))
                 continue
             if packet.is_corrupt:  # decoded all the same (FFmpeg conceals what it can), but said
                 self._mark(self.video.index, packet, "flagged corrupt by the demuxer")
-            if packet.pts is not None and packet.time_base is not None:
-                start = float(packet.pts * packet.time_base)
-                self._errors.sent((packet.pts, start, start + float((packet.duration or 0) * packet.time_base)))
+            if packet.pts is not None and (span := _span(packet)) is not None:
+                self._errors.sent((packet.pts, *span))
             for frame in self._decode(packet):
                 self._emit(frame, deep)
             self._blame(self._errors.settled())
@@ -497,13 +505,8 @@ class VideoReader:
         self._cut_short = self._check_avi(read)
 
     def _mark(self, index: int, packet: Any, why: str, skipped: int = 0) -> None:
-        ts = packet.pts if packet.pts is not None else packet.dts
-        if ts is None or packet.time_base is None:
-            at = self.last_end_s
-            self.damage.mark(index, at, at, skipped, why)
-            return
-        start = float(ts * packet.time_base)
-        self.damage.mark(index, start, start + float((packet.duration or 0) * packet.time_base), skipped, why)
+        start, end = _span(packet) or (self.last_end_s, self.last_end_s)
+        self.damage.mark(index, start, end, skipped, why)
 
     def _copy(self, index: int, kept: list[Any], dropped: list[Any]) -> None:
         for packet in dropped:
@@ -520,7 +523,7 @@ class VideoReader:
         why = "flagged corrupt by the demuxer" if packet.is_corrupt else self._undecodable(index, packet)
         if why is None:
             return True
-        keep = self._counts_packets
+        keep = self._avi
         why += "; kept, as AVI times count packets" if keep else ""
         self._mark(index, packet, why, skipped=0 if keep else 1)
         return keep

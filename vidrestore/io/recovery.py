@@ -94,8 +94,7 @@ class DamageLog:
         s.add(start, end)
         s.packets_skipped += skipped
         log.debug("%s: stream %d %s at %.3f-%.3f s", self.path, index, why, start, end)
-        if self.strict:
-            raise InputError(f"{self.path}: {s.kind} stream {index} is damaged at {start:.2f} s ({why}); --strict")
+        self._stop_if_strict(f"{s.kind} stream {index} is damaged at {start:.2f} s ({why})")
 
     def missing(self, index: int, count: int) -> None:
         """``count`` packets of stream ``index`` are listed by the file's index but were not found."""
@@ -103,16 +102,16 @@ class DamageLog:
         if s is None or count <= 0:
             return
         s.missing += count
-        if self.strict:
-            raise InputError(
-                f"{self.path}: {count} {s.kind} packet(s) of stream {index} listed by its index are missing; "
-                "--strict stops"
-            )
+        self._stop_if_strict(f"{count} {s.kind} packet(s) of stream {index} listed by its index are missing")
 
-    def ended_early(self, at: float, expected: float | None) -> None:
-        self.ended_early_at, self.expected_end = round(at, 3), expected
+    def ended_early(self, at: float) -> None:
+        """The data really stops at ``at`` seconds, before :attr:`expected_end`."""
+        self.ended_early_at = round(at, 3)
+        self._stop_if_strict(f"the file ends early, at {at:.2f} s (truncated)")
+
+    def _stop_if_strict(self, what: str) -> None:
         if self.strict:
-            raise InputError(f"{self.path}: the file ends early, at {at:.2f} s (truncated); --strict stops")
+            raise InputError(f"{self.path}: {what}; --strict stops")
 
     @property
     def packets_skipped(self) -> int:

@@ -83,6 +83,9 @@ class TemporalFusion:
         self.measure_every = max(1, measure_every)
         self.fused = 0  # faces blended with their history
         self._tracks: dict[int, _Track] = {}
+        n = flow_size
+        self._xy = np.meshgrid(np.arange(n, dtype=np.float32), np.arange(n, dtype=np.float32))
+        self._grids: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
         self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # type: ignore[attr-defined]
 
     def reset(self, track_id: int) -> None:
@@ -104,7 +107,7 @@ class TemporalFusion:
         to_prev = self._dis.calc(cur, prev, None)
         to_cur = self._dis.calc(prev, cur, None)
         n = self.flow_size
-        gx, gy = np.meshgrid(np.arange(n, dtype=np.float32), np.arange(n, dtype=np.float32))
+        gx, gy = self._xy
         mx, my = gx + to_prev[..., 0], gy + to_prev[..., 1]
         back = cv2.remap(to_cur, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         fb = np.hypot(to_prev[..., 0] + back[..., 0], to_prev[..., 1] + back[..., 1]) * (512 / n)
@@ -115,6 +118,14 @@ class TemporalFusion:
         ok = cv2.erode(ok, np.ones((3, 3), np.uint8))  # a margin around what moved
         ok = cv2.GaussianBlur(ok, (0, 0), 1.0)
         return to_prev, ok * (self.strength if self.strength > 0 else 1.0)
+
+    def _pixel_grid(self, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixel rows and columns of a ``size`` crop on ``device``, made once."""
+        key = (size, device)
+        if key not in self._grids:
+            axis = torch.arange(size, device=device, dtype=torch.float32)
+            self._grids[key] = torch.meshgrid(axis, axis, indexing="ij")  # type: ignore[assignment]
+        return self._grids[key]
 
     def fuse(self, track_id: int, frame_index: int, aligned: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
         every = self.measure_every
@@ -131,11 +142,7 @@ class TemporalFusion:
             # where each current pixel was in the previous crop, as a grid_sample grid in [-1, 1]
             f = torch.from_numpy(flow).to(restored.device).permute(2, 0, 1)[None] * (size / n)
             f = F.interpolate(f, size=(size, size), mode="bilinear", align_corners=False)[0]
-            ys, xs = torch.meshgrid(
-                torch.arange(size, device=restored.device, dtype=torch.float32),
-                torch.arange(size, device=restored.device, dtype=torch.float32),
-                indexing="ij",
-            )
+            ys, xs = self._pixel_grid(size, restored.device)
             grid = torch.stack([(xs + f[0]) / (size - 1) * 2 - 1, (ys + f[1]) / (size - 1) * 2 - 1], dim=-1)[None]
             history = torch.stack([state.fused.float(), state.restored.float()])
             warped = F.grid_sample(history, grid.expand(2, -1, -1, -1), padding_mode="border", align_corners=True)
