@@ -1,4 +1,4 @@
-"""Temporal fusion against texture flicker, with known ground truth.
+"""Temporal fusion against texture flicker, with known ground truth (``vidrestore.groundtruth``).
 
 A real face (``skimage.data.astronaut()``) moves along a known path: slowly first, then fast with
 its mouth opening and closing (a local warp). It goes through a "restorer" that returns the clean
@@ -9,9 +9,7 @@ hallucination), so the clean face is known, and so is the motion between frames.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
-from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -21,155 +19,52 @@ import torch
 from conftest import CliResult, Weights
 from media import probe
 
-from vidrestore.records import Face, Frame
-from vidrestore.stages.networks import RestorerNeeds
-from vidrestore.stages.restore import RestoreStage
+from vidrestore.groundtruth import GroundTruthClip, ground_truth_clip, restore_clip
+from vidrestore.plot import SERIES
 from vidrestore.stages.temporal import TemporalFusion
-from vidrestore.testing import ASTRONAUT_LANDMARKS, FaceClip, astronaut, save_random_weights
+from vidrestore.stats import RunStats
+from vidrestore.testing import FaceClip, astronaut, save_random_weights
 
 Cli = Callable[..., CliResult]
-
-SLOW, FAST = 14, 8
-SIZE = (384, 384)  # w, h
-MOUTH = ASTRONAUT_LANDMARKS[3:5].mean(axis=0)
-
-
-class Hallucinating:
-    """The clean face, plus texture invented anew on every call (independent per face and call)."""
-
-    needs = RestorerNeeds()
-    size = 512
-
-    def __init__(self, amount: float = 0.05) -> None:
-        self.amount = amount
-        self.rng = torch.Generator().manual_seed(0)
-
-    def restore(self, faces: torch.Tensor, fp32: bool = False) -> torch.Tensor:
-        noise = torch.randn(faces.shape, generator=self.rng)
-        detail = torch.nn.functional.avg_pool2d(noise, 3, stride=1, padding=1) * 3 * self.amount
-        return (faces + detail).clamp(0, 1)
-
-
-def _mouth_open(image: np.ndarray, amount: float) -> np.ndarray:
-    """Stretch the mouth region vertically by ``amount`` (0: closed) with a smooth local warp."""
-    h, w = image.shape[:2]
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    cx, cy = MOUTH
-    window = np.exp(-(((xs - cx) / 22) ** 2 + ((ys - cy) / 14) ** 2))
-    src_y = ys - (ys - cy) * amount * window / (1 + amount)
-    return cv2.remap(image, xs, src_y.astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-
-
-def _placement(i: int) -> np.ndarray:
-    """Frame i's affine from the astronaut image into the frame: slow drift, then fast motion."""
-    if i < SLOW:
-        dx, dy = 0.4 * i, 0.2 * i
-    else:
-        k = i - SLOW + 1
-        dx, dy = 0.4 * SLOW + 7 * k, 0.2 * SLOW - 4 * k
-    s = 1.6
-    w, h = SIZE
-    centre = ASTRONAUT_LANDMARKS.mean(axis=0)
-    return np.array([[s, 0, w / 2 + dx - s * centre[0]], [0, s, h / 2 + dy - s * centre[1]]])
-
-
-def _clip() -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """The clean frames and the affine of each (astronaut image -> frame)."""
-    src = astronaut()
-    frames, affines = [], []
-    for i in range(SLOW + FAST):
-        face = src if i < SLOW else _mouth_open(src, 0.35 * abs(math.sin((i - SLOW + 1) * 1.3)))
-        m = _placement(i)
-        frames.append(cv2.warpAffine(face, m, SIZE, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT))
-        affines.append(m)
-    return frames, affines
-
-
-def _run(frames: list[np.ndarray], affines: list[np.ndarray], temporal: TemporalFusion | None) -> list[np.ndarray]:
-    out = []
-    stage = RestoreStage(Hallucinating(), torch.device("cpu"), batch_size=4, temporal=temporal)  # type: ignore[arg-type]
-    items = []
-    for i, (img, m) in enumerate(zip(frames, affines)):
-        lm = (ASTRONAUT_LANDMARKS @ m[:, :2].T + m[:, 2]).astype(np.float32)
-        box = np.array([lm[:, 0].min() - 30, lm[:, 1].min() - 40, lm[:, 0].max() + 30, lm[:, 1].max() + 40], np.float32)
-        items.append(Frame(i, i, Fraction(1, 25), img, faces=(Face(0, 1.0, box, lm, lm.copy()),)))
-    for frame in stage.run(iter(items)):
-        out.append(frame.image)
-    return out
-
-
-def _inner_mask(m: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """The face's inner area in the frame: a disc around the astronaut's face centre."""
-    w, h = SIZE
-    mask = np.zeros((h, w), np.uint8)
-    c = ASTRONAUT_LANDMARKS.mean(axis=0) @ m[:, :2].T + m[:, 2]
-    cv2.circle(mask, (int(c[0]), int(c[1])), int(45 * 1.6 * scale), 1, -1)
-    return mask.astype(bool)
-
-
-def _flicker(out: list[np.ndarray], affines: list[np.ndarray], i: int) -> float:
-    """Frame i against frame i-1 moved by the known motion, over the face (no mouth: it really changes)."""
-    prev_to_cur = affines[i] @ np.vstack([cv2.invertAffineTransform(affines[i - 1]), [0, 0, 1]])
-    moved = cv2.warpAffine(out[i - 1], prev_to_cur, SIZE, flags=cv2.INTER_LINEAR)
-    mask = _inner_mask(affines[i]) & ~_mouth_mask(affines[i])
-    return float(np.abs(out[i].astype(np.float32) - moved.astype(np.float32))[mask].mean())
-
-
-def _mouth_mask(m: np.ndarray) -> np.ndarray:
-    w, h = SIZE
-    mask = np.zeros((h, w), np.uint8)
-    c = MOUTH @ m[:, :2].T + m[:, 2]
-    cv2.ellipse(mask, (int(c[0]), int(c[1])), (int(30 * 1.6), int(22 * 1.6)), 0, 0, 360, 1, -1)
-    return mask.astype(bool)
-
-
-def _error(out: np.ndarray, clean: np.ndarray, mask: np.ndarray) -> float:
-    return float(np.abs(out.astype(np.float32) - clean.astype(np.float32))[mask].mean())
 
 
 @pytest.fixture(scope="module")
 def runs() -> dict[str, object]:
-    frames, affines = _clip()
+    clip = ground_truth_clip()
     fusion = TemporalFusion(strength=0.6)
+    stats = RunStats()
     return {
-        "frames": frames,
-        "affines": affines,
-        "per_frame": _run(frames, affines, None),
-        "fused": _run(frames, affines, fusion),
+        "clip": clip,
+        "per_frame": restore_clip(clip, None),
+        "fused": restore_clip(clip, fusion, stats),
         "fusion": fusion,
+        "stats": stats,
     }
 
 
 def test_fusion_cuts_flicker_on_still_parts_and_not_worse_on_fast_ones(runs: dict[str, object]) -> None:
-    affines: list[np.ndarray] = runs["affines"]  # type: ignore[assignment]
-    per, fused = runs["per_frame"], runs["fused"]
-    slow = range(2, SLOW)
-    fast = range(SLOW, SLOW + FAST)
-    f_per = np.mean([_flicker(per, affines, i) for i in slow])  # type: ignore[arg-type]
-    f_fused = np.mean([_flicker(fused, affines, i) for i in slow])  # type: ignore[arg-type]
+    clip: GroundTruthClip = runs["clip"]  # type: ignore[assignment]
+    per: list[np.ndarray] = runs["per_frame"]  # type: ignore[assignment]
+    fused: list[np.ndarray] = runs["fused"]  # type: ignore[assignment]
+    f_per = np.mean([clip.flicker(per, i) for i in clip.slow])
+    f_fused = np.mean([clip.flicker(fused, i) for i in clip.slow])
     assert f_fused <= 0.5 * f_per, (f_fused, f_per)
-    g_per = np.mean([_flicker(per, affines, i) for i in fast])  # type: ignore[arg-type]
-    g_fused = np.mean([_flicker(fused, affines, i) for i in fast])  # type: ignore[arg-type]
+    g_per = np.mean([clip.flicker(per, i) for i in clip.fast])
+    g_fused = np.mean([clip.flicker(fused, i) for i in clip.fast])
     assert g_fused <= g_per * 1.02, (g_fused, g_per)
     assert runs["fusion"].fused > 0  # type: ignore[attr-defined]
 
 
 def test_fusion_is_closer_to_the_clean_face_and_does_not_ghost(runs: dict[str, object]) -> None:
-    frames: list[np.ndarray] = runs["frames"]  # type: ignore[assignment]
-    affines: list[np.ndarray] = runs["affines"]  # type: ignore[assignment]
+    clip: GroundTruthClip = runs["clip"]  # type: ignore[assignment]
     per: list[np.ndarray] = runs["per_frame"]  # type: ignore[assignment]
     fused: list[np.ndarray] = runs["fused"]  # type: ignore[assignment]
-    slow = range(2, SLOW)
-    fast = range(SLOW, SLOW + FAST)
-    e = {
-        name: [_error(run[i], frames[i], _inner_mask(affines[i])) for i in range(SLOW + FAST)]
-        for name, run in (("per", per), ("fused", fused))
-    }
-    assert np.mean([e["fused"][i] for i in slow]) < np.mean([e["per"][i] for i in slow])
-    assert np.mean([e["fused"][i] for i in fast]) <= 1.05 * np.mean([e["per"][i] for i in fast])
+    slow, fast = clip.slow, clip.fast
+    assert np.mean([clip.error(fused, i) for i in slow]) < np.mean([clip.error(per, i) for i in slow])
+    assert np.mean([clip.error(fused, i) for i in fast]) <= 1.05 * np.mean([clip.error(per, i) for i in fast])
     # around the moving mouth the fused face follows the clean one (no trail of the previous mouth)
-    mouth = [_error(fused[i], frames[i], _mouth_mask(affines[i])) for i in fast]
-    mouth_per = [_error(per[i], frames[i], _mouth_mask(affines[i])) for i in fast]
+    mouth = [clip.error(fused, i, mouth=True) for i in fast]
+    mouth_per = [clip.error(per, i, mouth=True) for i in fast]
     assert np.mean(mouth) <= 1.05 * np.mean(mouth_per), (np.mean(mouth), np.mean(mouth_per))
     assert max(mouth) <= 6.0, mouth  # grey levels: the invented texture's size, not a ghost's
 
@@ -215,6 +110,24 @@ def test_with_the_real_gfpgan_the_reported_flicker_drops_and_nothing_else_moves(
     assert t_on["landmark_jitter_smoothed_px"] < t_on["landmark_jitter_raw_px"]
     assert p_on.frames == p_off.frames == 20 and p_on.pts == p_off.pts
     assert on["counts"]["faces_restored"] == off["counts"]["faces_restored"] == 20
+    # per track and per frame, filed under the input
+    (figures,) = t_on["files"].values()
+    (track,) = figures["tracks"]
+    assert track["face_pairs"] == t_on["face_pairs"] and track["flicker_output"] == t_on["flicker_output"]
+    assert track["landmark_jitter_smoothed_px"] == t_on["landmark_jitter_smoothed_px"]
+    assert figures["frame_columns"] == ["frame", "input", "per_frame", "output"]
+    assert [row[0] for row in figures["frames"]] == list(range(1, 20))
+    assert all(row[3] < row[2] for row in figures["frames"][2:])  # fused below per-frame once history builds
+    # ... which compare --plot draws
+    plot = tmp_path / "flicker.png"
+    restored = tmp_path / "flow-blend.mp4"
+    r = cli("compare", face_clip.path, restored, "--plot", plot, "--report", tmp_path / "flow-blend.json")
+    assert r.code == 0, r.err
+    assert "flicker of 19 frame(s)" in r.err
+    image = cv2.imread(str(plot))[:, :, ::-1]
+    assert image.shape == (420, 1200, 3)
+    for _, colour in SERIES:  # each line is drawn
+        assert (np.abs(image.astype(int) - colour).sum(axis=2) < 30).sum() > 200, colour
 
 
 def test_compare_puts_the_two_side_by_side_with_the_original_sound(
@@ -252,3 +165,49 @@ def test_measuring_alone_samples_pairs_and_changes_nothing() -> None:
         assert meter.fuse(0, i, a, restored) is restored
     assert meter.flicker.pairs == 2  # frames (3, 4) and (7, 8): the flow runs on one pair in four
     assert meter.fused == 0
+
+
+def test_the_report_has_figures_per_track_and_frame(runs: dict[str, object]) -> None:
+    """The stage's own figures (flow measured on the input) agree with the known truth's direction:
+    the input holds still, the per-frame restoration flickers, the output much less."""
+    stats: RunStats = runs["stats"]  # type: ignore[assignment]
+    clip: GroundTruthClip = runs["clip"]  # type: ignore[assignment]
+    t = stats.temporal()
+    assert t["flicker_input"] < t["flicker_output"] < 0.6 * t["flicker_per_frame"], t
+    figures = stats.temporal_files[""].to_dict()
+    (track,) = figures["tracks"]
+    assert track["track"] == 0 and track["face_pairs"] == t["face_pairs"] == len(clip.clean) - 1
+    frames = {row[0]: row[1:] for row in figures["frames"]}
+    slow = [frames[i] for i in clip.slow if i in frames]
+    assert len(slow) >= len(clip.slow) - 1
+    assert all(out < 0.6 * per for _, per, out in slow[1:]), slow
+
+
+def test_long_runs_are_averaged_into_at_most_the_points_asked_for() -> None:
+    from vidrestore.stats import TemporalFigures
+
+    f = TemporalFigures()
+    for i in range(1, 1001):
+        f.add_flicker(7, i, (1.0, 4.0 if i % 2 else 2.0, 1.0))
+    out = f.to_dict(max_points=100)
+    assert len(out["frames"]) == 100
+    assert out["frames"][0] == [1, 1.0, 3.0, 1.0]  # ten frames averaged, filed under the first
+    assert out["tracks"] == [
+        {"track": 7, "face_pairs": 1000, "flicker_input": 1.0, "flicker_per_frame": 3.0, "flicker_output": 1.0}
+    ]
+
+
+def test_compare_plot_needs_a_report_with_figures(cli: Cli, face_clip: FaceClip, tmp_path: Path) -> None:
+    plot = tmp_path / "p.png"
+    r = cli("compare", face_clip.path, face_clip.path, "--plot", plot)
+    assert r.code == 2 and "--report" in r.err and len(r.err.strip().splitlines()) == 1
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"temporal": {"method": "none", "files": {}}}))
+    r = cli("compare", face_clip.path, face_clip.path, "--plot", plot, "--report", report)
+    assert r.code == 4 and "no flicker figures" in r.err and "Traceback" not in r.err
+    report.write_text("{not json")
+    r = cli("compare", face_clip.path, face_clip.path, "--plot", plot, "--report", report)
+    assert r.code == 4 and "not a vidrestore --report" in r.err
+    r = cli("compare", face_clip.path, face_clip.path)
+    assert r.code == 2
+    assert not plot.exists()

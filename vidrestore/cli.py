@@ -186,8 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("original", metavar="ORIGINAL")
     c.add_argument("restored", metavar="RESTORED")
-    c.add_argument("-o", "--output", metavar="OUTPUT", required=True, help="the comparison video or image")
+    c.add_argument("-o", "--output", metavar="OUTPUT", help="the comparison video or image")
     c.add_argument("--split", action="store_true", help="one picture split by a line instead of two side by side")
+    c.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="also draw the per-frame flicker of input, per-frame restoration and output (needs --report)",
+    )
+    c.add_argument("--report", metavar="JSON", help="the --report of the restore run that made RESTORED (for --plot)")
     c.add_argument("-y", "--overwrite", action="store_true", default=None, help="replace an existing output")
 
     sub.add_parser(
@@ -379,14 +385,28 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from vidrestore.io.atomic import check_target
 
     config = _config(args)
-    original, restored, dst = Path(args.original), Path(args.restored), Path(args.output)
+    original, restored = Path(args.original), Path(args.restored)
+    if args.output is None and args.plot is None:
+        raise ConfigError("compare needs -o OUTPUT, --plot PNG or both")
+    if args.plot is not None and args.report is None:
+        raise ConfigError("--plot needs --report JSON: the report of the restore run that made RESTORED")
     for src in (original, restored):
         if not src.is_file():
             raise InputError(f"{src}: no such file")
-    check_target(dst, [original, restored], config.output.overwrite)
-    frames = compare_paths(original, restored, dst, config, "split" if args.split else "side")
-    if not getattr(args, "quiet", False):
-        sys.stderr.write(f"done: {dst} ({frames} frame(s))\n")
+    targets = [Path(p) for p in (args.output, args.plot) if p is not None]
+    for dst in targets:
+        check_target(dst, [original, restored], config.output.overwrite)
+    quiet = getattr(args, "quiet", False)
+    if args.plot is not None:  # first: a report without figures stops the run before the long part
+        from vidrestore.plot import write_flicker_plot
+
+        points = write_flicker_plot(Path(args.report), original, Path(args.plot), config.output.overwrite)
+        if not quiet:
+            sys.stderr.write(f"done: {args.plot} (flicker of {points} frame(s))\n")
+    if args.output is not None:
+        frames = compare_paths(original, restored, Path(args.output), config, "split" if args.split else "side")
+        if not quiet:
+            sys.stderr.write(f"done: {args.output} ({frames} frame(s))\n")
     return 0
 
 

@@ -124,7 +124,9 @@ class TemporalConfig:
     """Temporal fusion of each track's restored faces (less texture flicker)."""
 
     method: TemporalMethod = _key(
-        "none", "flow-blend: blend each restored face with its flow-warped history where the input holds still"
+        "flow-blend",
+        "flow-blend: blend each restored face with its flow-warped history where the input holds still; "
+        "none: per frame (flicker is still measured)",
     )
     strength: float = _key(0.6, "how much history a still pixel keeps (0 none; below 1)", 0.0, 0.95)
     occlusion: float = _key(

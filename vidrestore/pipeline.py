@@ -64,7 +64,8 @@ class Summary:
         t = s.temporal()
         if "flicker_output" in t:
             out.append(
-                f"flicker: {t['flicker_per_frame']:.2f} per frame -> {t['flicker_output']:.2f} out (grey levels)"
+                f"flicker: {t['flicker_input']:.2f} in, {t['flicker_per_frame']:.2f} restored per frame -> "
+                f"{t['flicker_output']:.2f} out (grey levels)"
                 + (
                     f"; landmark jitter {t['landmark_jitter_raw_px']:.2f} -> {t['landmark_jitter_smoothed_px']:.2f} px"
                     if "landmark_jitter_raw_px" in t
@@ -181,6 +182,7 @@ def restore_file(
     src: Path, dst: Path, config: Config, stages: FrameStages, stats: RunStats, progress: bool = False
 ) -> None:
     """Restore one video or image ``src`` into ``dst`` (atomically)."""
+    stats.source = str(src)
     if is_image(src):
         _restore_image(src, dst, config, stages, stats)
     else:

@@ -49,9 +49,13 @@ def run_report(summary: Summary, config: Config, store: ModelStore) -> dict[str,
         "counts": {
             k: v
             for k, v in vars(summary.stats).items()
-            if k not in ("stage_seconds", "damaged", "damage_lines", "jitter", "flicker")
+            if k not in ("stage_seconds", "damaged", "damage_lines", "jitter", "flicker", "source", "temporal_files")
         },
-        "temporal": {"method": config.temporal.method, **summary.stats.temporal()},
+        "temporal": {
+            "method": config.temporal.method,
+            **summary.stats.temporal(),
+            "files": {src: f.to_dict() for src, f in summary.stats.temporal_files.items() if f.tracks},
+        },
         "damage": summary.stats.damaged,
         "stage_seconds": summary.stats.stage_seconds,
         "config": config_to_dict(config),

@@ -124,6 +124,10 @@ class RestoreStage:
         self.timer = self.stats.add_time
 
     def run(self, frames: Iterator[Frame]) -> Iterator[Frame]:
+        """One input's frames in order -> the same frames with their faces restored."""
+        self._landmarks.clear()  # a new input: no track carries over
+        if self.temporal is not None:
+            self.temporal.clear()
         held: list[Frame] = []
         faces = 0
         for frame in frames:
@@ -175,20 +179,36 @@ class RestoreStage:
         self.timer("mask + paste", time.perf_counter() - t2)
 
     def _fuse(self, first_index: int, jobs: list[_Job]) -> None:
-        """Temporal fusion, track by track in frame order; a filled-in or failed face starts its track afresh."""
+        """Temporal fusion of the group, in frame order; a filled-in or failed face starts its track afresh."""
         assert self.temporal is not None
         self.temporal.forget_before(first_index)
+        group: list[_Job] = []
         for job in jobs:
-            tid = job.face.track_id
             if job.restored is None or job.face.interpolated:
-                self.temporal.reset(tid)
-                continue
-            job.restored = self.temporal.fuse(tid, job.frame_index, job.aligned, job.restored)
-        f = self.temporal.flicker
-        self.stats.flicker = {"per_frame": f.per_frame, "output": f.output, "pairs": float(f.pairs)}
+                self._fuse_now(group)
+                group = []
+                self.temporal.reset(job.face.track_id)
+            else:
+                group.append(job)
+        self._fuse_now(group)
+        figures, sums = self.stats.figures(), self.stats.flicker
+        for pair in self.temporal.take_figures():
+            values = (pair.input, pair.per_frame, pair.output)
+            figures.add_flicker(pair.track_id, pair.frame_index, values)
+            for key, v in zip(("input", "per_frame", "output", "pairs"), (*values, 1.0), strict=True):
+                sums[key] = sums.get(key, 0.0) + v
+
+    def _fuse_now(self, jobs: list[_Job]) -> None:
+        if not jobs:
+            return
+        assert self.temporal is not None
+        faces = [(j.face.track_id, j.frame_index, j.aligned, j.restored) for j in jobs if j.restored is not None]
+        for job, fused in zip(jobs, self.temporal.fuse_group(faces), strict=True):  # type: ignore[arg-type]
+            job.restored = fused
 
     def _jitter(self, jobs: list[_Job]) -> None:
         """Landmark jitter per track, raw and as aligned (the second difference of the five points, px)."""
+        figures = self.stats.figures()
         for job in jobs:
             face = job.face
             if face.landmarks_raw is None:
@@ -198,12 +218,13 @@ class RestoreStage:
             seen.append((job.frame_index, face.landmarks_raw, face.landmarks))
             self._landmarks[face.track_id] = seen
             if len(seen) == 3 and seen[0][0] == job.frame_index - 2:
-                for k, key in ((1, "raw"), (2, "smoothed")):
-                    second = seen[2][k] - 2 * seen[1][k] + seen[0][k]
-                    self.stats.jitter[key] = self.stats.jitter.get(key, 0.0) + float(
-                        np.linalg.norm(second, axis=1).mean()
-                    )
+                raw, smoothed = (
+                    float(np.linalg.norm(seen[2][k] - 2 * seen[1][k] + seen[0][k], axis=1).mean()) for k in (1, 2)
+                )
+                self.stats.jitter["raw"] = self.stats.jitter.get("raw", 0.0) + raw
+                self.stats.jitter["smoothed"] = self.stats.jitter.get("smoothed", 0.0) + smoothed
                 self.stats.jitter["pairs"] = self.stats.jitter.get("pairs", 0.0) + 1
+                figures.add_jitter(face.track_id, raw, smoothed)
 
     def _masks(self, jobs: list[_Job]) -> None:
         """The paste-back mask of every restored face: ParseNet once per batch, else the soft square."""

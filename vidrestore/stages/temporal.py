@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Flicker", "TemporalFusion"]
+__all__ = ["Flicker", "PairFigures", "TemporalFusion"]
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,22 @@ log = logging.getLogger(__name__)
 class _Track:
     frame_index: int
     grey: np.ndarray  # the unrestored aligned crop, small and grey (uint8)
+    aligned: torch.Tensor  # (3, S, S) the unrestored aligned crop, on the device
     fused: torch.Tensor  # (3, S, S) the fused output, on the device
     restored: torch.Tensor  # (3, S, S) the restorer's own output, before fusion
+
+
+@dataclass(frozen=True)
+class PairFigures:
+    """The flicker of one face between frame ``frame_index - 1`` and ``frame_index`` (grey levels,
+    0-255): the warping error of the input crop, of the restorer's own output and of the output,
+    with the flow measured on the input, over the pixels where the input holds still."""
+
+    track_id: int
+    frame_index: int
+    input: float
+    per_frame: float
+    output: float
 
 
 @dataclass
@@ -42,18 +56,20 @@ class Flicker:
     """Frame-to-frame change of restored faces where the input holds still (grey levels, 0-255):
     the warping error, with the flow measured on the input and occluded or moving pixels left out."""
 
-    per_frame: float = 0.0  # summed over face pairs: the restorer's own output
+    input: float = 0.0  # summed over face pairs: the unrestored input
+    per_frame: float = 0.0  # the restorer's own output
     output: float = 0.0  # the output (fused, where fusion is on)
     pairs: int = 0
 
-    def add(self, per_frame: float, output: float) -> None:
-        self.per_frame += per_frame
-        self.output += output
+    def add(self, pair: PairFigures) -> None:
+        self.input += pair.input
+        self.per_frame += pair.per_frame
+        self.output += pair.output
         self.pairs += 1
 
 
 class TemporalFusion:
-    """``fuse(track, frame, aligned, restored)`` -> the fused restored crop (see the module docstring).
+    """``fuse_group(faces)`` -> the fused restored crops (see the module docstring).
 
     ``strength`` in [0, 1): how much of the warped history a pixel keeps where the flow holds
     (0.6 cuts the frame-to-frame change of independent invented texture to about a third);
@@ -76,6 +92,7 @@ class TemporalFusion:
         if not 0 <= strength < 1:
             raise ValueError("temporal.strength must be in [0, 1)")
         self.flicker = Flicker()
+        self.measured: list[PairFigures] = []  # since the caller last took them (:meth:`take_figures`)
         self.strength = strength
         self.occlusion = occlusion
         self.change = change
@@ -91,15 +108,26 @@ class TemporalFusion:
     def reset(self, track_id: int) -> None:
         self._tracks.pop(track_id, None)
 
+    def clear(self) -> None:
+        """Forget every track (a new file starts)."""
+        self._tracks.clear()
+
     def forget_before(self, frame_index: int) -> None:
         """Drop the history of tracks not seen since before ``frame_index`` (ended tracks)."""
         for tid in [t for t, s in self._tracks.items() if s.frame_index < frame_index - 1]:
             del self._tracks[tid]
 
-    def _grey(self, aligned: torch.Tensor) -> np.ndarray:
-        small = F.interpolate(aligned[None].float(), size=(self.flow_size, self.flow_size), mode="area")[0]
-        luma = 0.299 * small[0] + 0.587 * small[1] + 0.114 * small[2]
-        return (luma.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()  # type: ignore[no-any-return]
+    def take_figures(self) -> list[PairFigures]:
+        """The pairs measured since the last call."""
+        out, self.measured = self.measured, []
+        return out
+
+    def _greys(self, aligned: list[torch.Tensor]) -> list[np.ndarray]:
+        """The crops small and grey, in one batch and one copy to the host."""
+        n = self.flow_size
+        small = F.interpolate(torch.stack(aligned).float(), size=(n, n), mode="area")
+        luma = 0.299 * small[:, 0] + 0.587 * small[:, 1] + 0.114 * small[:, 2]
+        return list((luma.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
 
     def weights(self, prev: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Flow from ``cur`` to ``prev`` (where each pixel of the current crop was) and the blend
@@ -127,35 +155,75 @@ class TemporalFusion:
             self._grids[key] = torch.meshgrid(axis, axis, indexing="ij")  # type: ignore[assignment]
         return self._grids[key]
 
-    def fuse(self, track_id: int, frame_index: int, aligned: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
+    def _wanted(self, track_id: int, frame_index: int) -> bool:
+        """Whether this face takes part: always when fusing; when only measuring, the two frames
+        of one pair in ``measure_every``."""
         every = self.measure_every
         if self.strength == 0 and every > 1 and frame_index % every not in (0, every - 1):
-            self._tracks.pop(track_id, None)  # only measuring, and not this pair
-            return restored
-        grey = self._grey(aligned)
-        state = self._tracks.get(track_id)
-        out = restored
-        if state is not None and state.frame_index == frame_index - 1:
-            flow, weight = self.weights(state.grey, grey)
-            size = restored.shape[-1]
-            n = self.flow_size
-            # where each current pixel was in the previous crop, as a grid_sample grid in [-1, 1]
-            f = torch.from_numpy(flow).to(restored.device).permute(2, 0, 1)[None] * (size / n)
-            f = F.interpolate(f, size=(size, size), mode="bilinear", align_corners=False)[0]
-            ys, xs = self._pixel_grid(size, restored.device)
-            grid = torch.stack([(xs + f[0]) / (size - 1) * 2 - 1, (ys + f[1]) / (size - 1) * 2 - 1], dim=-1)[None]
-            history = torch.stack([state.fused.float(), state.restored.float()])
-            warped = F.grid_sample(history, grid.expand(2, -1, -1, -1), padding_mode="border", align_corners=True)
-            w = torch.from_numpy(weight).to(restored.device)[None, None]
-            w = F.interpolate(w, size=(size, size), mode="bilinear", align_corners=False)[0]
-            if self.strength > 0:
-                out = (w * warped[0] + (1 - w) * restored.float()).to(restored.dtype)
-                self.fused += 1
-            # the flicker figures: over the pixels where the input holds still (weight > 0)
-            still = (w > 0.5 * max(self.strength, 1e-6)).expand_as(restored)
-            if bool(still.any()):
-                before = (restored.float() - warped[1]).abs()[still].mean()
-                after = (out.float() - warped[0]).abs()[still].mean()
-                self.flicker.add(float(before) * 255, float(after) * 255)
-        self._tracks[track_id] = _Track(frame_index, grey, out, restored)
+            self._tracks.pop(track_id, None)
+            return False
+        return True
+
+    def fuse(self, track_id: int, frame_index: int, aligned: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
+        """One face: :meth:`fuse_group` of one."""
+        return self.fuse_group([(track_id, frame_index, aligned, restored)])[0]
+
+    def fuse_group(self, faces: list[tuple[int, int, torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """``(track_id, frame_index, aligned, restored)`` per face, in frame order -> the fused crops.
+
+        The crops are made small and grey in one batch; the flow runs on the host; the warps and
+        blends stay on the device, and the flicker figures of the whole group are read back once."""
+        out = [restored for _, _, _, restored in faces]
+        todo = [k for k, (tid, index, _, _) in enumerate(faces) if self._wanted(tid, index)]
+        if not todo:
+            return out
+        greys = self._greys([faces[k][2] for k in todo])
+        pending: list[tuple[int, int, torch.Tensor]] = []
+        for k, grey in zip(todo, greys, strict=True):
+            tid, index, aligned, restored = faces[k]
+            state = self._tracks.get(tid)
+            if state is not None and state.frame_index == index - 1:
+                out[k], sums = self._blend(state, grey, aligned, restored)
+                pending.append((tid, index, sums))
+            self._tracks[tid] = _Track(index, grey, aligned, out[k], restored)
+        if pending:
+            values = torch.stack([s for _, _, s in pending]).tolist()  # the group's one read-back
+            for (tid, index, _), (n, inp, per_frame, output) in zip(pending, values, strict=True):
+                if n > 0:
+                    pair = PairFigures(tid, index, inp / n * 255, per_frame / n * 255, output / n * 255)
+                    self.flicker.add(pair)
+                    self.measured.append(pair)
         return out
+
+    def _blend(
+        self, state: _Track, grey: np.ndarray, aligned: torch.Tensor, restored: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fused crop, and (still pixels, then the summed warping errors of input, per-frame
+        and output over them) as a device tensor."""
+        flow, weight = self.weights(state.grey, grey)
+        size = restored.shape[-1]
+        n = self.flow_size
+        # where each current pixel was in the previous crop, as a grid_sample grid in [-1, 1]
+        f = torch.from_numpy(flow).to(restored.device).permute(2, 0, 1)[None] * (size / n)
+        f = F.interpolate(f, size=(size, size), mode="bilinear", align_corners=False)[0]
+        ys, xs = self._pixel_grid(size, restored.device)
+        grid = torch.stack([(xs + f[0]) / (size - 1) * 2 - 1, (ys + f[1]) / (size - 1) * 2 - 1], dim=-1)[None]
+        history = torch.stack([state.fused.float(), state.restored.float(), state.aligned.float()])
+        warped = F.grid_sample(history, grid.expand(3, -1, -1, -1), padding_mode="border", align_corners=True)
+        w = torch.from_numpy(weight).to(restored.device)[None, None]
+        w = F.interpolate(w, size=(size, size), mode="bilinear", align_corners=False)[0]
+        out = restored
+        if self.strength > 0:
+            out = (w * warped[0] + (1 - w) * restored.float()).to(restored.dtype)
+            self.fused += 1
+        # the flicker figures: over the pixels where the input holds still (weight > 0)
+        still = (w > 0.5 * max(self.strength, 1e-6)).float()
+        sums = torch.stack(
+            [
+                still.sum() * 3,
+                ((aligned.float() - warped[2]).abs() * still).sum(),
+                ((restored.float() - warped[1]).abs() * still).sum(),
+                ((out.float() - warped[0]).abs() * still).sum(),
+            ]
+        )
+        return out, sums
