@@ -165,6 +165,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the resolved config, the inputs' streams and the models; process nothing",
     )
     r.add_argument("--report", metavar="FILE.json", help="write counts, timings, config and versions as JSON")
+    long = r.add_argument_group("long videos and clusters")
+    long.add_argument(
+        "--segment-seconds",
+        type=float,
+        metavar="S",
+        help="pipeline.segment_seconds: cut videos longer than 2*S into resumable segments (0: whole files)",
+    )
+    long.add_argument("--workers", type=int, metavar="N", help="pipeline.workers: segment pipelines run at once")
+    again = long.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="insist on resuming: refuse (exit 2) if the input, config or models changed since the segments "
+        "were made (by default a matching earlier run is resumed and a changed one started afresh)",
+    )
+    again.add_argument("--no-resume", action="store_true", help="start afresh, discarding an earlier run's segments")
+    long.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run the segments on a Ray cluster (ADDRESS, or cluster.address; none: a local Ray); "
+        "needs pip install 'vidrestore[ray]' and storage every node reaches",
+    )
 
     i = sub.add_parser(
         "inspect",
@@ -236,6 +260,9 @@ def _flags_to_config(args: argparse.Namespace) -> dict[str, Any]:
         "output.overwrite": True if getattr(args, "overwrite", None) else None,
         "output.audio": False if getattr(args, "no_audio", None) else None,
         "input.strict": True if getattr(args, "strict", None) else None,
+        "pipeline.segment_seconds": getattr(args, "segment_seconds", None),
+        "pipeline.workers": getattr(args, "workers", None),
+        "cluster.address": getattr(args, "ray", None) or None,
     }
     tree: dict[str, Any] = {}
     for dotted, value in pairs.items():
@@ -352,7 +379,13 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     if args.output is None:
         raise ConfigError("restore needs -o/--output OUTPUT (only --dry-run goes without)")
     summary = restore_paths(
-        [Path(p) for p in args.inputs], Path(args.output), config, store, progress=not quiet and sys.stderr.isatty()
+        [Path(p) for p in args.inputs],
+        Path(args.output),
+        config,
+        store,
+        progress=not quiet and sys.stderr.isatty(),
+        resume="require" if args.resume else "never" if args.no_resume else "auto",
+        ray=args.ray is not None,
     )
     for line in summary.lines():
         if not quiet or line.startswith("warning:"):  # --quiet drops the summary, never a warning

@@ -25,6 +25,7 @@ import yaml
 from vidrestore.errors import ConfigError
 
 __all__ = [
+    "ClusterConfig",
     "Config",
     "DetectorConfig",
     "InputConfig",
@@ -168,6 +169,23 @@ class PipelineConfig:
     overlap: Overlap = _key(
         "auto", "detect the next frames on a thread of their own while faces are restored; auto: on a GPU"
     )
+    segment_seconds: float = _key(
+        60.0, "cut videos longer than twice this into keyframe-aligned segments (resumable); 0: whole files", 0, 1e6
+    )
+    workers: int = _key(1, "segment pipelines run at once (each loads its own models)", 1, 64)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Ray (--ray): the segments run on a cluster's actors; input and output on storage they all reach."""
+
+    address: str | None = _key(None, "Ray address to join; null starts a local Ray (used with --ray)")
+    actors: int = _key(0, "actors (each holds the models once); 0: as many as the cluster's GPUs, else CPUs", 0, 4096)
+    gpus_per_actor: float = _key(
+        -1.0, "GPUs each actor reserves (fractional shares a GPU); -1: 1 where the cluster has GPUs, else 0", -1, 64
+    )
+    cpus_per_actor: float = _key(1.0, "CPUs each actor reserves", 0, 1024)
+    retries: int = _key(2, "times a failed segment is tried again (a lost worker included)", 0, 100)
 
 
 @dataclass(frozen=True)
@@ -185,6 +203,7 @@ class Config:
     input: InputConfig = field(default_factory=InputConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

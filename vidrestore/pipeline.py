@@ -26,6 +26,7 @@ from vidrestore.io.reader import VideoReader
 from vidrestore.io.writer import VideoWriter
 from vidrestore.models.store import ModelStore
 from vidrestore.records import Frame
+from vidrestore.segments import Resume
 from vidrestore.stats import RunStats
 
 __all__ = [
@@ -71,6 +72,14 @@ class Summary:
                     if "landmark_jitter_raw_px" in t
                     else ""
                 )
+            )
+        if s.segments:
+            resumed = sum(1 for g in s.segments if g["resumed"])
+            retried = sum(g["attempts"] - 1 for g in s.segments if not g["resumed"])
+            workers = len({g["worker"] for g in s.segments if not g["resumed"]})
+            out.append(
+                f"segments: {len(s.segments)} ({resumed} kept from an earlier run, {retried} retried) "
+                f"on {workers} worker(s)"
             )
         if s.stage_seconds:
             out.append("time per stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in s.stage_seconds.items()))
@@ -146,9 +155,21 @@ def _pass_through(stats: RunStats) -> FrameStages:
 
 
 def restore_paths(
-    inputs: list[Path], output: Path, config: Config, store: ModelStore, progress: bool = False
+    inputs: list[Path],
+    output: Path,
+    config: Config,
+    store: ModelStore,
+    progress: bool = False,
+    resume: Resume = "auto",
+    ray: bool = False,
 ) -> Summary:
-    """Restore every input (files or folders) into ``output``; return what was done."""
+    """Restore every input (files or folders) into ``output``; return what was done.
+
+    Videos longer than twice ``pipeline.segment_seconds`` run as segments (resumable: see
+    :mod:`vidrestore.segments`); every input feeds one queue of tasks, run by
+    ``pipeline.workers`` local workers, or by a Ray cluster with ``ray``."""
+    from vidrestore.runner import Done, plan_work, run_local
+
     pairs = expand_inputs(inputs, output)
     if len(pairs) > 1 or any(p.is_dir() for p in inputs):
         if output.exists() and not output.is_dir():
@@ -163,19 +184,41 @@ def restore_paths(
             o = config.output
             plan_output(dst.suffix, o.codec, o.crf, o.preset)
     stats = RunStats()
-    stages = build_stages(config, store, stats)
+    first: tuple[FrameStages, RunStats] | None = None
+    if not ray:  # the models load (or fail) before any work starts
+        worker_stats = RunStats()
+        first = (build_stages(config, store, worker_stats), worker_stats)
     start = time.perf_counter()
-    outputs: list[Path] = []
+    done = Done(config, stats)
+    bar: Any = None
     try:
-        for src, dst in pairs:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            check_target(dst, sources, config.output.overwrite)
-            restore_file(src, dst, config, stages, stats, progress=progress)
-            outputs.append(dst)
+        _, tasks = plan_work(pairs, config, store, resume)
+        frames = sum(t.frames for t in tasks)
+        if progress and frames:
+            from tqdm import tqdm
+
+            bar = tqdm(total=frames, unit="frame", desc="segments", leave=False)
+        update = bar.update if bar is not None else None
+        if ray:
+            from vidrestore.cluster import run_ray
+
+            run_ray(tasks, config, store, done, update)
+        else:
+            run_local(
+                tasks, config, lambda st: build_stages(config, store, st), done, update, first, file_progress=progress
+            )
     except KeyboardInterrupt as exc:
-        raise Interrupted(outputs) from exc
+        raise Interrupted(_in_order(done.outputs, pairs)) from exc
+    finally:
+        if bar is not None:
+            bar.close()
     stats.wall_seconds = time.perf_counter() - start
-    return Summary(stats, outputs)
+    return Summary(stats, _in_order(done.outputs, pairs))
+
+
+def _in_order(outputs: list[Path], pairs: list[tuple[Path, Path]]) -> list[Path]:
+    finished = set(outputs)
+    return [dst for _, dst in pairs if dst in finished]
 
 
 def restore_file(
@@ -215,7 +258,9 @@ def guarded(frames: Iterator[Frame], stage: str, stats: RunStats) -> Generator[F
         raise PipelineError.during(stage, exc, last + 1) from exc
 
 
-def open_reader(src: Path, config: Config, control: RunControl, copy_streams: bool = True) -> VideoReader:
+def open_reader(
+    src: Path, config: Config, control: RunControl, copy_streams: bool = True, decode_video: bool = True
+) -> VideoReader:
     return VideoReader(
         src,
         control,
@@ -224,6 +269,7 @@ def open_reader(src: Path, config: Config, control: RunControl, copy_streams: bo
         copy_audio=copy_streams and config.output.audio,
         copy_subtitles=copy_streams and config.output.subtitles,
         strict=config.input.strict,
+        decode_video=decode_video,
     )
 
 

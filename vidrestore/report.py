@@ -49,8 +49,19 @@ def run_report(summary: Summary, config: Config, store: ModelStore) -> dict[str,
         "counts": {
             k: v
             for k, v in vars(summary.stats).items()
-            if k not in ("stage_seconds", "damaged", "damage_lines", "jitter", "flicker", "source", "temporal_files")
+            if k
+            not in (
+                "stage_seconds",
+                "damaged",
+                "damage_lines",
+                "jitter",
+                "flicker",
+                "source",
+                "temporal_files",
+                "segments",
+            )
         },
+        "segments": summary.stats.segments,
         "temporal": {
             "method": config.temporal.method,
             **summary.stats.temporal(),

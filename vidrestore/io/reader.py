@@ -329,10 +329,19 @@ class VideoReader:
         threads: int = 0,
         copy_audio: bool = True,
         copy_subtitles: bool = True,
+        copy_other: bool = True,
         strict: bool = False,
+        seek_pts: int | None = None,
+        decode_video: bool = True,
     ) -> None:
+        """``copy_other``: copy data tracks, other video tracks and attachments too; ``seek_pts``:
+        start at the video keyframe at or before this time (video time base) instead of the start;
+        ``decode_video`` False: demux only, for the copied streams (no frames come out)."""
         self.path = path
         self.strict = strict
+        self.seek_pts = seek_pts
+        self.decode_video = decode_video
+        self.copy_other = copy_other
         self.control = control
         self.container = open_input(path)
         try:
@@ -359,13 +368,15 @@ class VideoReader:
             raise InputError(f"{self.path}: the video codec is not supported by this FFmpeg build")
         cc.thread_type = "AUTO"  # frame and slice threads; must be set before the codec opens
         cc.thread_count = threads
-        kinds = {"data", "video"}  # data (timecodes, telemetry) and other video tracks (cover art): copied
+        # data (timecodes, telemetry) and other video tracks (cover art): copied
+        kinds = {"data", "video"} if self.copy_other else set()
         if copy_audio:
             kinds.add("audio")
         if copy_subtitles:
             kinds.add("subtitle")
         self.copy_streams = [s for s in c.streams if s.type in kinds and s.index != v.index]
-        self.attachments = [s for s in c.streams if s.type == "attachment"]  # fonts of styled subtitles
+        # fonts of styled subtitles
+        self.attachments = [s for s in c.streams if s.type == "attachment"] if self.copy_other else []
         tb = v.time_base or Fraction(1, 90000)
         rate = v.average_rate or v.guessed_rate or v.base_rate
         duration_s = float(v.duration * tb) if v.duration else (c.duration / 1e6 if c.duration else None)
@@ -440,6 +451,11 @@ class VideoReader:
 
     def _decode_all(self) -> None:
         deep = self.info.bit_depth > 8
+        if self.seek_pts is not None:
+            try:
+                self.container.seek(self.seek_pts, stream=self.video, backward=True)
+            except av.error.FFmpegError as exc:
+                raise InputError(f"{self.path}: cannot seek to {self.seek_pts} ({exc})") from exc
         demux = ResumingDemuxer(
             self.container,
             lambda: open_input(self.path),
@@ -453,7 +469,7 @@ class VideoReader:
             self._decode_packets(demux, deep)
         finally:
             demux.close()
-        if self.decoded == 0:
+        if self.decoded == 0 and self.decode_video:
             raise InputError(f"{self.path}: no video frame could be decoded")
         if demux.ended_early or self._cut_short:
             self.truncated_at = self.last_end_s
@@ -486,6 +502,9 @@ class VideoReader:
                 if self._intact(index, packet):
                     self._copy(index, *self._orders[index].push(packet))
                 continue
+            if not self.decode_video:
+                self.last_end_s = max(self.last_end_s, (_span(packet) or (0.0, 0.0))[1])
+                continue
             if packet.is_corrupt:  # decoded all the same (FFmpeg conceals what it can), but said
                 self._mark(self.video.index, packet, "flagged corrupt by the demuxer")
             if packet.pts is not None and (span := _span(packet)) is not None:
@@ -495,6 +514,9 @@ class VideoReader:
             self._blame(self._errors.settled())
         for index, order in self._orders.items():
             self._copy(index, *order.flush())
+        if not self.decode_video:
+            self._cut_short = self._check_avi(read)
+            return
         for frame in self._decode(None):
             self._emit(frame, deep)
         if self.damage.damaged or demux.ended_early:

@@ -62,7 +62,11 @@ def _opens(codec: str, width: int, height: int, pix_fmt: str) -> bool:
 
 
 class VideoWriter:
-    """Write frames (from :attr:`frames`) and copied packets to ``path`` (a temp file)."""
+    """Write frames (from :attr:`frames`) and copied packets to ``path`` (a temp file).
+
+    With ``template`` (a video stream of an already encoded file), :attr:`frames` carries that
+    stream's encoded packets instead of frames, muxed as they are: the join of segments.
+    """
 
     def __init__(
         self,
@@ -76,8 +80,10 @@ class VideoWriter:
         queue_size: int = 16,
         threads: int = 0,
         attachments: Sequence[Any] = (),
+        template: Any = None,
     ) -> None:
         self.path = path
+        self.template = template
         self._info = info
         self.copy_streams = copy_streams
         self.attachments = list(attachments)
@@ -149,6 +155,26 @@ class VideoWriter:
         if (cs := _SWS_COLORSPACE.get(info.colorspace)) is not None:
             self._reformat_args["dst_colorspace"] = cs
         self._src_format = "rgb48le" if deep else "rgb24"
+        self._add_others(c)
+
+    def _open_copy(self) -> None:
+        """Set up for muxing the template's encoded packets (no encoder)."""
+        info = self._info()
+        try:
+            self._container = av.open(str(self.path), mode="w")
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise OutputError(f"cannot write {self.path.suffix!r} files: unknown container ({exc})") from exc
+        c = self._container
+        cfg = self.config
+        self._audio_codec = plan_output(self.path.suffix, cfg.codec, cfg.crf, cfg.preset, info.hdr).audio
+        v = c.add_stream_from_template(self.template)
+        self.codec = self.template.codec_context.name
+        v.metadata.update({k: val for k, val in self.template.metadata.items() if k not in _SKIP_STREAM_KEYS})
+        c.metadata.update({k: val for k, val in info.container_metadata.items() if k not in _SKIP_CONTAINER_KEYS})
+        self._video = v
+        self._add_others(c)
+
+    def _add_others(self, c: Any) -> None:
         for s in self.copy_streams:
             self._add_copy(c, s)
         for s in self.attachments:
@@ -238,6 +264,9 @@ class VideoWriter:
         item = self.control.get(self.frames)
         if item is END:
             return
+        if self.template is not None:
+            self._mux_all(item)
+            return
         self._open(item)
         while item is not END:
             self._drain_packets(until=item.pts_seconds)
@@ -245,6 +274,24 @@ class VideoWriter:
             item = self.control.get(self.frames)
         for packet in self._video.encode(None):
             self._container.mux(packet)
+        self._finish()
+
+    def _mux_all(self, item: Any) -> None:
+        """The template's packets, as they come, with the copied ones interleaved by time."""
+        self._open_copy()
+        due = 0.0
+        while item is not END:
+            ts = item.dts if item.dts is not None else item.pts
+            due = float(ts * item.time_base) if ts is not None else due
+            self._drain_packets(until=due)
+            item.stream = self._video
+            self._container.mux(item)
+            self.frames_written += 1
+            item = self.control.get(self.frames)
+        self._finish()
+
+    def _finish(self) -> None:
+        """Every copied packet left, then what the audio re-encoders still hold."""
         self._drain_packets(until=None)
         for _, out in self._reencode.values():
             self._container.mux(out.encode(None))

@@ -1,0 +1,262 @@
+"""Segments: a long video cut at keyframes, restored piece by piece (resumable, in parallel, on Ray)
+and joined, gives what a whole-file run gives.
+
+The clip: 75 frames (3 s) of a moving real face with audio, a keyframe every 10 frames, cut into
+segments of about 0.8 s (4 segments). Encoded losslessly (``--crf 0``), so the restored pixels
+themselves are compared, not the encoder's noise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from conftest import CliResult, Weights
+from media import probe
+
+from vidrestore.config import load_config
+from vidrestore.segments import MANIFEST, plan_segments, work_folder
+from vidrestore.testing import FaceClip, make_face_clip
+
+Cli = Callable[..., CliResult]
+
+SECONDS = "0.8"
+
+
+def _motion(i: int) -> tuple[float, float, float]:
+    return (20 * math.sin(i / 9), 3.0 * math.sin(i / 4), 0.0)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> FaceClip:
+    return make_face_clip(tmp_path_factory.mktemp("long") / "long.mp4", frames=75, trajectory=_motion, gop=10)
+
+
+def _args(weights: Weights, *extra: str) -> list[str]:
+    return [
+        "--detector", "centerface", *weights.sets(), "--set", "upscaler.below=0", "--crf", "0",
+        "--segment-seconds", SECONDS, *extra,
+    ]  # fmt: skip
+
+
+def _frames(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24").astype(np.int16) for f in c.decode(c.streams.video[0])]
+
+
+@pytest.fixture(scope="module")
+def whole(clip: FaceClip, weights: Weights, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference: the same clip as one piece."""
+    from vidrestore.cli import main
+
+    out = tmp_path_factory.mktemp("whole") / "whole.mp4"
+    args = ["restore", str(clip.path), "-o", str(out), *_args(weights), "--segment-seconds", "0", "-q"]
+    assert main(args) == 0
+    return out
+
+
+def _same_as_whole(out: Path, whole: Path, clip: FaceClip) -> None:
+    """Frames, timestamps and audio of ``out`` are the whole-file run's; so are the restored pixels."""
+    p, w, src = probe(out), probe(whole), probe(clip.path)
+    assert p.frames == w.frames == src.frames == 75
+    assert p.pts == w.pts == src.pts
+    assert p.audio == w.audio == src.audio  # every audio packet, byte for byte
+    a, b, original = _frames(out), _frames(whole), _frames(clip.path)
+    worst = max(int(np.abs(x - y).max()) for x, y in zip(a, b, strict=True))
+    assert worst <= 1, worst  # lossless: the restored pixels are the whole-file run's
+    # every frame, the seams included, carries the restoration (it differs from the input as much)
+    changed = [float(np.abs(x - o).mean()) for x, o in zip(a, original, strict=True)]
+    assert min(changed) > 0.5 * float(np.median(changed)), changed
+
+
+def _report(path: Path) -> dict:  # type: ignore[type-arg]
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+# -- the plan ----------------------------------------------------------------------------
+
+
+def test_cuts_fall_on_keyframes_with_warm_up_before_each(clip: FaceClip) -> None:
+    plan = plan_segments(clip.path, float(SECONDS), warm=24)
+    assert plan.whole is None and plan.frames == 75
+    with av.open(str(clip.path)) as c:
+        keys = {p.pts for p in c.demux(c.streams.video[0]) if p.size and p.is_keyframe}
+    segs = plan.segments
+    assert [s.first_frame for s in segs] == [0, 20, 40, 60]  # 0.8 s = 20 frames, on the every-10 keyframes
+    assert sum(s.frames for s in segs) == 75
+    assert all(s.start in keys for s in segs)
+    assert [s.end for s in segs[:-1]] == [s.start for s in segs[1:]] and segs[-1].end is None
+    for s in segs[1:]:  # decoding starts at a keyframe at least 24 frames (or the file's start) earlier
+        assert s.seek in keys and s.seek <= plan.times[max(0, s.first_frame - 24)]
+
+
+def test_short_zero_and_untrustworthy_inputs_run_whole(clip: FaceClip, tmp_path: Path) -> None:
+    assert plan_segments(clip.path, 0, 24).whole == "segment_seconds is 0"
+    assert plan_segments(clip.path, 2.0, 24).whole is not None  # under twice 2 s
+    shuffled = tmp_path / "dup.mp4"  # two frames at one time: the plan cannot number frames by time
+    make_face_clip(shuffled, frames=50, gop=10)
+    with av.open(str(shuffled)) as c, av.open(str(tmp_path / "dup.mkv"), "w") as o:
+        v = o.add_stream_from_template(c.streams.video[0])
+        for k, p in enumerate(q for q in c.demux(c.streams.video[0]) if q.size):
+            p.stream = v
+            if k == 30:
+                p.pts = p.pts - 512
+            o.mux(p)
+    assert plan_segments(tmp_path / "dup.mkv", 0.4, 24).whole is not None
+
+
+# -- segmented runs ----------------------------------------------------------------------
+
+
+def test_a_segmented_run_equals_the_whole_file_run(
+    cli: Cli, clip: FaceClip, weights: Weights, whole: Path, tmp_path: Path
+) -> None:
+    out, report = tmp_path / "seg.mp4", tmp_path / "seg.json"
+    r = cli("restore", clip.path, "-o", out, *_args(weights), "--report", report)
+    assert r.code == 0, r.err
+    assert "segments: 4 (0 kept from an earlier run, 0 retried) on 1 worker(s)" in r.err
+    _same_as_whole(out, whole, clip)
+    segs = _report(report)["segments"]
+    assert [s["first_frame"] for s in segs] == [0, 20, 40, 60] and sum(s["frames"] for s in segs) == 75
+    assert all(s["seconds"] > 0 and s["worker"] and not s["resumed"] for s in segs)
+    assert not work_folder(out).exists()  # removed on success
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.json", "seg.mp4"]
+
+
+def test_two_workers_give_the_same_output(
+    cli: Cli, clip: FaceClip, weights: Weights, whole: Path, tmp_path: Path
+) -> None:
+    out, report = tmp_path / "w2.mp4", tmp_path / "w2.json"
+    r = cli("restore", clip.path, "-o", out, *_args(weights, "--workers", "2"), "--report", report)
+    assert r.code == 0, r.err
+    _same_as_whole(out, whole, clip)
+    assert len({s["worker"] for s in _report(report)["segments"]}) == 2
+
+
+def test_kill_9_mid_run_then_resume_redoes_only_the_unfinished_segments(
+    cli: Cli, clip: FaceClip, weights: Weights, whole: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "resumed.mp4"
+    folder = work_folder(out)
+    args = ["restore", str(clip.path), "-o", str(out), *_args(weights), "--set", "pipeline.encode_threads=1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vidrestore", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    finished: list[int] = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:  # bounded: until one segment is done
+            if (folder / MANIFEST).is_file():
+                entries = json.loads((folder / MANIFEST).read_text())["segments"]
+                finished = [e["index"] for e in entries if e["state"] == "done"]
+                if finished and any(p.name.startswith(".seg-") for p in folder.iterdir()):
+                    break  # one done, the next one half-written
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert finished and len(finished) < 4, finished
+    assert not out.exists() and folder.is_dir()
+    report = tmp_path / "resumed.json"
+    r = cli(*args, "--resume", "--report", report)
+    assert r.code == 0, r.err
+    assert f"{len(finished)} of 4 segments are kept from an earlier run" in r.err
+    _same_as_whole(out, whole, clip)
+    segs = _report(report)["segments"]
+    assert [s["segment"] for s in segs if s["resumed"]] == finished
+    redone = [s for s in segs if not s["resumed"]]
+    assert len(redone) == 4 - len(finished)
+    assert not folder.exists()
+
+
+def test_a_changed_config_with_resume_is_refused_and_without_it_starts_afresh(
+    cli: Cli, clip: FaceClip, weights: Weights, tmp_path: Path
+) -> None:
+    from vidrestore.models.registry import DEFAULT_REGISTRY
+    from vidrestore.models.store import ModelStore
+    from vidrestore.runner import plan_work
+
+    out = tmp_path / "changed.mp4"
+    sets = [a for a in _args(weights) if "=" in a]  # the --set values
+    earlier = ["detector.model=centerface", "output.crf=0", f"pipeline.segment_seconds={SECONDS}"]
+    config = load_config(None, [*sets, *earlier, "restorer.blend=0.5"])
+    store = ModelStore(tmp_path / "cache", DEFAULT_REGISTRY)
+    plan_work([(clip.path, out)], config, store, "auto")  # an earlier run's work folder, at blend 0.5
+    assert (work_folder(out) / MANIFEST).is_file()
+    r = cli("restore", clip.path, "-o", out, *_args(weights), "--resume", "--restorer", "none")
+    assert r.code == 2, r.err
+    assert "cannot resume: the configuration changed" in r.err and "Traceback" not in r.err
+    assert not out.exists() and (work_folder(out) / MANIFEST).is_file()  # nothing lost either
+    r = cli("restore", clip.path, "-o", out, *_args(weights), "--restorer", "none")
+    assert r.code == 0, r.err
+    assert "different configuration: starting afresh" in r.err
+    assert probe(out).frames == 75 and not work_folder(out).exists()
+
+
+# -- Ray -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    """A local Ray with two logical GPUs (there is no real one): two one-GPU actors."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_ray_gives_the_same_output_as_the_local_run(
+    cli: Cli, clip: FaceClip, weights: Weights, whole: Path, tmp_path: Path, ray_cluster: None
+) -> None:
+    out, report = tmp_path / "ray.mp4", tmp_path / "ray.json"
+    r = cli("restore", clip.path, "-o", out, *_args(weights), "--ray", "--report", report)
+    assert r.code == 0, r.err
+    _same_as_whole(out, whole, clip)
+    segs = _report(report)["segments"]
+    assert len({s["worker"] for s in segs}) == 2  # two actors, one logical GPU each
+    assert all(s["attempts"] == 1 for s in segs)
+
+
+def test_a_ray_worker_killed_mid_segment_is_retried(
+    cli: Cli, clip: FaceClip, weights: Weights, whole: Path, tmp_path: Path, ray_cluster: None
+) -> None:
+    out, report = tmp_path / "killed.mp4", tmp_path / "killed.json"
+    folder = work_folder(out)
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def kill_one_writer() -> None:  # bounded: until one actor is caught writing a segment, or stopped
+        deadline = time.monotonic() + 240
+        while not stop.is_set() and not killed and time.monotonic() < deadline:
+            parts = list(folder.glob(".seg-*.part-*")) if folder.is_dir() else []
+            if parts:
+                pid = int(parts[0].stem.rsplit("-", 1)[1].split(".")[0])
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_one_writer)
+    watcher.start()
+    try:
+        r = cli("restore", clip.path, "-o", out, *_args(weights), "--ray", "--report", report)
+    finally:
+        stop.set()
+        watcher.join()
+    assert killed
+    assert r.code == 0, r.err
+    assert "trying again" in r.err
+    _same_as_whole(out, whole, clip)
+    segs = _report(report)["segments"]
+    assert sum(s["attempts"] - 1 for s in segs) == 1
+    assert not folder.exists()
