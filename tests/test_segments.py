@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -27,7 +28,7 @@ from media import probe
 
 from vidrestore.config import load_config
 from vidrestore.segments import MANIFEST, plan_segments, work_folder
-from vidrestore.testing import FaceClip, make_face_clip
+from vidrestore.testing import FaceClip, make_face_clip, write_clip
 
 Cli = Callable[..., CliResult]
 
@@ -260,3 +261,32 @@ def test_a_ray_worker_killed_mid_segment_is_retried(
     segs = _report(report)["segments"]
     assert sum(s["attempts"] - 1 for s in segs) == 1
     assert not folder.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("phone.mp4", {"rotation": 90, "bt709": True}),
+        ("two-tracks.mkv", {"audio_tracks": 2, "sample_rate": (48000, 24000)}),
+        ("web.webm", {"codec": "libvpx-vp9"}),
+        ("vfr.mkv", {"pts": [sum(1 + k % 3 for k in range(i)) for i in range(75)], "time_base": Fraction(1, 50)}),
+    ],
+)
+def test_the_join_keeps_what_a_whole_file_run_keeps(
+    cli: Cli, tmp_path: Path, name: str, options: dict[str, object]
+) -> None:
+    """Rotation and colour tags, several audio tracks, VP9 in WebM, variable frame rate: the
+    segments' join keeps what the whole file holds (faces aside: no detector, so the pictures
+    pass through and only the cutting and joining are tested)."""
+    src, out = tmp_path / name, tmp_path / f"out-{name}"
+    rng = np.random.default_rng(0)
+    images = [np.full((96, 128, 3), 40 + k, np.uint8) + rng.integers(0, 20, (96, 128, 3), np.uint8) for k in range(75)]
+    write_clip(src, images, gop=10, **options)  # type: ignore[arg-type]
+    report, whole = tmp_path / "r.json", tmp_path / f"whole-{name}"
+    r = cli("restore", src, "-o", out, "--detector", "none", "--segment-seconds", "0.5", "--report", report)
+    assert r.code == 0, r.err
+    assert len(_report(report)["segments"]) >= 3
+    assert cli("restore", src, "-o", whole, "--detector", "none", "--segment-seconds", "0").code == 0
+    a, b, w = probe(src), probe(out), probe(whole)
+    assert (b.frames, b.pts, b.audio, b.rotation) == (a.frames, a.pts, a.audio, a.rotation)
+    assert (b.color, b.codec, b.pix_fmt, b.container_metadata) == (w.color, w.codec, w.pix_fmt, w.container_metadata)

@@ -10,6 +10,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,7 +168,9 @@ def finish(work: FileWork, config: Config, stats: RunStats) -> None:
     assert work.manifest is not None and work.plan is not None
     files = [work.manifest.folder / e["file"] for e in work.manifest.segments]
     stats.source = str(work.src)
+    t0 = time.perf_counter()
     written = join_segments(work.src, files, work.dst, config, stats)
+    stats.add_time("join", time.perf_counter() - t0)
     if written != work.plan.frames:
         log.warning("%s: %d frames joined where the plan has %d", work.dst, written, work.plan.frames)
     stats.files += 1

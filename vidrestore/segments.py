@@ -330,17 +330,13 @@ def join_segments(src: Path, files: list[Path], dst: Path, config: Config, stats
             )
             writer.start()
             reader.start()
-            last_dts: int | None = None
+            dts = iter(_decode_times(files))
             try:
                 for seg in opened:
-                    stream = seg.streams.video[0]
-                    for packet in seg.demux(stream):
-                        if not packet.size:
-                            continue
-                        if last_dts is not None and packet.dts is not None and packet.dts <= last_dts:
-                            packet.dts = last_dts + 1  # the encoder's start-up delay, at a seam
-                        last_dts = packet.dts
-                        control.put(writer.frames, packet)
+                    for packet in seg.demux(seg.streams.video[0]):
+                        if packet.size:
+                            packet.dts = next(dts)
+                            control.put(writer.frames, packet)
                 control.put(writer.frames, END)
             except Stopped:
                 pass
@@ -359,6 +355,20 @@ def join_segments(src: Path, files: list[Path], dst: Path, config: Config, stats
         for c in opened:
             c.close()
     return writer.frames_written
+
+
+def _decode_times(files: list[Path]) -> list[int]:
+    """A decode time for every video packet of the segments, in order. Each segment's encoder
+    started afresh (and Matroska stores no decode times at all), so the times are set anew over
+    the whole: the i-th packet decodes at the i-th frame time, less the largest reordering delay,
+    which keeps them increasing across the seams and never after a packet's presentation time."""
+    shown: list[int] = []
+    for f in files:
+        with av.open(str(f)) as seg:
+            shown += [int(p.pts) for p in seg.demux(seg.streams.video[0]) if p.size and p.pts is not None]
+    order = sorted(shown)
+    delay = max([0, *(t - pts for t, pts in zip(order, shown, strict=True))])
+    return [t - delay for t in order]
 
 
 # -- the work folder and its manifest ------------------------------------------------
