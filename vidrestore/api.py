@@ -23,6 +23,7 @@ from vidrestore.errors import InputError
 from vidrestore.models.store import ModelStore, default_weights_dir, offline_requested
 from vidrestore.pipeline import RunStats, Summary, build_stages, restore_paths
 from vidrestore.records import Frame
+from vidrestore.segments import Resume
 
 __all__ = ["restore", "restore_frames"]
 
@@ -40,14 +41,21 @@ def restore(
     *,
     store: ModelStore | None = None,
     progress: bool = False,
+    resume: Resume = "auto",
+    ray: bool = False,
 ) -> Summary:
     """Restore a video/image file, a folder, or several of them into ``output``.
 
+    Long videos run as resumable segments (``resume``: ``"auto"`` keeps a matching earlier run's
+    finished segments, ``"require"`` refuses a changed one, ``"never"`` starts afresh); ``ray``
+    runs them on a Ray cluster (``config.cluster``; an already initialised ``ray`` is used).
     Raises the same errors the CLI reports (``vidrestore.errors``), each with its exit code.
     """
     config = config or Config()
     sources = [Path(source)] if isinstance(source, (str, Path)) else [Path(s) for s in source]
-    return restore_paths(sources, Path(output), config, _store(config, store), progress=progress)
+    return restore_paths(
+        sources, Path(output), config, _store(config, store), progress=progress, resume=resume, ray=ray
+    )
 
 
 def restore_frames(
