@@ -76,3 +76,16 @@ def test_the_stages_package_is_a_map_not_a_module() -> None:
 
 def test_transfer_functions_sit_at_the_base() -> None:
     assert imports_of(PKG / "transfer.py") == set()
+
+
+def test_the_server_and_the_cluster_sit_on_top() -> None:
+    """Only the CLI reaches the server; only the run loop reaches the cluster backend, and neither
+    reaches back into the CLI."""
+    for path in PKG.rglob("*.py"):
+        if path.parent.name == "server" or path.name == "cli.py":
+            continue
+        assert not [m for m in imports_of(path) if m.startswith("vidrestore.server")], path.name
+        if path.name not in ("pipeline.py", "cluster.py"):
+            assert "vidrestore.cluster" not in imports_of(path), path.name
+    for path in [*(PKG / "server").glob("*.py"), PKG / "segments.py", PKG / "runner.py", PKG / "cluster.py"]:
+        assert "vidrestore.cli" not in imports_of(path), path.name

@@ -220,6 +220,37 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--report", metavar="JSON", help="the --report of the restore run that made RESTORED (for --plot)")
     c.add_argument("-y", "--overwrite", action="store_true", default=None, help="replace an existing output")
 
+    sv = sub.add_parser(
+        "serve",
+        parents=[_common()],
+        help="serve the restoration API and a web page over HTTP (needs the serve extra)",
+        description="Serve the HTTP API (POST /v1/edit, /v1/restore, /v1/files, /v1/jobs) and a web page at /. "
+        "--config/--set give every request's defaults; the models load once. Needs: "
+        "pip install 'vidrestore[serve]'.",
+    )
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--token", help="the bearer token clients must send (default: $VIDRESTORE_TOKEN; none on loopback)")
+    sv.add_argument(
+        "--allow-no-token",
+        action="store_true",
+        help="bind to a non-loopback address without a token (anyone who reaches it can use it)",
+    )
+    sv.add_argument(
+        "--data", metavar="DIR", help="uploads, results and the job database (default: the user data folder)"
+    )
+    sv.add_argument("--workers", type=int, default=1, metavar="N", help="device workers (each loads the models)")
+    sv.add_argument("--queue", type=int, default=8, metavar="N", help="jobs and images waiting at most; more get 429")
+    sv.add_argument("--max-upload-mb", type=float, default=512, metavar="MB", help="larger uploads get 413")
+    sv.add_argument("--expire-hours", type=float, default=24, metavar="H", help="results and uploads are removed after")
+    sv.add_argument(
+        "--fetch-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="let image_url fetch from HOST (repeatable; .example.com for its subdomains); off by default",
+    )
+
     sub.add_parser(
         "presets",
         help="list the shipped presets, one line each",
@@ -297,7 +328,7 @@ def _store(args: argparse.Namespace, config: Config | None = None) -> ModelStore
     return ModelStore(
         default_weights_dir(override),
         DEFAULT_REGISTRY,
-        fetch_missing=args.command in ("restore", "inspect") and not _offline(args),
+        fetch_missing=args.command in ("restore", "inspect", "serve") and not _offline(args),
         progress=lambda name: _download_bar(name, quiet),
     )
 
@@ -443,6 +474,50 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    try:
+        import uvicorn
+
+        from vidrestore.server.app import ServerSettings, create_app
+    except ImportError as exc:
+        raise ConfigError("vidrestore serve needs the serve extra: pip install 'vidrestore[serve]'") from exc
+    config = _config(args)
+    token = args.token or os.environ.get("VIDRESTORE_TOKEN") or None
+    loopback = args.host in ("127.0.0.1", "::1", "localhost")
+    if not loopback and token is None and not args.allow_no_token:
+        raise ConfigError(
+            f"binding to {args.host} lets other machines in: give a --token (or $VIDRESTORE_TOKEN), "
+            "or pass --allow-no-token to accept that anyone who reaches it can use it"
+        )
+    data = Path(args.data) if args.data else _data_dir()
+    settings = ServerSettings(
+        config=config,
+        models=_store(args, config),
+        data=data,
+        token=token,
+        workers=max(1, args.workers),
+        queue_size=max(1, args.queue),
+        max_upload=int(args.max_upload_mb * 2**20),
+        expire_seconds=args.expire_hours * 3600,
+        fetch_hosts=tuple(args.fetch_host),
+    )
+    app = create_app(settings)
+    if not getattr(args, "quiet", False):
+        shown = f"[{args.host}]" if ":" in args.host else args.host
+        sys.stderr.write(f"serving on http://{shown}:{args.port} (data in {data}); Ctrl-C stops\n")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+def _data_dir() -> Path:
+    import os
+
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "vidrestore" / "serve"
+
+
 def _cmd_presets(args: argparse.Namespace) -> int:
     presets = list_presets()
     width = max(len(p.name) for p in presets)
@@ -478,6 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "restore": _cmd_restore,
         "inspect": _cmd_inspect,
         "compare": _cmd_compare,
+        "serve": _cmd_serve,
         "models": _cmd_models,
         "presets": _cmd_presets,
     }

@@ -10,6 +10,7 @@ re-raises KeyboardInterrupt for the CLI to exit 130.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
@@ -222,14 +223,21 @@ def _in_order(outputs: list[Path], pairs: list[tuple[Path, Path]]) -> list[Path]
 
 
 def restore_file(
-    src: Path, dst: Path, config: Config, stages: FrameStages, stats: RunStats, progress: bool = False
+    src: Path,
+    dst: Path,
+    config: Config,
+    stages: FrameStages,
+    stats: RunStats,
+    progress: bool = False,
+    cancel: threading.Event | None = None,
 ) -> None:
-    """Restore one video or image ``src`` into ``dst`` (atomically)."""
+    """Restore one video or image ``src`` into ``dst`` (atomically). ``cancel`` set: the run stops
+    at the next frame with KeyboardInterrupt, nothing written."""
     stats.source = str(src)
     if is_image(src):
         _restore_image(src, dst, config, stages, stats)
     else:
-        _restore_video(src, dst, config, stages, stats, progress)
+        _restore_video(src, dst, config, stages, stats, progress, cancel)
     stats.files += 1
 
 
@@ -273,7 +281,15 @@ def open_reader(
     )
 
 
-def _restore_video(src: Path, dst: Path, config: Config, stages: FrameStages, stats: RunStats, progress: bool) -> None:
+def _restore_video(
+    src: Path,
+    dst: Path,
+    config: Config,
+    stages: FrameStages,
+    stats: RunStats,
+    progress: bool,
+    cancel: threading.Event | None = None,
+) -> None:
     control = RunControl()
     reader = open_reader(src, config, control)
     bar = _progress_bar(reader, src, progress)
@@ -295,6 +311,8 @@ def _restore_video(src: Path, dst: Path, config: Config, stages: FrameStages, st
         restored = guarded(stages(iter(reader)), "restore", stats)
         try:
             for frame in restored:
+                if cancel is not None and cancel.is_set():
+                    raise KeyboardInterrupt  # canceled: cleaned up as Ctrl-C is
                 control.put(writer.frames, frame)
                 stats.frames += 1
                 if bar is not None:

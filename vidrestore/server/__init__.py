@@ -1,0 +1,1 @@
+"""``vidrestore serve``: the HTTP API and web page (``pip install 'vidrestore[serve]'``)."""
