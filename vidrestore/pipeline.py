@@ -40,6 +40,7 @@ __all__ = [
     "open_reader",
     "restore_file",
     "restore_paths",
+    "writer_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -281,6 +282,25 @@ def open_reader(
     )
 
 
+def writer_for(
+    reader: VideoReader, path: Path, config: Config, control: RunControl, template: Any = None
+) -> VideoWriter:
+    """The writer of ``path`` that copies ``reader``'s other streams beside the video (encoded from
+    frames, or with ``template`` the packets of an encoded stream)."""
+    return VideoWriter(
+        path,
+        lambda: reader.info,
+        reader.copy_streams,
+        reader.packets,
+        config.output,
+        control,
+        queue_size=config.pipeline.queue_size,
+        threads=config.pipeline.encode_threads,
+        attachments=reader.attachments,
+        template=template,
+    )
+
+
 def _restore_video(
     src: Path,
     dst: Path,
@@ -295,17 +315,7 @@ def _restore_video(
     bar = _progress_bar(reader, src, progress)
     target = AtomicTarget(dst, config.output.overwrite)
     with target as tmp:
-        writer = VideoWriter(
-            tmp,
-            lambda: reader.info,
-            reader.copy_streams,
-            reader.packets,
-            config.output,
-            control,
-            queue_size=config.pipeline.queue_size,
-            threads=config.pipeline.encode_threads,
-            attachments=reader.attachments,
-        )
+        writer = writer_for(reader, tmp, config, control)
         writer.start()
         reader.start()
         restored = guarded(stages(iter(reader)), "restore", stats)

@@ -309,7 +309,7 @@ def restore_segment(
 def join_segments(src: Path, files: list[Path], dst: Path, config: Config, stats: RunStats) -> int:
     """The segments' video packets (no re-encode) with ``src``'s other streams copied, into ``dst``
     (atomically); returns the video packets written."""
-    from vidrestore.pipeline import open_reader
+    from vidrestore.pipeline import open_reader, writer_for
 
     control = RunControl()
     reader = open_reader(src, config, control, decode_video=False)
@@ -317,17 +317,7 @@ def join_segments(src: Path, files: list[Path], dst: Path, config: Config, stats
     target = AtomicTarget(dst, config.output.overwrite)
     try:
         with target as tmp:
-            writer = VideoWriter(
-                tmp,
-                lambda: reader.info,
-                reader.copy_streams,
-                reader.packets,
-                config.output,
-                control,
-                queue_size=config.pipeline.queue_size,
-                attachments=reader.attachments,
-                template=opened[0].streams.video[0],
-            )
+            writer = writer_for(reader, tmp, config, control, template=opened[0].streams.video[0])
             writer.start()
             reader.start()
             dts = iter(_decode_times(files))

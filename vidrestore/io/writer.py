@@ -106,14 +106,17 @@ class VideoWriter:
 
     # -- set-up ---------------------------------------------------------------------
 
-    def _open(self, first: Frame) -> None:
-        info = self._info()
-        height, width = first.image.shape[:2]
+    def _open_container(self) -> Any:
         try:
             self._container = av.open(str(self.path), mode="w")
         except (av.error.FFmpegError, ValueError) as exc:
             raise OutputError(f"cannot write {self.path.suffix!r} files: unknown container ({exc})") from exc
-        c = self._container
+        return self._container
+
+    def _open(self, first: Frame) -> None:
+        info = self._info()
+        height, width = first.image.shape[:2]
+        c = self._open_container()
         cfg = self.config
         plan = plan_output(self.path.suffix, cfg.codec, cfg.crf, cfg.preset, info.hdr)
         codec: str = plan.video
@@ -160,11 +163,7 @@ class VideoWriter:
     def _open_copy(self) -> None:
         """Set up for muxing the template's encoded packets (no encoder)."""
         info = self._info()
-        try:
-            self._container = av.open(str(self.path), mode="w")
-        except (av.error.FFmpegError, ValueError) as exc:
-            raise OutputError(f"cannot write {self.path.suffix!r} files: unknown container ({exc})") from exc
-        c = self._container
+        c = self._open_container()
         cfg = self.config
         self._audio_codec = plan_output(self.path.suffix, cfg.codec, cfg.crf, cfg.preset, info.hdr).audio
         v = c.add_stream_from_template(self.template)
