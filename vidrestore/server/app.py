@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
@@ -128,14 +128,14 @@ class _TooLarge(StarletteHTTPException):
         super().__init__(413, f"the upload is larger than this server's limit of {limit} bytes")
 
 
-def _kind_of(data: bytes) -> tuple[str, str]:
-    """("image" | "video", suffix) from the content itself; InputError if it is neither."""
+def _kind_of(path: Path) -> tuple[str, str]:
+    """("image" | "video", suffix) from the file's content itself; InputError if it is neither."""
     from PIL import Image, UnidentifiedImageError
 
-    if not data:
+    if path.stat().st_size == 0:
         raise InputError("the upload is empty")
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(path) as im:
             fmt = im.format or ""
             im.verify()
         if fmt in _IMAGE_FORMATS:
@@ -146,12 +146,30 @@ def _kind_of(data: bytes) -> tuple[str, str]:
     import av.error
 
     try:
-        with av.open(io.BytesIO(data)) as c:
+        with av.open(str(path)) as c:
             if c.streams.video:
                 return "video", _VIDEO_FORMATS.get(c.format.name, ".mkv")
     except (av.error.FFmpegError, ValueError, OSError):
         pass
     raise InputError("the upload is neither an image nor a video this server can read")
+
+
+def _store(source: BinaryIO, folder: Path, name: Callable[[str], str]) -> tuple[Path, str]:
+    """Copy ``source`` into ``folder`` in pieces (never whole in memory), hashing it; the file is
+    named ``name(sha256) + suffix``, the suffix from its content. Returns (path, kind)."""
+    digest = hashlib.sha256()
+    tmp = folder / f".upload-{new_id()}.part"
+    try:
+        with tmp.open("wb") as out:
+            while chunk := source.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+        kind, suffix = _kind_of(tmp)
+        path = folder / f"{name(digest.hexdigest())}{suffix}"
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path, kind
 
 
 def create_app(settings: ServerSettings) -> Any:
@@ -241,16 +259,10 @@ def create_app(settings: ServerSettings) -> Any:
                 401, "auth", "missing or wrong token (Authorization: Bearer KEY)", {"WWW-Authenticate": "Bearer"}
             )
 
-    def save_upload(content: bytes) -> tuple[str, Path, str]:
-        """Store content under its own hash (never a client's name); returns (id, path, kind)."""
-        kind, suffix = _kind_of(content)
-        fid = hashlib.sha256(content).hexdigest()[:32]
-        path = files / f"{fid}{suffix}"
-        if not path.exists():
-            tmp = files / f".{fid}.{threading.get_ident()}.part"
-            tmp.write_bytes(content)
-            tmp.replace(path)
-        return fid, path, kind
+    def save_upload(source: BinaryIO) -> tuple[str, Path, str]:
+        """Store an upload under its content's hash (never a client's name); returns (id, path, kind)."""
+        path, kind = _store(source, files, lambda h: h[:32])
+        return path.stem, path, kind
 
     def file_path(fid: str) -> Path:
         if not fid.isalnum() or len(fid) > 64:
@@ -263,14 +275,14 @@ def create_app(settings: ServerSettings) -> Any:
     def base_url(request: Request) -> str:
         return str(request.base_url).rstrip("/")
 
-    async def form_upload(request: Request) -> tuple[bytes, dict[str, Any]]:
+    async def form_upload(request: Request) -> tuple[BinaryIO, dict[str, Any]]:
+        """The multipart upload (spooled to disk by the parser past 1 MB) and the other fields."""
         form = await request.form()
         upload = form.get("file") or form.get("image") or form.get("video")
         if upload is None or isinstance(upload, str):
             raise ApiError(400, "input", "send the file as a multipart field named 'file'")
-        content = await upload.read()
         params = {k: _number(v) for k, v in form.items() if k not in ("file", "image", "video") and isinstance(v, str)}
-        return content, params
+        return upload.file, params
 
     def image_bytes(url: str, request: Request) -> bytes:
         if url.startswith("data:"):
@@ -327,8 +339,8 @@ def create_app(settings: ServerSettings) -> Any:
     @app.post("/v1/files")
     async def upload(request: Request) -> dict[str, str]:
         authorize(request)
-        content, _ = await form_upload(request)
-        fid, _, _ = await asyncio.to_thread(save_upload, content)
+        source, _ = await form_upload(request)
+        fid, _, _ = await asyncio.to_thread(save_upload, source)
         return {"id": fid, "url": f"{base_url(request)}/v1/files/{fid}"}
 
     @app.get("/v1/files/{fid}")
@@ -352,7 +364,7 @@ def create_app(settings: ServerSettings) -> Any:
         params = {k: v for k, v in body.items() if k not in ("operation", "image_url", "scale")}
         config = operation_config(str(operation), body.get("scale"), params)
         content = await asyncio.to_thread(image_bytes, url, request)
-        _, src, kind = await asyncio.to_thread(save_upload, content)
+        _, src, kind = await asyncio.to_thread(save_upload, io.BytesIO(content))
         if kind != "image":
             raise ApiError(400, "input", "image_url must point at an image (videos go to /v1/jobs)")
         out = await run_image(src, config)
@@ -361,10 +373,10 @@ def create_app(settings: ServerSettings) -> Any:
     @app.post("/v1/restore")
     async def restore(request: Request) -> Response:
         authorize(request)
-        content, params = await form_upload(request)
+        source, params = await form_upload(request)
         operation = str(params.pop("operation", "restore"))
         config = operation_config(operation, params.pop("scale", None), params)
-        _, src, kind = await asyncio.to_thread(save_upload, content)
+        _, src, kind = await asyncio.to_thread(save_upload, source)
         if kind != "image":
             raise ApiError(400, "input", "/v1/restore takes images; send videos to /v1/jobs")
         out = await run_image(src, config)
@@ -376,15 +388,15 @@ def create_app(settings: ServerSettings) -> Any:
     @app.post("/v1/jobs", status_code=202)
     async def create_job(request: Request) -> JSONResponse:
         authorize(request)
-        content, params = await form_upload(request)
+        source, params = await form_upload(request)
         request_config(settings.config, params)  # refused now, not when it runs
-        kind, suffix = await asyncio.to_thread(_kind_of, content)
-        if kind != "video":
-            raise ApiError(400, "input", "/v1/jobs takes videos; send images to /v1/restore or /v1/edit")
         jid = new_id()
-        job_input = jobs_dir / f"{jid}-in{suffix}"
-        await asyncio.to_thread(job_input.write_bytes, content)
-        job = Job(jid, "queued", time.time(), str(job_input), str(jobs_dir / f"{jid}-out{suffix}"), params)
+        job_input, kind = await asyncio.to_thread(_store, source, jobs_dir, lambda _: f"{jid}-in")
+        if kind != "video":
+            job_input.unlink(missing_ok=True)
+            raise ApiError(400, "input", "/v1/jobs takes videos; send images to /v1/restore or /v1/edit")
+        output = jobs_dir / f"{jid}-out{job_input.suffix}"
+        job = Job(jid, "queued", time.time(), str(job_input), str(output), params)
         try:
             runner.submit_job(job)
         except queue.Full as exc:
