@@ -38,6 +38,7 @@ __all__ = [
     "expand_inputs",
     "guarded",
     "open_reader",
+    "record_damage",
     "restore_file",
     "restore_paths",
     "writer_for",
@@ -340,13 +341,18 @@ def _restore_video(
                 bar.close()
         if control.error is not None:
             raise control.error
-        if reader.damage.damaged:
-            stats.skipped_packets += reader.damage.packets_skipped
-            stats.damaged.append(reader.damage.to_dict())
-            stats.damage_lines.append(reader.damage.summary())
+        record_damage(reader, stats)
         stats.timestamps_repaired += reader.repair.repaired
         stats.timestamp_resets += reader.repair.resets + sum(c.resets for c in reader.clocks.values())
         target.commit()
+
+
+def record_damage(reader: VideoReader, stats: RunStats) -> None:
+    """Add what ``reader`` found damaged (if anything) to the run's counts and report."""
+    if reader.damage.damaged:
+        stats.skipped_packets += reader.damage.packets_skipped
+        stats.damaged.append(reader.damage.to_dict())
+        stats.damage_lines.append(reader.damage.summary())
 
 
 def _progress_bar(reader: VideoReader, src: Path, enabled: bool) -> Any:

@@ -232,7 +232,7 @@ def restore_segment(
 ) -> SegmentResult:
     """Restore ``seg`` of ``src`` into the segment file ``dst`` (temp file, then rename: a file under
     that name is always whole). ``stages`` is called once, for this segment (as for one file)."""
-    from vidrestore.pipeline import guarded
+    from vidrestore.pipeline import guarded, record_damage
 
     t0 = time.perf_counter()
     warm, ahead = _warm_ahead(config)
@@ -294,9 +294,7 @@ def restore_segment(
             seg.first_frame,
             f"segment {seg.index} gave {written} frames, the plan {seg.frames}; {_WHOLE_HINT}",
         )
-    if reader.damage.damaged:
-        stats.damaged.append(reader.damage.to_dict())
-        stats.damage_lines.append(reader.damage.summary())
+    record_damage(reader, stats)
     os.replace(part, dst)
     stats.frames += written
     worker = f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
@@ -309,7 +307,7 @@ def restore_segment(
 def join_segments(src: Path, files: list[Path], dst: Path, config: Config, stats: RunStats) -> int:
     """The segments' video packets (no re-encode) with ``src``'s other streams copied, into ``dst``
     (atomically); returns the video packets written."""
-    from vidrestore.pipeline import open_reader, writer_for
+    from vidrestore.pipeline import open_reader, record_damage, writer_for
 
     control = RunControl()
     reader = open_reader(src, config, control, decode_video=False)
@@ -337,9 +335,7 @@ def join_segments(src: Path, files: list[Path], dst: Path, config: Config, stats
                 reader.close()
             if control.error is not None:
                 raise control.error
-            if reader.damage.damaged:
-                stats.damaged.append(reader.damage.to_dict())
-                stats.damage_lines.append(reader.damage.summary())
+            record_damage(reader, stats)
             target.commit()
     finally:
         for c in opened:
