@@ -291,3 +291,117 @@ def test_each_picture_with_faces_crosses_to_the_device_and_back_once(restorer: G
     assert [f.index for f in out] == [0, 1, 2]
     assert (stage.io.uploads, stage.io.downloads) == (2, 2)  # the face-less frame never moves
     assert out[1].image is img
+
+
+# -- batched work on the device -------------------------------------------------------------
+
+
+def test_one_batched_warp_gives_what_one_warp_per_source_gives() -> None:
+    """Sources of different sizes padded into one batch sample exactly what each alone would."""
+    from vidrestore.geometry import warp, warp_batch
+    from vidrestore.stages.restore import _pad_stack
+
+    gen = torch.Generator().manual_seed(0)
+    sources = [torch.rand(3, h, w, generator=gen) for h, w in ((40, 52), (33, 47), (51, 38))]
+    ms = [np.array([[0.8 + 0.1 * i, 0.1, 2.0 - i], [-0.1, 0.9, 1.5 * i]]) for i in range(3)]
+    border = torch.tensor((0.5, 0.4, 0.3)).view(3, 1, 1)
+    batched = warp_batch(_pad_stack([s - border for s in sources]), ms, 64, 64) + border
+    for one, src, m in zip(batched, sources, ms):
+        alone = warp(src, m, 64, 64, border=(0.5, 0.4, 0.3))
+        assert torch.allclose(one, alone, atol=1e-5)
+
+
+def test_buckets_keep_padding_waste_bounded() -> None:
+    from vidrestore.stages.restore import _buckets
+
+    shapes = [(100, 100), (98, 101), (30, 30), (400, 380), (29, 31), (95, 99)]
+    buckets = _buckets(shapes)
+    assert sorted(i for b in buckets for i in b) == list(range(len(shapes)))
+    for b in buckets:
+        h, w = max(shapes[i][0] for i in b), max(shapes[i][1] for i in b)
+        assert all(h * w <= 2 * shapes[i][0] * shapes[i][1] for i in b)
+    assert len(buckets) == 3  # the large face, the three ~100 px ones, the two ~30 px ones
+
+
+def _two_faces_per_frame(n: int) -> list[Frame]:
+    """``n`` frames of two astronaut faces each: one large, one small enough to be upscaled."""
+    import make_restore_reference as ref
+
+    images, marks = ref.scene()
+    frames = []
+    for i in range(n):
+        per = marks[i % 2]
+        faces = tuple(
+            Face(k, 0.99, np.concatenate([lm.min(0) - 20, lm.max(0) + 20]).astype(np.float32), lm, lm)
+            for k, lm in enumerate(per)
+        )
+        frames.append(frame_with(images[i % 2], faces, i))
+    return frames
+
+
+def test_small_faces_of_one_crop_size_are_upscaled_in_one_batch_with_the_same_pixels(
+    restorer: GFPGANRestorer, upscaler: Upscaler
+) -> None:
+    seen: list[tuple[int, ...]] = []
+    hook = upscaler.model.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    try:
+        frames = _two_faces_per_frame(4)
+        one = RestoreStage(restorer, CPU.device, upscaler=upscaler, upscale_below=64, batch_size=1, max_frames=1)
+        singly = [f.image for f in one.run(iter(frames))]
+        calls_singly = len(seen)
+        seen.clear()
+        batched = RestoreStage(restorer, CPU.device, upscaler=upscaler, upscale_below=64, batch_size=8)
+        together = [f.image for f in batched.run(iter(frames))]
+    finally:
+        hook.remove()
+    assert calls_singly == 4 and batched.stats.faces_upscaled == 4
+    # the four small faces' crops have one size here: one call of four
+    assert [s[0] for s in seen] == [4]
+    for a, b in zip(singly, together):
+        changed = np.any(a != frames[0].image, axis=2) | np.any(b != frames[0].image, axis=2)
+        assert psnr(a[changed], b[changed]) >= 50
+
+
+def test_network_output_is_looked_at_once_per_group_not_per_batch(
+    restorer: GFPGANRestorer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a flag back waits for the device: the group's flags are read together."""
+    import vidrestore.stages.restore as restore_module
+
+    reads: list[int] = []
+    real = restore_module._not_finite
+    monkeypatch.setattr(restore_module, "_not_finite", lambda flags: reads.append(len(flags)) or real(flags))
+    counting = Scripted(restorer, lambda faces, fp32, n: None)
+    img = astronaut()
+    three = (face_of(img, 0), face_of(img, 1), face_of(img, 2))
+    stage = RestoreStage(counting, CPU.device, batch_size=2)  # type: ignore[arg-type]
+    list(stage.run(iter([frame_with(img, three, 0), frame_with(img, three, 1)])))
+    assert counting.calls == 4 and reads == [2, 2]  # each group: two batches, one read
+    assert stage.stats.faces_restored == 6
+
+
+def test_an_upscaler_giving_nan_leaves_that_face_to_be_restored_from_the_frame(
+    restorer: GFPGANRestorer, weights: Weights
+) -> None:
+    import logging
+
+    class Kept(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    model = load_model("srvgg_compact", weights.upscaler)
+    model.register_forward_hook(lambda m, args, out: out * float("nan"))
+    stage = RestoreStage(restorer, CPU.device, upscaler=Upscaler(model, CPU), upscale_below=64, batch_size=4)
+    kept, logger = Kept(), logging.getLogger("vidrestore.stages.restore")  # the CLI tests stop propagation
+    logger.addHandler(kept)
+    try:
+        out = list(stage.run(iter(_two_faces_per_frame(2))))
+    finally:
+        logger.removeHandler(kept)
+    assert stage.stats.faces_upscaled == 0 and stage.stats.faces_restored == 4 and stage.stats.faces_failed == 0
+    assert all(np.isfinite(f.image).all() for f in out)
+    assert sum("the upscaler gave NaN/inf" in r.getMessage() for r in kept.records) == 2

@@ -8,6 +8,8 @@ takes it; pixel centres sit at integer coordinates. :func:`warp` samples
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ __all__ = [
     "template",
     "transformed_bounds",
     "warp",
+    "warp_batch",
 ]
 
 FFHQ_TEMPLATE_512 = np.array(
@@ -87,6 +90,27 @@ def transformed_bounds(m: np.ndarray, width: int, height: int, limit_w: int, lim
     return x0, y0, max(x0, x1), max(y0, y1)
 
 
+def warp_batch(src: torch.Tensor, ms: Sequence[np.ndarray], out_w: int, out_h: int) -> torch.Tensor:
+    """Bilinear ``dst_i = src_i ∘ M_i^-1`` of ``(N, C, H, W)`` float sources into ``(N, C, out_h, out_w)``,
+    in one sampling call. Outside each source: zeros.
+
+    Sources of different sizes share one batch by padding them with zeros to a common size: pixel
+    ``(x, y)`` of a source is the same point before and after padding, so the result is the same.
+    """
+    h, w = src.shape[-2:]
+    inv = torch.as_tensor(np.stack([invert(m) for m in ms]), dtype=torch.float32, device=src.device)
+    ys, xs = torch.meshgrid(
+        torch.arange(out_h, dtype=torch.float32, device=src.device),
+        torch.arange(out_w, dtype=torch.float32, device=src.device),
+        indexing="ij",
+    )
+    sx = inv[:, 0, 0, None, None] * xs + inv[:, 0, 1, None, None] * ys + inv[:, 0, 2, None, None]
+    sy = inv[:, 1, 0, None, None] * xs + inv[:, 1, 1, None, None] * ys + inv[:, 1, 2, None, None]
+    # align_corners=False: pixel centre i sits at (2i + 1) / size - 1
+    grid = torch.stack([(2 * sx + 1) / w - 1, (2 * sy + 1) / h - 1], dim=-1)
+    return F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 def warp(
     src: torch.Tensor, m: np.ndarray, out_w: int, out_h: int, border: tuple[float, ...] | None = None
 ) -> torch.Tensor:
@@ -94,19 +118,7 @@ def warp(
 
     Outside the source, ``border`` (one value per channel) is used, else zeros.
     """
-    c, h, w = src.shape
-    inv = torch.as_tensor(invert(m), dtype=torch.float32, device=src.device)
-    ys, xs = torch.meshgrid(
-        torch.arange(out_h, dtype=torch.float32, device=src.device),
-        torch.arange(out_w, dtype=torch.float32, device=src.device),
-        indexing="ij",
-    )
-    sx = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
-    sy = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
-    # align_corners=False: pixel centre i sits at (2i + 1) / size - 1
-    grid = torch.stack([(2 * sx + 1) / w - 1, (2 * sy + 1) / h - 1], dim=-1)[None]
     if border is None:
-        return F.grid_sample(src[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
-    b = torch.tensor(border, dtype=src.dtype, device=src.device).view(c, 1, 1)
-    out = F.grid_sample((src - b)[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
-    return out + b
+        return warp_batch(src[None], [m], out_w, out_h)[0]
+    b = torch.tensor(border, dtype=src.dtype, device=src.device).view(-1, 1, 1)
+    return warp_batch((src - b)[None], [m], out_w, out_h)[0] + b

@@ -33,6 +33,7 @@ __all__ = [
     "RestorerNeeds",
     "Upscaler",
     "build_restorer",
+    "finite",
     "gaussian_blur",
 ]
 
@@ -75,10 +76,10 @@ class Restorer(Protocol):
         ...
 
 
-def _check_finite(x: torch.Tensor, what: str) -> torch.Tensor:
-    if not torch.isfinite(x).all():
-        raise NonFiniteOutput(f"{what} produced NaN/inf values")
-    return x
+def finite(x: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` bool, on ``x``'s device: whether each item of the batch is free of NaN and inf. Not
+    read here: the caller reads the flags of many batches at once, so the stream does not stall."""
+    return torch.isfinite(x).flatten(1).all(dim=1)
 
 
 class _HalfRetry:
@@ -123,8 +124,8 @@ class GFPGANRestorer(_HalfRetry):
     def restore(self, faces: torch.Tensor, fp32: bool = False) -> torch.Tensor:
         model, dtype = self._pick(fp32)
         out, _ = model((faces * 2 - 1).to(dtype), return_rgb=False, randomize_noise=False)
-        out = _check_finite(out.float(), "the restorer")
-        return (out.clamp(-1, 1) + 1) / 2
+        restored: torch.Tensor = (out.float().clamp(-1, 1) + 1) / 2  # NaN stays NaN: the stage looks for it
+        return restored
 
 
 class CodeFormerRestorer(_HalfRetry):
@@ -144,8 +145,8 @@ class CodeFormerRestorer(_HalfRetry):
     def restore(self, faces: torch.Tensor, fp32: bool = False) -> torch.Tensor:
         model, dtype = self._pick(fp32)
         out = model((faces * 2 - 1).to(dtype), weight=self.fidelity)[0]
-        out = _check_finite(out.float(), "the restorer")
-        return (out.clamp(-1, 1) + 1) / 2
+        restored: torch.Tensor = (out.float().clamp(-1, 1) + 1) / 2  # NaN stays NaN: the stage looks for it
+        return restored
 
 
 def build_restorer(arch: str, model: nn.Module, placement: Placement, fidelity: float = 0.5) -> Restorer:
@@ -175,8 +176,8 @@ class Upscaler:
         if pad_h or pad_w:  # pad by mirroring, then cut the upscaled padding off again
             images = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
         out = self.model(images.to(self.placement.dtype)).float()
-        out = out[..., : h * self.scale, : w * self.scale]
-        return _check_finite(out, "the upscaler").clamp(0, 1)
+        up: torch.Tensor = out[..., : h * self.scale, : w * self.scale].clamp(0, 1)  # NaN stays NaN: see finite()
+        return up
 
     def upscale_tiled(self, image: torch.Tensor, tile: int, pad: int = 16) -> torch.Tensor:
         """Upscale one large ``(1, 3, H, W)`` image in overlapping tiles (bounded memory)."""
@@ -192,6 +193,8 @@ class Upscaler:
                 out[:, :, y * s : ty1 * s, x * s : tx1 * s] = up[
                     :, :, (y - y0) * s : (ty1 - y0) * s, (x - x0) * s : (tx1 - x0) * s
                 ]
+        if not bool(finite(out).all()):  # one look per picture, not one per tile
+            raise NonFiniteOutput("the upscaler produced NaN/inf values")
         return out
 
 

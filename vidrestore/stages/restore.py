@@ -20,9 +20,17 @@ import torch
 
 from vidrestore.device import Transfers
 from vidrestore.errors import PipelineError, VidrestoreError
-from vidrestore.geometry import compose, estimate_similarity, invert, template, transformed_bounds, warp
+from vidrestore.geometry import (
+    compose,
+    estimate_similarity,
+    invert,
+    map_points,
+    template,
+    transformed_bounds,
+    warp_batch,
+)
 from vidrestore.records import Face, Frame
-from vidrestore.stages.networks import FaceParser, NonFiniteOutput, Restorer, Upscaler
+from vidrestore.stages.networks import FaceParser, NonFiniteOutput, Restorer, Upscaler, finite
 from vidrestore.stages.temporal import TemporalFusion
 from vidrestore.stats import RunStats
 from vidrestore.transfer import SdrView, view_for
@@ -48,6 +56,20 @@ def feather_mask(size: int, device: torch.device) -> torch.Tensor:
     line = ((dist + 0.5) / ramp).clamp(0, 1)
     line = line * line * (3 - 2 * line)  # smoothstep: no kink where the ramp ends
     return (line[:, None] * line[None, :])[None, None]
+
+
+@dataclass
+class _Plan:
+    """One face's geometry, worked out on the host before any pixel moves."""
+
+    frame_pos: int
+    frame: Frame
+    face: Face
+    to_aligned: np.ndarray  # frame pixels -> aligned crop pixels
+    box: tuple[int, int, int, int]  # the frame region the aligned crop is sampled from
+    crop: tuple[int, int, int, int] | None = None  # small faces: the square crop that goes through the upscaler
+    from_up: np.ndarray | None = None  # upscaled-crop pixels -> aligned crop pixels
+    up: torch.Tensor | None = None  # (3, s*h, s*w): that crop, upscaled
 
 
 @dataclass
@@ -82,6 +104,54 @@ def _failures_name(frame_index: int) -> Iterator[None]:
         raise
     except Exception as exc:
         raise PipelineError.during("restore", exc, frame_index) from exc
+
+
+@dataclass
+class _Pasted:
+    """A restored face warped back onto its frame region, ready to composite."""
+
+    frame_pos: int
+    order: int
+    region: tuple[int, int, int, int]  # x0, y0, x1, y1 in the frame
+    pixels: torch.Tensor  # (3, h, w) in [0, 1]
+    alpha: torch.Tensor  # (1, h, w): the mask, warped
+    amount: float  # blend x the face's weight
+
+
+def _not_finite(flags: list[tuple[list[_Job], torch.Tensor]]) -> list[_Job]:
+    """The faces whose output was not finite: the batches' device flags, read in one copy."""
+    if not flags:
+        return []
+    ok = torch.cat([f for _, f in flags]).cpu().tolist()
+    return [job for job, good in zip((j for batch, _ in flags for j in batch), ok, strict=True) if not good]
+
+
+def _buckets(shapes: list[tuple[int, int]], waste: float = 2.0) -> list[list[int]]:
+    """Indices of ``(h, w)`` shapes in batches that share one padded size, largest first: a shape joins
+    a batch while the batch's padded area stays within ``waste`` x its own area."""
+    order = sorted(range(len(shapes)), key=lambda i: shapes[i][0] * shapes[i][1], reverse=True)
+    out: list[list[int]] = []
+    h = w = 0
+    for i in order:
+        sh, sw = shapes[i]
+        if out and max(h, sh) * max(w, sw) <= waste * sh * sw:
+            out[-1].append(i)
+            h, w = max(h, sh), max(w, sw)
+        else:
+            out.append([i])
+            h, w = sh, sw
+    return out
+
+
+def _pad_stack(images: list[torch.Tensor]) -> torch.Tensor:
+    """``(C, h_i, w_i)`` tensors -> one ``(N, C, H, W)`` batch, each at the top left, zeros around it."""
+    if all(im.shape == images[0].shape for im in images):
+        return torch.stack(images)
+    h, w = max(im.shape[1] for im in images), max(im.shape[2] for im in images)
+    out = images[0].new_zeros((len(images), images[0].shape[0], h, w))
+    for i, im in enumerate(images):
+        out[i, :, : im.shape[1], : im.shape[2]] = im
+    return out
 
 
 class RestoreStage:
@@ -142,22 +212,27 @@ class RestoreStage:
     # -- one group of frames ---------------------------------------------------------
 
     def _process(self, frames: list[Frame]) -> Iterator[Frame]:
-        """One group: every picture with faces goes to the device once; its faces are aligned,
-        restored in batches and composited there; it comes back once. Pictures without faces never move."""
-        t0, upscaled_before = time.perf_counter(), self.stats.stage_seconds.get("upscale faces", 0.0)
+        """One group: every picture with faces goes to the device once; its small faces are upscaled in
+        batches, all faces are aligned in one batched warp, restored in batches and composited there; it
+        comes back once. Pictures without faces never move. Non-finite network output is looked for
+        once per group and network, not after every call."""
+        t0 = time.perf_counter()
         pictures = {pos: self.io.upload(f.image) for pos, f in enumerate(frames) if f.faces}
-        jobs = []
-        for pos, picture in pictures.items():
+        plans = []
+        for pos in pictures:
             frame = frames[pos]
             with _failures_name(frame.index):
-                jobs += [job for face in frame.faces if (job := self._prepare(pos, frame, face, picture))]
+                plans += [plan for face in frame.faces if (plan := self._plan(pos, frame, face))]
         t1 = time.perf_counter()
-        upscaling = self.stats.stage_seconds.get("upscale faces", 0.0) - upscaled_before
-        self.timer("align", t1 - t0 - upscaling)  # preparing the faces, less the upscaler's share
-        for start in range(0, len(jobs), self.batch_size):
-            self._restore(jobs[start : start + self.batch_size])
+        self._upscale(plans, pictures)
         t2 = time.perf_counter()
-        self.timer("restorer", t2 - t1)
+        self.timer("upscale faces", t2 - t1)
+        jobs = self._align(plans, pictures)
+        t3 = time.perf_counter()
+        self.timer("align", t3 - t2 + t1 - t0)
+        self._restore_all(jobs)
+        t2 = time.perf_counter()
+        self.timer("restorer", t2 - t3)
         self._jitter(jobs)
         if self.temporal is not None:
             self._fuse(frames[0].index, jobs)
@@ -165,9 +240,9 @@ class RestoreStage:
             self.timer("temporal", t2 - fused)
         done = [job for job in jobs if job.restored is not None]
         self._masks(done)
-        by_frame: dict[int, list[_Job]] = {}
-        for job in done:
-            by_frame.setdefault(job.frame_pos, []).append(job)
+        by_frame: dict[int, list[_Pasted]] = {job.frame_pos: [] for job in done}
+        for pasted in self._warp_back(done, pictures):
+            by_frame[pasted.frame_pos].append(pasted)
         for pos, frame in enumerate(frames):
             if pos not in by_frame:
                 yield frame
@@ -237,54 +312,131 @@ class RestoreStage:
             for job, mask in zip(batch, masks, strict=True):
                 job.mask = mask
 
-    def _prepare(self, pos: int, frame: Frame, face: Face, picture: torch.Tensor) -> _Job | None:
+    def _plan(self, pos: int, frame: Frame, face: Face) -> _Plan | None:
+        """Where the face's aligned crop comes from; None if it cannot be aligned or lies outside."""
         h, w = frame.image.shape[:2]
         try:
-            if face.size < self.upscale_below and self.upscaler is not None:
-                try:
-                    return self._prepare_upscaled(pos, frame, face, picture)
-                except NonFiniteOutput:
-                    log.warning(
-                        "frame %d: the upscaler gave NaN/inf; face %d is restored unupscaled",
-                        frame.index,
-                        face.track_id,
-                    )
             to_aligned = estimate_similarity(face.landmarks, self.template)
+            crop = from_up = None
+            if face.size < self.upscale_below:
+                cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+                half = face.size * (0.5 + self.margin)
+                x0, y0 = max(int(np.floor(cx - half)), 0), max(int(np.floor(cy - half)), 0)
+                x1, y1 = min(int(np.ceil(cx + half)), w), min(int(np.ceil(cy + half)), h)
+                if x1 > x0 and y1 > y0:
+                    crop = (x0, y0, x1, y1)
+                    from_up = estimate_similarity(map_points(self._to_up(crop), face.landmarks), self.template)
         except ValueError as exc:
             log.debug("frame %d: face %d cannot be aligned: %s", frame.index, face.track_id, exc)
             self.stats.faces_failed += 1
             return None
-        x0, y0, x1, y1 = transformed_bounds(invert(to_aligned), self.size, self.size, w, h)
-        if x1 <= x0 or y1 <= y0:
+        box = transformed_bounds(invert(to_aligned), self.size, self.size, w, h)
+        if box[2] <= box[0] or box[3] <= box[1]:
             return None  # the face lies outside the picture
-        region = _to_float(picture[y0:y1, x0:x1], view_for(frame.color_trc))
-        shift = np.array([[1.0, 0, x0], [0, 1.0, y0]])
-        aligned = warp(region, compose(to_aligned, shift), self.size, self.size, border=_BORDER)
-        return _Job(pos, frame.index, face, to_aligned, aligned, (0, 0, w, h))
+        return _Plan(pos, frame, face, to_aligned, box, crop, from_up)
 
-    def _prepare_upscaled(self, pos: int, frame: Frame, face: Face, picture: torch.Tensor) -> _Job:
-        """Real-ESRGAN on a square crop around the face (never the frame), then align from it."""
+    def _to_up(self, crop: tuple[int, int, int, int]) -> np.ndarray:
+        """Frame pixel centre -> pixel centre of the upscaled crop: ``(x - x0 + 0.5) * s - 0.5``."""
         assert self.upscaler is not None
-        h, w = frame.image.shape[:2]
-        cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
-        half = face.size * (0.5 + self.margin)
-        x0, y0 = max(int(np.floor(cx - half)), 0), max(int(np.floor(cy - half)), 0)
-        x1, y1 = min(int(np.ceil(cx + half)), w), min(int(np.ceil(cy + half)), h)
-        crop = _to_float(picture[y0:y1, x0:x1], view_for(frame.color_trc))[None]
-        t0 = time.perf_counter()
-        up = self.upscaler.upscale(crop)[0]
-        self.timer("upscale faces", time.perf_counter() - t0)
-        s = self.upscaler.scale
-        # frame pixel centre x -> upscaled-crop pixel centre (x - x0 + 0.5) * s - 0.5
-        to_up = np.array([[s, 0.0, s * (0.5 - x0) - 0.5], [0.0, s, s * (0.5 - y0) - 0.5]])
-        from_up = estimate_similarity(face.landmarks @ to_up[:, :2].T + to_up[:, 2], self.template)
-        aligned = warp(up, from_up, self.size, self.size, border=_BORDER)
-        self.stats.faces_upscaled += 1
-        return _Job(pos, frame.index, face, compose(from_up, to_up), aligned, (x0, y0, x1, y1))
+        s, (x0, y0) = self.upscaler.scale, crop[:2]
+        return np.array([[s, 0.0, s * (0.5 - x0) - 0.5], [0.0, s, s * (0.5 - y0) - 0.5]])
 
-    def _restore(self, jobs: list[_Job], fp32: bool = False) -> None:
-        """Restore a batch. Out of memory: split it and retry. Non-finite output: retry once in fp32,
-        then keep those faces as they were. Any other error stops the run, naming the frame."""
+    def _upscale(self, plans: list[_Plan], pictures: dict[int, torch.Tensor]) -> None:
+        """Real-ESRGAN on the square crop around each small face (never the frame), crops of one size
+        in one batch; a crop that comes out non-finite leaves its face to be aligned from the frame."""
+        small = [p for p in plans if p.crop is not None]
+        if not small:
+            return
+        assert self.upscaler is not None
+        by_shape: dict[tuple[int, int], list[_Plan]] = {}
+        for p in small:
+            assert p.crop is not None
+            by_shape.setdefault((p.crop[3] - p.crop[1], p.crop[2] - p.crop[0]), []).append(p)
+        flags = []
+        for same in by_shape.values():
+            for start in range(0, len(same), self.batch_size):
+                batch = same[start : start + self.batch_size]
+                crops = []
+                for p in batch:
+                    assert p.crop is not None
+                    x0, y0, x1, y1 = p.crop
+                    crops.append(_to_float(pictures[p.frame_pos][y0:y1, x0:x1], view_for(p.frame.color_trc)))
+                with _failures_name(batch[0].frame.index):
+                    up = self.upscaler.upscale(torch.stack(crops))
+                for p, one in zip(batch, up, strict=True):
+                    p.up = one
+                flags.append(finite(up))
+        ok = torch.cat(flags).cpu().tolist()  # one look per group, not one per call
+        for p, good in zip((p for same in by_shape.values() for p in same), ok, strict=True):
+            if good:
+                self.stats.faces_upscaled += 1
+                continue
+            log.warning(
+                "frame %d: the upscaler gave NaN/inf; face %d is restored unupscaled", p.frame.index, p.face.track_id
+            )
+            p.crop, p.up = None, None
+
+    def _align(self, plans: list[_Plan], pictures: dict[int, torch.Tensor]) -> list[_Job]:
+        """Every face's aligned crop, from its frame region or its upscaled crop, in batched warps."""
+        sources: list[torch.Tensor] = []
+        matrices: list[np.ndarray] = []
+        geometry: list[tuple[np.ndarray, tuple[int, int, int, int]]] = []
+        for p in plans:
+            if p.up is not None:
+                assert p.crop is not None and p.from_up is not None
+                source, matrix = p.up, p.from_up
+                to_aligned, clip = compose(p.from_up, self._to_up(p.crop)), p.crop
+            else:
+                x0, y0, x1, y1 = p.box
+                source = _to_float(pictures[p.frame_pos][y0:y1, x0:x1], view_for(p.frame.color_trc))
+                matrix = compose(p.to_aligned, np.array([[1.0, 0, x0], [0, 1.0, y0]]))
+                to_aligned = p.to_aligned
+                h, w = p.frame.image.shape[:2]
+                clip = (0, 0, w, h)
+            sources.append(source)
+            matrices.append(matrix)
+            geometry.append((to_aligned, clip))
+        aligned: dict[int, torch.Tensor] = {}
+        border = torch.tensor(_BORDER, device=self.device).view(3, 1, 1)
+        for bucket in _buckets([(s.shape[1], s.shape[2]) for s in sources]):
+            # outside its own source every crop is the border grey: zeros of (source - border)
+            stacked = _pad_stack([sources[i] - border for i in bucket])
+            crops = warp_batch(stacked, [matrices[i] for i in bucket], self.size, self.size) + border
+            aligned.update(zip(bucket, crops, strict=True))
+        return [
+            _Job(p.frame_pos, p.frame.index, p.face, to_aligned, aligned[i], clip)
+            for i, (p, (to_aligned, clip)) in enumerate(zip(plans, geometry, strict=True))
+        ]
+
+    def _restore_all(self, jobs: list[_Job]) -> None:
+        """Restore every face of the group in batches; faces that come out non-finite are retried
+        in fp32, then kept as they were. The output is looked at once per round, not per batch."""
+        todo = jobs
+        for fp32 in (False, True):
+            flags: list[tuple[list[_Job], torch.Tensor]] = []
+            for start in range(0, len(todo), self.batch_size):
+                self._restore(todo[start : start + self.batch_size], fp32, flags)
+            bad = _not_finite(flags)
+            for job in bad:
+                job.restored = None
+            todo = bad
+            if not todo:
+                break
+        for job in todo:
+            log.warning(
+                "frame %d: face %d came out of the restorer as NaN/inf even in fp32; keeping the original",
+                job.frame_index,
+                job.face.track_id,
+            )
+        self.stats.faces_failed += len(todo)
+        for job in jobs:
+            if job.restored is not None:
+                self.stats.faces_restored += 1
+                self.stats.faces_filled += int(job.face.interpolated)
+
+    def _restore(self, jobs: list[_Job], fp32: bool, flags: list[tuple[list[_Job], torch.Tensor]]) -> None:
+        """Restore a batch; ``flags`` gets whether each face came out finite (on the device, unread).
+        Out of memory: split it and retry. Any other error stops the run, naming the frame."""
         if not jobs:
             return
         try:
@@ -296,20 +448,11 @@ class RestoreStage:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             half = len(jobs) // 2
-            self._restore(jobs[:half], fp32)
-            self._restore(jobs[half:], fp32)
+            self._restore(jobs[:half], fp32, flags)
+            self._restore(jobs[half:], fp32, flags)
             return
-        except NonFiniteOutput:
-            if not fp32:
-                self._restore(jobs, fp32=True)
-                return
-            for job in jobs:
-                log.warning(
-                    "frame %d: face %d came out of the restorer as NaN/inf even in fp32; keeping the original",
-                    job.frame_index,
-                    job.face.track_id,
-                )
-            self.stats.faces_failed += len(jobs)
+        except NonFiniteOutput:  # a restorer that looks for itself
+            flags.append((jobs, torch.zeros(len(jobs), dtype=torch.bool, device=self.device)))
             return
         except (VidrestoreError, KeyboardInterrupt):
             raise
@@ -318,28 +461,45 @@ class RestoreStage:
             raise PipelineError.during("restore", exc, first, last, "restoring the faces of") from exc
         for job, restored in zip(jobs, out, strict=True):
             job.restored = restored
-            self.stats.faces_restored += 1
-            self.stats.faces_filled += int(job.face.interpolated)
+        flags.append((jobs, finite(out)))
 
-    def _paste(self, picture: torch.Tensor, jobs: list[_Job], view: SdrView | None) -> None:
-        """Composite the restored faces into the device ``picture``, in place, each inside its own region."""
-        h, w = picture.shape[:2]
-        full = _full(picture)
+    def _warp_back(self, jobs: list[_Job], pictures: dict[int, torch.Tensor]) -> list[_Pasted]:
+        """Each restored face and its mask, warped back onto its own frame region, in batched warps."""
+        regions, backs, kept = [], [], []
         for job in jobs:
-            amount = self.blend * job.face.weight
-            if amount <= 0 or job.restored is None or job.mask is None:
+            if self.blend * job.face.weight <= 0 or job.restored is None or job.mask is None:
                 continue
+            h, w = pictures[job.frame_pos].shape[:2]
             bx0, by0, bx1, by1 = transformed_bounds(invert(job.to_aligned), self.size, self.size, w, h)
             cx0, cy0, cx1, cy1 = job.clip
             x0, y0, x1, y1 = max(bx0, cx0), max(by0, cy0), min(bx1, cx1), min(by1, cy1)
             if x1 <= x0 or y1 <= y0:
                 continue
-            # region pixel (x, y) -> aligned pixel: to_aligned ∘ shift(x0, y0); warp wants aligned -> region
-            back = invert(compose(job.to_aligned, np.array([[1.0, 0, x0], [0, 1.0, y0]])))
-            face_px = warp(job.restored, back, x1 - x0, y1 - y0)
-            if view is not None:  # restored in the SDR view: back to the picture's own transfer
-                face_px = view.to_signal(face_px)
-            alpha = warp(job.mask, back, x1 - x0, y1 - y0).clamp(0, 1) * amount
+            # region pixel (x, y) -> aligned pixel: to_aligned ∘ shift(x0, y0); the warp wants aligned -> region
+            backs.append(invert(compose(job.to_aligned, np.array([[1.0, 0, x0], [0, 1.0, y0]]))))
+            regions.append((x0, y0, x1, y1))
+            kept.append(job)
+        out = []
+        for bucket in _buckets([(y1 - y0, x1 - x0) for x0, y0, x1, y1 in regions]):
+            h = max(regions[i][3] - regions[i][1] for i in bucket)
+            w = max(regions[i][2] - regions[i][0] for i in bucket)
+            both = torch.stack([torch.cat([kept[i].restored, kept[i].mask]) for i in bucket])  # type: ignore[list-item]
+            warped = warp_batch(both, [backs[i] for i in bucket], w, h)
+            for i, one in zip(bucket, warped, strict=True):
+                x0, y0, x1, y1 = regions[i]
+                one = one[:, : y1 - y0, : x1 - x0]
+                amount = self.blend * kept[i].face.weight
+                out.append(_Pasted(kept[i].frame_pos, i, regions[i], one[:3], one[3:], amount))
+        out.sort(key=lambda p: p.order)  # overlapping faces are composited in the order they came
+        return out
+
+    def _paste(self, picture: torch.Tensor, faces: list[_Pasted], view: SdrView | None) -> None:
+        """Composite the warped faces into the device ``picture``, in place, each inside its own region."""
+        full = _full(picture)
+        for face in faces:
+            x0, y0, x1, y1 = face.region
+            face_px = face.pixels if view is None else view.to_signal(face.pixels)  # back from the SDR view
+            alpha = face.alpha.clamp(0, 1) * face.amount
             region = picture[y0:y1, x0:x1].permute(2, 0, 1).float()
             mixed = alpha * (face_px * full) + (1 - alpha) * region
             picture[y0:y1, x0:x1] = mixed.round().clamp(0, full).permute(1, 2, 0).to(picture.dtype)
