@@ -187,6 +187,7 @@ class OracleDetector:
 
     def __init__(self, inner: Any, truths: list[Any]) -> None:
         self.inner = inner
+        self.io = inner.io  # its picture uploads count as the run's
         self.inner.threshold = 2.0  # scores are <= 1: random weights keep no box, so NMS costs what it would
         self.truths = truths
         self.next = 0
@@ -196,15 +197,16 @@ class OracleDetector:
 
         from vidrestore.stages.detect import Detections
 
-        self.inner.detect(images)
+        found = self.inner.detect(images)
         out = []
-        for _ in images:
+        for real in found:
             lms = self.truths[self.next % len(self.truths)]
             self.next += 1
             centre = lms.mean(axis=1)
             half = np.ptp(lms, axis=1).max(axis=1)[:, None]  # eye-to-mouth span: about half the face
             boxes = np.concatenate([centre - half, centre + half], axis=1).astype(np.float32)
-            out.append(Detections(boxes, np.full(len(lms), 0.99, np.float32), lms.astype(np.float32)))
+            scores = np.full(len(lms), 0.99, np.float32)
+            out.append(Detections(boxes, scores, lms.astype(np.float32), real.thumb))  # scene cuts as in a real run
         return out
 
 
@@ -310,9 +312,9 @@ def end_to_end(
         }
         if stats is not None:
             row["faces_restored"] = stats.faces_restored
-            io = stages.restore.io
-            row["transfers_per_frame"] = round((io.uploads + io.downloads - moved[0]) / max(n, 1), 2)
-            moved[0] = io.uploads + io.downloads
+            total = sum(stages.transfers())
+            row["transfers_per_frame"] = round((total - moved[0]) / max(n, 1), 2)  # detection's uploads included
+            moved[0] = total
             row["stage_seconds"] = {k: round(v, 2) for k, v in stats.stage_seconds.items()}
         rows.append(row)
         print(f"  {faces} face(s), {sink}: {row['fps']} frames/s, GPU busy {row['gpu_busy']}", flush=True)
@@ -325,7 +327,7 @@ def end_to_end(
         stages = build_stages(config, store, stats)
         stages.detector = OracleDetector(stages.detector, truths)
         _null_sink(clip, config, stages)  # warm-up: cuDNN autotuning, allocator
-        moved[0] = stages.restore.io.uploads + stages.restore.io.downloads
+        moved[0] = sum(stages.transfers())
         stats = RunStats()
         stages.stats = stats
         assert stages.restore is not None

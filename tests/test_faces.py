@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -78,6 +79,53 @@ def test_retinaface_runs_batched_through_the_real_loader(tmp_path: Path) -> None
         assert np.all(np.diff(d.scores) <= 0)
     (one,) = det.detect(imgs[:1])
     np.testing.assert_allclose(one.scores, out[0].scores, atol=1e-4)
+
+
+def _retinaface(tmp_path: Path, dtype: Any = None) -> RetinaFaceDetector:
+    import torch
+
+    path = save_random_weights("retinaface_mobile", tmp_path / "det.pth", key=None, seed=3)
+    return RetinaFaceDetector(
+        load_model("retinaface", path), torch.device("cpu"), size=320, dtype=dtype or torch.float32
+    )
+
+
+def test_retinaface_uploads_each_batch_once_and_makes_the_scene_cut_thumbnails(tmp_path: Path) -> None:
+    from vidrestore.stages.detect import thumbnail
+
+    det = _retinaface(tmp_path)
+    imgs = [astronaut(), astronaut()[::-1].copy(), np.zeros((512, 512, 3), np.uint8)]
+    found = det.detect(imgs)
+    assert det.io.uploads == 3 and det.io.downloads == 0  # pictures counted; nothing comes back but numbers
+    for img, d in zip(imgs, found):
+        assert d.thumb is not None and d.thumb.shape == (36, 64)
+        # made from the shrunk picture on the device, close to the host's full-size thumbnail
+        assert np.abs(d.thumb - thumbnail(img)).mean() < 0.01
+
+
+def test_retinaface_shrinks_integer_pictures_before_making_them_float(tmp_path: Path) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    det = _retinaface(tmp_path)
+    batch = torch.from_numpy(np.stack([astronaut()])).permute(0, 3, 1, 2)
+    first = det._working(batch, 0.3)
+    after = F.interpolate(batch.float(), size=first.shape[2:], mode="bilinear", antialias=True, align_corners=False)
+    assert first.shape == (1, 3, 154, 154) and first.dtype == torch.float32
+    assert (first - after).abs().max() <= 1.0  # uint8 resize rounds to whole levels
+    deep = det._working((batch.to(torch.int32) * 257), 0.3)  # 16-bit pictures: scaled to 0..255 first
+    assert (deep - after).abs().max() <= 1e-3
+
+
+def test_retinaface_in_bf16_finds_the_same_points_as_in_fp32(tmp_path: Path) -> None:
+    import torch
+
+    full = _retinaface(tmp_path).decoded([astronaut()])
+    half = _retinaface(tmp_path, torch.bfloat16).decoded([astronaut()])
+    top = torch.argsort(full[1][0], descending=True)[:200]
+    assert (full[2][0][top] - half[2][0][top]).abs().max() < 0.5  # points, source pixels
+    assert (full[0][0][top] - half[0][0][top]).abs().max() < 0.5  # boxes
+    assert (full[1][0] - half[1][0]).abs().max() < 0.01  # scores
 
 
 # -- tracking and smoothing -----------------------------------------------------------------
@@ -214,3 +262,21 @@ def test_two_faces_keep_their_own_tracks_whatever_the_detection_order() -> None:
     for f in out:
         assert len(f.faces) == 2
         assert min(f.faces, key=lambda face: face.landmarks[0, 1]).track_id == top
+
+
+def test_retinaface_follows_the_restorers_precision_unless_told_fp32(tmp_path: Path) -> None:
+    import torch
+
+    from vidrestore import load_config
+    from vidrestore.device import Placement
+    from vidrestore.models.store import ModelStore
+    from vidrestore.stages.assemble import build_detector
+
+    path = save_random_weights("retinaface_mobile", tmp_path / "det.pth", key=None, seed=3)
+    half = Placement(torch.device("cpu"), torch.bfloat16)  # what auto picks on a CUDA GPU
+    store = ModelStore(tmp_path / "models")
+    for precision, dtype in (("auto", torch.bfloat16), ("fp32", torch.float32)):
+        sets = ["detector.model=retinaface_mobile0.25", f"detector.weights={path}", f"detector.precision={precision}"]
+        det = build_detector(load_config(None, sets), store, half)
+        assert isinstance(det, RetinaFaceDetector) and det.dtype == dtype
+        assert next(det.model.parameters()).dtype == dtype

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -16,7 +17,7 @@ from vidrestore.errors import PipelineError
 from vidrestore.geometry import estimate_similarity, invert, template, transformed_bounds
 from vidrestore.models.loading import load_model
 from vidrestore.records import Face, Frame
-from vidrestore.stages.detect import CenterFaceDetector
+from vidrestore.stages.detect import CenterFaceDetector, RetinaFaceDetector
 from vidrestore.stages.networks import FaceParser, GFPGANRestorer, Upscaler
 from vidrestore.stages.restore import RestoreStage
 from vidrestore.testing import astronaut
@@ -405,3 +406,38 @@ def test_an_upscaler_giving_nan_leaves_that_face_to_be_restored_from_the_frame(
     assert stage.stats.faces_upscaled == 0 and stage.stats.faces_restored == 4 and stage.stats.faces_failed == 0
     assert all(np.isfinite(f.image).all() for f in out)
     assert sum("the upscaler gave NaN/inf" in r.getMessage() for r in kept.records) == 2
+
+
+def test_whole_stages_move_each_picture_a_bounded_number_of_times(face_clip: Any, weights: Weights) -> None:
+    """Detection uploads each frame once (RetinaFace); a frame with faces goes up once more to be
+    restored and comes back once; frames without faces come back never. Counted where they move."""
+    from vidrestore import load_config
+    from vidrestore.control import RunControl
+    from vidrestore.io.reader import VideoReader
+    from vidrestore.models.store import ModelStore
+    from vidrestore.stages.assemble import build_face_stages
+    from vidrestore.testing import save_random_weights
+
+    det = save_random_weights("retinaface_mobile", face_clip.path.parent / "det.pth", key=None, seed=3)
+    sets = weights.sets()[1::2]
+    config = load_config(None, [*sets, "detector.model=retinaface_mobile0.25", f"detector.weights={det}"])
+    stages = build_face_stages(config, ModelStore(face_clip.path.parent / "models"))
+    centerface, retinaface = CenterFaceDetector(), stages.detector
+    assert isinstance(retinaface, RetinaFaceDetector)
+
+    class Both:  # RetinaFace's cost and uploads on every frame, CenterFace's faces (random weights find none)
+        io = retinaface.io
+
+        def detect(self, images: list[np.ndarray]) -> list[Any]:
+            retinaface.detect(images)
+            return centerface.detect(images)
+
+    stages.detector = Both()
+    reader = VideoReader(face_clip.path, RunControl())
+    try:
+        out = list(stages(iter(reader)))
+    finally:
+        reader.close()
+    with_faces = sum(1 for f in out if f.faces)
+    assert len(out) == 20 and with_faces >= 15
+    assert stages.transfers() == (len(out) + with_faces, with_faces)

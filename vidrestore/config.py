@@ -49,6 +49,7 @@ Precision = Literal["auto", "fp32", "fp16", "bf16"]
 SmoothingMethod = Literal["centered", "none"]
 TemporalMethod = Literal["none", "flow-blend"]
 Overlap = Literal["auto", "on", "off"]
+DetectorPrecision = Literal["auto", "fp32"]
 
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -71,6 +72,9 @@ class DetectorConfig:
     threshold: float = _key(0.6, "minimum detection score", 0.0, 1.0)
     min_face: int = _key(8, "ignore faces smaller than this, in source pixels", 1, 100000)
     batch_size: int = _key(8, "frames per detector call", 1, 256)
+    precision: DetectorPrecision = _key(
+        "auto", "auto: RetinaFace runs in the restorer's precision (bf16 on CUDA); fp32: always full precision"
+    )
 
 
 @dataclass(frozen=True)

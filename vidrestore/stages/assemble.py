@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+import torch
+
 from vidrestore.config import Config
 from vidrestore.control import in_background
-from vidrestore.device import Placement, resolve_placement
+from vidrestore.device import Placement, Transfers, resolve_placement
 from vidrestore.errors import ConfigError
 from vidrestore.models.compat import import_codeformer
 from vidrestore.models.store import ModelStore
@@ -67,7 +69,10 @@ def build_detector(config: Config, store: ModelStore, placement: Placement) -> D
     if d.model == "centerface":
         return CenterFaceDetector(size=d.size, threshold=d.threshold, min_face=d.min_face)
     model = _load(store, d.model, d.weights, "detector.weights", placement)
-    return RetinaFaceDetector(model, placement.device, size=d.size, threshold=d.threshold, min_face=d.min_face)
+    dtype = placement.dtype if d.precision == "auto" else torch.float32
+    return RetinaFaceDetector(
+        model, placement.device, size=d.size, threshold=d.threshold, min_face=d.min_face, dtype=dtype
+    )
 
 
 @dataclass
@@ -80,6 +85,13 @@ class FaceStages:
     stats: RunStats | None = None
     frame_upscaler: Upscaler | None = None
     overlap: bool = False
+    io: Transfers | None = None  # the frame upscaler's picture moves
+
+    def transfers(self) -> tuple[int, int]:
+        """Pictures moved so far, host to device and back, by every stage (each counts its own)."""
+        counters = [self.io, getattr(self.detector, "io", None), self.restore.io if self.restore else None]
+        moved = [c for c in counters if c is not None]
+        return sum(c.uploads for c in moved), sum(c.downloads for c in moved)
 
     def _time(self, stage: str, seconds: float) -> None:
         if self.stats is not None:
@@ -116,12 +128,11 @@ class FaceStages:
 
     def _upscale_frames(self, frames: Iterator[Frame]) -> Iterator[Frame]:
         """``output.scale`` 2 or 4: the whole frame through Real-ESRGAN (tiled), faces scaled with it."""
-        assert self.frame_upscaler is not None
+        assert self.frame_upscaler is not None and self.io is not None
+        o, tile = self.config.output, self.config.upscaler.tile
         for frame in frames:
             t0 = time.perf_counter()
-            image, factor = upscale_image(
-                self.frame_upscaler, frame.image, self.config.output.scale, self.config.upscaler.tile, frame.color_trc
-            )
+            image, factor = upscale_image(self.frame_upscaler, self.io, frame.image, o.scale, tile, frame.color_trc)
             faces = tuple(scale_face(f, factor) for f in frame.faces)
             self._time("upscale frame", time.perf_counter() - t0)
             yield replace(frame, image=image, faces=faces)
@@ -185,4 +196,5 @@ def build_face_stages(config: Config, store: ModelStore, stats: RunStats | None 
             f"{u.model} is x{frame_upscaler.scale}"
         )
     overlap = config.pipeline.overlap == "on" or (config.pipeline.overlap == "auto" and placement.device.type == "cuda")
-    return FaceStages(config, detector, restore, stats, frame_upscaler=frame_upscaler, overlap=overlap)
+    io = Transfers(placement.device) if frame_upscaler is not None else None
+    return FaceStages(config, detector, restore, stats, frame_upscaler=frame_upscaler, overlap=overlap, io=io)

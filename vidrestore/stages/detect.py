@@ -15,7 +15,7 @@ import importlib.resources
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import cv2
@@ -25,11 +25,21 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import nms
 
+from vidrestore.device import Transfers
 from vidrestore.errors import ModelError, PipelineError, VidrestoreError
 from vidrestore.models.compat import import_research_module
 from vidrestore.records import Frame
 
-__all__ = ["CenterFaceDetector", "Detections", "Detector", "RetinaFaceDetector", "detect_frames", "working_scale"]
+__all__ = [
+    "CenterFaceDetector",
+    "Detections",
+    "Detector",
+    "RetinaFaceDetector",
+    "detect_frames",
+    "thumbnail",
+    "thumbnails",
+    "working_scale",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +51,7 @@ class Detections:
     boxes: np.ndarray  # (N, 4) float32
     scores: np.ndarray  # (N,) float32
     landmarks: np.ndarray  # (N, 5, 2) float32
+    thumb: np.ndarray | None = None  # the scene-cut thumbnail, (THUMB_H, THUMB_W) grey in [0, 1], where made here
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -54,6 +65,28 @@ class Detector(Protocol):
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Faces in each ``(H, W, 3)`` RGB uint8/uint16 image."""
         ...
+
+
+THUMB_W, THUMB_H = 64, 36
+
+
+def thumbnails(pictures: torch.Tensor, full: float = 255.0) -> np.ndarray:
+    """Scene-cut thumbnails of ``(N, 3, h, w)`` RGB pictures (any dtype, values in ``[0, full]``):
+    ``(N, THUMB_H, THUMB_W)`` float32 grey in [0, 1], area-averaged on the pictures' device, read
+    back in one small copy."""
+    weights = torch.tensor([0.299, 0.587, 0.114], device=pictures.device).view(1, 3, 1, 1)
+    grey = (pictures.float() * weights).sum(dim=1, keepdim=True) / full
+    small = F.adaptive_avg_pool2d(grey, (THUMB_H, THUMB_W))
+    out: np.ndarray = small[:, 0].cpu().numpy()
+    return out
+
+
+def thumbnail(image: np.ndarray) -> np.ndarray:
+    """The scene-cut thumbnail of one host ``(H, W, 3)`` RGB picture (detectors that do not make one)."""
+    small = image if image.dtype == np.uint8 else (image >> 8).astype(np.uint8)
+    thumb = cv2.resize(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), (THUMB_W, THUMB_H), interpolation=cv2.INTER_AREA)
+    out: np.ndarray = thumb.astype(np.float32) / 255.0
+    return out
 
 
 def working_scale(height: int, width: int, size: int) -> float:
@@ -148,7 +181,14 @@ class CenterFaceDetector:
 
 
 class RetinaFaceDetector:
-    """facexlib's RetinaFace (ResNet-50 or MobileNet-0.25), batched on the device."""
+    """facexlib's RetinaFace (ResNet-50 or MobileNet-0.25), batched on the device.
+
+    A batch crosses to the device once, as integers (pinned, without blocking, on CUDA); it is
+    shrunk to the working size before anything is made float (uint8 on the CPU, in ``dtype`` on a
+    GPU, which has no uint8 resize), and the network runs in ``dtype``: the restorer's precision
+    (bf16 on CUDA by default; boxes and points are decoded in fp32). The scene-cut thumbnails are
+    made from the shrunk batch on the device too.
+    """
 
     _MEAN_BGR = (104.0, 117.0, 123.0)
 
@@ -160,11 +200,13 @@ class RetinaFaceDetector:
         threshold: float = 0.6,
         min_face: int = 8,
         nms_iou: float = 0.4,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
-        self.model = model
+        self.model = model.to(device, dtype)
         self.model.device = device  # type: ignore[assignment]  # facexlib keeps a device attribute
-        self.device = device
+        self.device, self.dtype = device, dtype
         self.size, self.threshold, self.min_face, self.nms_iou = size, threshold, min_face, nms_iou
+        self.io = Transfers(device)  # the detection batches' uploads, counted
         self._utils = import_research_module("facexlib.detection.retinaface_utils")
         self._priors: dict[tuple[int, int], torch.Tensor] = {}
 
@@ -174,32 +216,50 @@ class RetinaFaceDetector:
             self._priors[(h, w)] = self._utils.PriorBox(cfg, image_size=(h, w)).forward().to(self.device)
         return self._priors[(h, w)]
 
-    @torch.inference_mode()
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        if not images:
-            return []
-        h, w = images[0].shape[:2]
-        s = working_scale(h, w, self.size)
-        full = 255.0 if images[0].dtype == np.uint8 else 65535.0
-        x = torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2).float() * (255.0 / full)
-        x = x.flip(1)  # RGB -> BGR, as RetinaFace was trained
+    def _working(self, batch: torch.Tensor, s: float) -> torch.Tensor:
+        """``(N, 3, H, W)`` integer pictures -> shrunk by ``s``, values 0..255, RGB; shrunk first."""
+        _, _, h, w = batch.shape
+        size = (round(h * s), round(w * s))
+        cpu = batch.device.type == "cpu"
+        if s < 1.0 and cpu and batch.dtype == torch.uint8:  # PyTorch's uint8 resize (CPU only; fast, channels last)
+            batch = F.interpolate(batch, size=size, mode="bilinear", antialias=True, align_corners=False)
+            s = 1.0
+        x = batch.to(torch.float32 if cpu else self.dtype)
+        if batch.dtype != torch.uint8:  # 16-bit pictures
+            x = x * (255.0 / 65535.0)
         if s < 1.0:
-            x = F.interpolate(
-                x, size=(round(h * s), round(w * s)), mode="bilinear", antialias=True, align_corners=False
-            )
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        return x
+
+    @torch.inference_mode()
+    def decoded(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+        """Every prior's box ``(N, P, 4)``, face score ``(N, P)`` and points ``(N, P, 10)`` in source
+        pixels (fp32, on the device, before thresholds and NMS), and the scene-cut thumbnails."""
+        h, w = images[0].shape[:2]
+        batch = self.io.upload_batch(list(images)).permute(0, 3, 1, 2)  # a view: channels-last memory
+        x = self._working(batch, working_scale(h, w, self.size))
+        thumbs = thumbnails(x)
         hn, wn = x.shape[2:]
-        x = x - torch.tensor(self._MEAN_BGR, device=self.device).view(1, 3, 1, 1)
-        loc, conf, landm = self.model(x)
+        mean = torch.tensor(self._MEAN_BGR, device=self.device, dtype=x.dtype).view(1, 3, 1, 1)
+        x = x.flip(1) - mean  # RGB -> BGR, as RetinaFace was trained
+        loc, conf, landm = (t.float() for t in self.model(x.to(self.dtype)))
         priors = self._prior(hn, wn)[None]
         var = self.model.cfg["variance"]  # type: ignore[index]
         # decoded boxes and points are fractions of the picture: scale by the source size
         boxes = self._utils.batched_decode(loc, priors, var) * torch.tensor([w, h] * 2, device=self.device)
         points = self._utils.batched_decode_landm(landm, priors, var) * torch.tensor([w, h] * 5, device=self.device)
-        scores = conf[:, :, 1]
+        return boxes, conf[:, :, 1], points, thumbs
+
+    @torch.inference_mode()
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        if not images:
+            return []
+        boxes, scores, points, thumbs = self.decoded(images)
         out = []
         for b in range(len(images)):
             keep = scores[b] > self.threshold
-            out.append(_finish(boxes[b][keep], scores[b][keep], points[b][keep], self.min_face, self.nms_iou))
+            found = _finish(boxes[b][keep], scores[b][keep], points[b][keep], self.min_face, self.nms_iou)
+            out.append(replace(found, thumb=thumbs[b]))
         return out
 
 
@@ -237,6 +297,7 @@ def detect_frames(
         if k:
             h, w = held[0].image.shape[:2]
             found = [_unrotate(d, k, h, w) for d in found]
+        found = [d if d.thumb is not None else replace(d, thumb=thumbnail(f.image)) for f, d in zip(held, found)]
         timer("detect", time.perf_counter() - t0)
         yield from zip(held, found)
 
@@ -258,4 +319,4 @@ def _unrotate(d: Detections, k: int, h: int, w: int) -> Detections:
     corners = np.stack([d.boxes[:, [0, 1]], d.boxes[:, [2, 1]], d.boxes[:, [0, 3]], d.boxes[:, [2, 3]]], axis=1)
     c = _rotate_points(corners, k, h, w)
     boxes = np.concatenate([c.min(axis=1), c.max(axis=1)], axis=1).astype(np.float32)
-    return Detections(boxes, d.scores, _rotate_points(d.landmarks, k, h, w).astype(np.float32))
+    return Detections(boxes, d.scores, _rotate_points(d.landmarks, k, h, w).astype(np.float32), d.thumb)

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from vidrestore.device import Transfers
 from vidrestore.records import Face
 from vidrestore.stages.networks import Upscaler
 
@@ -23,24 +24,24 @@ def scale_face(face: Face, s: float) -> Face:
 
 
 def upscale_image(
-    upscaler: Upscaler, image: np.ndarray, scale: int, tile: int, color_trc: int = 2
+    upscaler: Upscaler, io: Transfers, image: np.ndarray, scale: int, tile: int, color_trc: int = 2
 ) -> tuple[np.ndarray, float]:
     """The whole picture ``scale`` times larger through Real-ESRGAN; x4 models are resized to x2.
-    HDR pictures are upscaled in their SDR view and mapped back."""
+    HDR pictures are upscaled in their SDR view and mapped back. The picture moves through ``io``:
+    up once, back once."""
     import torch
     import torch.nn.functional as F
 
     from vidrestore.transfer import view_for
 
     full = 255.0 if image.dtype == np.uint8 else 65535.0
-    device = upscaler.placement.device
     view = view_for(color_trc)
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float() / full
+    x = io.upload(image).permute(2, 0, 1)[None].float() / full
     up = upscaler.upscale_tiled(x if view is None else view.to_view(x), tile)
     if view is not None:
         up = view.to_signal(up)
     h, w = image.shape[:2]
     if up.shape[2] != h * scale:
         up = F.interpolate(up, size=(h * scale, w * scale), mode="bicubic", antialias=True, align_corners=False)
-    out = (up[0].clamp(0, 1) * full).round().permute(1, 2, 0).cpu().numpy().astype(image.dtype)
-    return out, float(scale)
+    out = (up[0].clamp(0, 1) * full).round().permute(1, 2, 0).to(torch.int32 if full > 255 else torch.uint8)
+    return io.download(out, image.dtype), float(scale)

@@ -19,12 +19,11 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-import cv2
 import numpy as np
 
 from vidrestore.config import SmoothingConfig
 from vidrestore.records import Face, Frame
-from vidrestore.stages.detect import Detections
+from vidrestore.stages.detect import Detections, thumbnail
 
 __all__ = ["TrackSmoother", "box_iou"]
 
@@ -97,10 +96,8 @@ class TrackSmoother:
 
     # -- adding a frame -------------------------------------------------------------
 
-    def _scene_cut(self, image: np.ndarray) -> bool:
-        small = image if image.dtype == np.uint8 else (image >> 8).astype(np.uint8)
-        thumb = cv2.resize(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), (64, 36), interpolation=cv2.INTER_AREA)
-        thumb = thumb.astype(np.float32) / 255.0
+    def _scene_cut(self, frame: Frame, dets: Detections) -> bool:
+        thumb = dets.thumb if dets.thumb is not None else thumbnail(frame.image)
         cut = self._thumb is not None and float(np.abs(thumb - self._thumb).mean()) > self.cfg.scene_cut
         self._thumb = thumb
         return cut
@@ -113,7 +110,7 @@ class TrackSmoother:
         index = frame.index
         slot = _Slot(index, frame)
         self.pending.append(slot)
-        if self._scene_cut(frame.image):
+        if self._scene_cut(frame, dets):
             for track in self.active:
                 self._end(track, fades=False)
             self.active = []
