@@ -118,3 +118,30 @@ def test_a_restore_error_stops_the_detection_thread_too(
     assert_one_line_error(r.err)
     time.sleep(0.3)
     assert _threads() <= before, "no thread left running"
+
+
+def test_an_encoder_error_mid_run_stops_the_detection_and_decode_threads_and_writes_nothing(
+    cli: Cli, face_clip: FaceClip, weights: Weights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The third overlapped stage: the encoder thread fails at frame 6 while detection runs ahead."""
+    from vidrestore.io.writer import VideoWriter
+
+    real = VideoWriter._encode
+
+    def failing(self: VideoWriter, frame: object) -> None:
+        if self.frames_written == 6:
+            raise OSError(28, "No space left on device")
+        real(self, frame)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(VideoWriter, "_encode", failing)
+    before = _threads()
+    out = tmp_path / "never.mp4"
+    r = cli(
+        "restore", face_clip.path, "-o", out, "--detector", "centerface", *weights.sets(),
+        "--set", "pipeline.overlap=on",
+    )  # fmt: skip
+    assert r.code == 1 and "stage 'encode', frame 6: writing the video failed" in r.err and "No space left" in r.err
+    assert_one_line_error(r.err)
+    time.sleep(0.3)
+    assert _threads() <= before, "no thread left running"
+    assert not out.exists() and list(tmp_path.iterdir()) == []

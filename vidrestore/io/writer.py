@@ -23,7 +23,7 @@ import av.error
 
 from vidrestore.config import OutputConfig
 from vidrestore.control import END, RunControl, Stopped
-from vidrestore.errors import OutputError
+from vidrestore.errors import OutputError, PipelineError
 from vidrestore.io.encoders import can_copy, check_encoder, pick_pix_fmt, plan_output
 from vidrestore.io.reader import _SWS_COLORSPACE, SWS_FLAGS, VideoInfo, is_cover_art
 from vidrestore.records import Frame
@@ -269,7 +269,10 @@ class VideoWriter:
         self._open(item)
         while item is not END:
             self._drain_packets(until=item.pts_seconds)
-            self._encode(item)
+            try:
+                self._encode(item)
+            except (av.error.FFmpegError, OSError) as exc:  # a full disk, a failing encoder
+                raise PipelineError("encode", item.index, f"writing the video failed: {exc}") from exc
             item = self.control.get(self.frames)
         for packet in self._video.encode(None):
             self._container.mux(packet)
