@@ -441,3 +441,15 @@ def test_whole_stages_move_each_picture_a_bounded_number_of_times(face_clip: Any
     with_faces = sum(1 for f in out if f.faces)
     assert len(out) == 20 and with_faces >= 15
     assert stages.transfers() == (len(out) + with_faces, with_faces)
+
+
+def test_an_upscaler_error_stops_the_run_naming_the_group_of_frames(restorer: GFPGANRestorer, weights: Weights) -> None:
+    model = load_model("srvgg_compact", weights.upscaler)
+
+    def broken(m: object, args: object, out: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    model.register_forward_hook(broken)
+    stage = RestoreStage(restorer, CPU.device, upscaler=Upscaler(model, CPU), upscale_below=64, batch_size=4)
+    with pytest.raises(PipelineError, match=r"frame 0: RuntimeError: CUDA error.*\(working on frames 0-1 together\)"):
+        list(stage.run(iter(_two_faces_per_frame(2))))

@@ -96,14 +96,15 @@ def _to_float(pixels: torch.Tensor, view: SdrView | None = None) -> torch.Tensor
 
 
 @contextmanager
-def _failures_name(frame_index: int) -> Iterator[None]:
-    """An unexpected error inside the block becomes a PipelineError naming this frame (exit 1)."""
+def _failures_name(frame_index: int, last: int | None = None) -> Iterator[None]:
+    """An unexpected error inside the block becomes a PipelineError naming this frame, or the group's
+    frames ``frame_index``..``last`` worked on together (exit 1)."""
     try:
         yield
     except (VidrestoreError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        raise PipelineError.during("restore", exc, frame_index) from exc
+        raise PipelineError.during("restore", exc, frame_index, last, "working on") from exc
 
 
 @dataclass
@@ -224,10 +225,13 @@ class RestoreStage:
             with _failures_name(frame.index):
                 plans += [plan for face in frame.faces if (plan := self._plan(pos, frame, face))]
         t1 = time.perf_counter()
-        self._upscale(plans, pictures)
+        group = (frames[0].index, frames[-1].index)
+        with _failures_name(*group):
+            self._upscale(plans, pictures)
         t2 = time.perf_counter()
         self.timer("upscale faces", t2 - t1)
-        jobs = self._align(plans, pictures)
+        with _failures_name(*group):
+            jobs = self._align(plans, pictures)
         t3 = time.perf_counter()
         self.timer("align", t3 - t2 + t1 - t0)
         self._restore_all(jobs)
@@ -239,10 +243,11 @@ class RestoreStage:
             t2, fused = time.perf_counter(), t2
             self.timer("temporal", t2 - fused)
         done = [job for job in jobs if job.restored is not None]
-        self._masks(done)
         by_frame: dict[int, list[_Pasted]] = {job.frame_pos: [] for job in done}
-        for pasted in self._warp_back(done, pictures):
-            by_frame[pasted.frame_pos].append(pasted)
+        with _failures_name(*group):
+            self._masks(done)
+            for pasted in self._warp_back(done, pictures):
+                by_frame[pasted.frame_pos].append(pasted)
         for pos, frame in enumerate(frames):
             if pos not in by_frame:
                 yield frame
@@ -361,8 +366,7 @@ class RestoreStage:
                     assert p.crop is not None
                     x0, y0, x1, y1 = p.crop
                     crops.append(_to_float(pictures[p.frame_pos][y0:y1, x0:x1], view_for(p.frame.color_trc)))
-                with _failures_name(batch[0].frame.index):
-                    up = self.upscaler.upscale(torch.stack(crops))
+                up = self.upscaler.upscale(torch.stack(crops))
                 for p, one in zip(batch, up, strict=True):
                     p.up = one
                 flags.append(finite(up))
