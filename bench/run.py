@@ -12,8 +12,9 @@ Methods:
 All use the same GFPGAN v1.4 and ParseNet networks (full size; random weights unless the released
 files are in the weights cache) and the same detector (CenterFace, which needs no download), so the
 comparison is of the pipelines, not of the models. GFPGAN's noise is fixed for all, as vidrestore
-fixes it. "agreement" is the PSNR between vidrestore (smoothing off) and the reference on the face
-regions, before encoding: the speed is not bought with a different result.
+fixes it. "agreement" is the PSNR between vidrestore (smoothing and temporal fusion off, which the
+reference does not have) and the reference on the face regions, before encoding: the speed is not
+bought with a different result.
 
 Prints a table and writes bench/results/speed.json.
 """
@@ -204,11 +205,13 @@ def work_vidrestore(clip: Path, w: dict[str, Path], out: Path, *extra: str) -> d
 
 
 def work_agreement(clip: Path, w: dict[str, Path], reference: Path) -> dict[str, Any]:
-    """PSNR on the face regions between vidrestore (smoothing off) and the reference's frames."""
+    """PSNR on the face regions between vidrestore (smoothing and temporal fusion off: the reference has
+    neither) and the reference's frames."""
     from vidrestore import restore_frames
 
     frames = [rgb for _, rgb in decode(clip)]
-    ours = list(restore_frames(frames, vidrestore_config(w, "smoothing.method=none", "detector.size=4096")))
+    off = ("smoothing.method=none", "temporal.method=none", "detector.size=4096")
+    ours = list(restore_frames(frames, vidrestore_config(w, *off)))
     truth = np.load(clip.with_suffix(".landmarks.npy"))
     theirs = list(np.load(reference))
     # and how far restoration moved the faces from the input (low: they did change)
