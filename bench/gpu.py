@@ -206,7 +206,8 @@ class OracleDetector:
             half = np.ptp(lms, axis=1).max(axis=1)[:, None]  # eye-to-mouth span: about half the face
             boxes = np.concatenate([centre - half, centre + half], axis=1).astype(np.float32)
             scores = np.full(len(lms), 0.99, np.float32)
-            out.append(Detections(boxes, scores, lms.astype(np.float32), real.thumb))  # scene cuts as in a real run
+            # scene cuts and the uploaded picture as in a real run
+            out.append(Detections(boxes, scores, lms.astype(np.float32), real.thumb, real.picture))
         return out
 
 

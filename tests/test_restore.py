@@ -409,8 +409,9 @@ def test_an_upscaler_giving_nan_leaves_that_face_to_be_restored_from_the_frame(
 
 
 def test_whole_stages_move_each_picture_a_bounded_number_of_times(face_clip: Any, weights: Weights) -> None:
-    """Detection uploads each frame once (RetinaFace); a frame with faces goes up once more to be
-    restored and comes back once; frames without faces come back never. Counted where they move."""
+    """Each frame goes up once, with its detection batch (RetinaFace), and the restore stage works on
+    that same copy; a frame with faces comes back once, frames without faces never. Counted where
+    pictures move."""
     from vidrestore import load_config
     from vidrestore.control import RunControl
     from vidrestore.io.reader import VideoReader
@@ -429,8 +430,10 @@ def test_whole_stages_move_each_picture_a_bounded_number_of_times(face_clip: Any
         io = retinaface.io
 
         def detect(self, images: list[np.ndarray]) -> list[Any]:
-            retinaface.detect(images)
-            return centerface.detect(images)
+            from dataclasses import replace
+
+            found = zip(retinaface.detect(images), centerface.detect(images), strict=True)
+            return [replace(c, thumb=r.thumb, picture=r.picture) for r, c in found]
 
     stages.detector = Both()
     reader = VideoReader(face_clip.path, RunControl())
@@ -440,7 +443,9 @@ def test_whole_stages_move_each_picture_a_bounded_number_of_times(face_clip: Any
         reader.close()
     with_faces = sum(1 for f in out if f.faces)
     assert len(out) == 20 and with_faces >= 15
-    assert stages.transfers() == (len(out) + with_faces, with_faces)
+    assert stages.transfers() == (len(out), with_faces)
+    assert stages.restore is not None and stages.restore.io.uploads == 0
+    assert all(f.on_device is None for f in out)  # nothing device-side leaves the stages
 
 
 def test_an_upscaler_error_stops_the_run_naming_the_group_of_frames(restorer: GFPGANRestorer, weights: Weights) -> None:
@@ -453,3 +458,17 @@ def test_an_upscaler_error_stops_the_run_naming_the_group_of_frames(restorer: GF
     stage = RestoreStage(restorer, CPU.device, upscaler=Upscaler(model, CPU), upscale_below=64, batch_size=4)
     with pytest.raises(PipelineError, match=r"frame 0: RuntimeError: CUDA error.*\(working on frames 0-1 together\)"):
         list(stage.run(iter(_two_faces_per_frame(2))))
+
+
+def test_a_picture_uploaded_for_detection_is_restored_in_place_without_a_second_upload(
+    restorer: GFPGANRestorer,
+) -> None:
+    img = astronaut()
+    face = face_of(img)
+    held = torch.from_numpy(img.copy())  # what RetinaFace's batch upload hands on (on the CPU: a copy)
+    frames = [Frame(0, 0, Fraction(1, 25), img, faces=(face,), on_device=held), frame_with(img, (face,), 1)]
+    stage = RestoreStage(restorer, CPU.device, batch_size=1)
+    shared, uploaded = list(stage.run(iter(frames)))
+    assert stage.io.uploads == 1 and stage.io.downloads == 2  # only the frame without a held copy went up
+    assert np.array_equal(shared.image, uploaded.image) and shared.on_device is None
+    assert np.array_equal(img, astronaut())  # the decoded picture itself is never written

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +62,9 @@ class Frame:
     rotation: int = 0  # display rotation, degrees counter-clockwise (the stream's display matrix)
     color_trc: int = 2  # transfer characteristic (AVColorTransferCharacteristic; 16 PQ, 18 HLG, 2 unknown)
     faces: tuple[Face, ...] = field(default=())
+    on_device: Any = field(default=None, repr=False)
+    """The same picture as the face stages already hold it on their device (a ``(H, W, 3)`` tensor,
+    uploaded with its detection batch), so that it crosses once; None where it was not uploaded."""
 
     def __post_init__(self) -> None:
         img = self.image

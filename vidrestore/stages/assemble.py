@@ -116,7 +116,8 @@ class FaceStages:
             if self.frame_upscaler is not None:
                 tracked = self._upscale_frames(tracked)
             if self.restore is None:
-                yield from tracked
+                for frame in tracked:
+                    yield frame if frame.on_device is None else replace(frame, on_device=None)
                 return
             stage = self.restore
             for frame in stage.run(tracked):
@@ -135,7 +136,7 @@ class FaceStages:
             image, factor = upscale_image(self.frame_upscaler, self.io, frame.image, o.scale, tile, frame.color_trc)
             faces = tuple(scale_face(f, factor) for f in frame.faces)
             self._time("upscale frame", time.perf_counter() - t0)
-            yield replace(frame, image=image, faces=faces)
+            yield replace(frame, image=image, faces=faces, on_device=None)  # the uploaded picture is the old one
 
     def _count(self, stage: RestoreStage, frame: Frame) -> None:
         if not frame.faces:

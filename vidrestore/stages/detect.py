@@ -52,6 +52,7 @@ class Detections:
     scores: np.ndarray  # (N,) float32
     landmarks: np.ndarray  # (N, 5, 2) float32
     thumb: np.ndarray | None = None  # the scene-cut thumbnail, (THUMB_H, THUMB_W) grey in [0, 1], where made here
+    picture: torch.Tensor | None = None  # the image as uploaded for detection, (H, W, 3) on the device
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -231,13 +232,15 @@ class RetinaFaceDetector:
             x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
         return x
 
-    @torch.inference_mode()
     def decoded(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
         """Every prior's box ``(N, P, 4)``, face score ``(N, P)`` and points ``(N, P, 10)`` in source
         pixels (fp32, on the device, before thresholds and NMS), and the scene-cut thumbnails."""
-        h, w = images[0].shape[:2]
-        batch = self.io.upload_batch(list(images)).permute(0, 3, 1, 2)  # a view: channels-last memory
-        x = self._working(batch, working_scale(h, w, self.size))
+        return self._decoded(self.io.upload_batch(list(images)))
+
+    @torch.inference_mode()
+    def _decoded(self, uploaded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+        h, w = uploaded.shape[1:3]
+        x = self._working(uploaded.permute(0, 3, 1, 2), working_scale(h, w, self.size))  # channels-last view
         thumbs = thumbnails(x)
         hn, wn = x.shape[2:]
         mean = torch.tensor(self._MEAN_BGR, device=self.device, dtype=x.dtype).view(1, 3, 1, 1)
@@ -250,16 +253,17 @@ class RetinaFaceDetector:
         points = self._utils.batched_decode_landm(landm, priors, var) * torch.tensor([w, h] * 5, device=self.device)
         return boxes, conf[:, :, 1], points, thumbs
 
-    @torch.inference_mode()
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         if not images:
             return []
-        boxes, scores, points, thumbs = self.decoded(images)
+        # uploaded outside inference mode: paste-back writes the restored faces into these pictures later
+        batch = self.io.upload_batch(list(images))
+        boxes, scores, points, thumbs = self._decoded(batch)
         out = []
         for b in range(len(images)):
             keep = scores[b] > self.threshold
             found = _finish(boxes[b][keep], scores[b][keep], points[b][keep], self.min_face, self.nms_iou)
-            out.append(replace(found, thumb=thumbs[b]))
+            out.append(replace(found, thumb=thumbs[b], picture=batch[b]))
         return out
 
 
@@ -294,12 +298,13 @@ def detect_frames(
             raise
         except Exception as exc:  # name the frames being detected: detection may run ahead of the output
             raise PipelineError.during("detect", exc, held[0].index, held[-1].index, "detecting") from exc
-        if k:
+        if k:  # the uploaded pictures are turned ones: not the frames' own
             h, w = held[0].image.shape[:2]
-            found = [_unrotate(d, k, h, w) for d in found]
+            found = [replace(_unrotate(d, k, h, w), picture=None) for d in found]
         found = [d if d.thumb is not None else replace(d, thumb=thumbnail(f.image)) for f, d in zip(held, found)]
         timer("detect", time.perf_counter() - t0)
-        yield from zip(held, found)
+        for f, d in zip(held, found):  # the frame takes its uploaded picture along, to cross only once
+            yield (f if d.picture is None else replace(f, on_device=d.picture)), replace(d, picture=None)
 
     for frame in frames:
         if held and (frame.image.shape != held[0].image.shape or frame.rotation != held[0].rotation):
@@ -319,4 +324,4 @@ def _unrotate(d: Detections, k: int, h: int, w: int) -> Detections:
     corners = np.stack([d.boxes[:, [0, 1]], d.boxes[:, [2, 1]], d.boxes[:, [0, 3]], d.boxes[:, [2, 3]]], axis=1)
     c = _rotate_points(corners, k, h, w)
     boxes = np.concatenate([c.min(axis=1), c.max(axis=1)], axis=1).astype(np.float32)
-    return Detections(boxes, d.scores, _rotate_points(d.landmarks, k, h, w).astype(np.float32), d.thumb)
+    return Detections(boxes, d.scores, _rotate_points(d.landmarks, k, h, w).astype(np.float32), d.thumb, d.picture)

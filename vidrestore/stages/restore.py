@@ -218,7 +218,7 @@ class RestoreStage:
         comes back once. Pictures without faces never move. Non-finite network output is looked for
         once per group and network, not after every call."""
         t0 = time.perf_counter()
-        pictures = {pos: self.io.upload(f.image) for pos, f in enumerate(frames) if f.faces}
+        pictures = {pos: self._picture(f) for pos, f in enumerate(frames) if f.faces}
         plans = []
         for pos in pictures:
             frame = frames[pos]
@@ -250,13 +250,21 @@ class RestoreStage:
                 by_frame[pasted.frame_pos].append(pasted)
         for pos, frame in enumerate(frames):
             if pos not in by_frame:
-                yield frame
+                yield frame if frame.on_device is None else replace(frame, on_device=None)
                 continue
             with _failures_name(frame.index):
                 self._paste(pictures[pos], by_frame[pos], view_for(frame.color_trc))
                 image = self.io.download(pictures.pop(pos), frame.image.dtype)
-            yield replace(frame, image=image)
+            yield replace(frame, image=image, on_device=None)
         self.timer("mask + paste", time.perf_counter() - t2)
+
+    def _picture(self, frame: Frame) -> torch.Tensor:
+        """The frame's picture on the device, written in place by paste-back: the one uploaded with
+        its detection batch where there is one, else uploaded now."""
+        held = frame.on_device
+        if held is not None and held.device.type == self.device.type and held.shape == frame.image.shape:
+            return held  # type: ignore[no-any-return]
+        return self.io.upload(frame.image)
 
     def _fuse(self, first_index: int, jobs: list[_Job]) -> None:
         """Temporal fusion of the group, in frame order; a filled-in or failed face starts its track afresh."""
