@@ -22,6 +22,23 @@ def _threads() -> set[str]:
     return {t.name for t in threading.enumerate()}
 
 
+def _fails_cleanly(cli: Cli, clip: Path, weights: Weights, tmp_path: Path, *extra: str) -> str:
+    """Run with detection overlapped, expecting a failure: exit 1 with one line, nothing at the output
+    or beside it, no thread left running. Returns the line."""
+    before = _threads()
+    out = tmp_path / "never.mp4"
+    r = cli(
+        "restore", clip, "-o", out, "--detector", "centerface", *weights.sets(), "--set", "pipeline.overlap=on",
+        *extra,
+    )  # fmt: skip
+    assert r.code == 1
+    assert_one_line_error(r.err)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    time.sleep(0.3)  # threads that would leak are daemons: give them a moment to show up as alive
+    assert _threads() <= before, "no thread left running"
+    return r.err
+
+
 def test_in_background_hands_on_every_item_in_order() -> None:
     assert list(in_background(iter(range(100)), size=3, name="t")) == list(range(100))
 
@@ -83,18 +100,8 @@ def test_a_detection_error_on_its_thread_stops_the_run_naming_the_frames(
         return real(self, images)
 
     monkeypatch.setattr(CenterFaceDetector, "detect", failing)
-    before = _threads()
-    out = tmp_path / "never.mp4"
-    r = cli(
-        "restore", face_clip.path, "-o", out, "--detector", "centerface", *weights.sets(),
-        "--set", "pipeline.overlap=on",
-    )  # fmt: skip
-    assert r.code == 1
-    assert_one_line_error(r.err)
-    assert "stage 'detect', frame 8:" in r.err and "frames 8-15" in r.err
-    assert not out.exists() and list(tmp_path.iterdir()) == []
-    time.sleep(0.3)  # threads that would leak are daemons: give them a moment to show up as alive
-    assert _threads() <= before, "no thread left running"
+    err = _fails_cleanly(cli, face_clip.path, weights, tmp_path)
+    assert "stage 'detect', frame 8:" in err and "frames 8-15" in err
 
 
 @pytest.mark.parametrize("extra", [[], ["--scale", "2"]])  # with whole-frame upscaling between the two
@@ -109,15 +116,7 @@ def test_a_restore_error_stops_the_detection_thread_too(
         raise RuntimeError("CUDA error: device-side assert triggered")
 
     monkeypatch.setattr(GFPGANRestorer, "restore", failing)
-    before = _threads()
-    r = cli(
-        "restore", face_clip.path, "-o", tmp_path / "never.mp4", "--detector", "centerface", *weights.sets(),
-        "--set", "pipeline.overlap=on", *extra,
-    )  # fmt: skip
-    assert r.code == 1 and "stage 'restore', frame 0:" in r.err
-    assert_one_line_error(r.err)
-    time.sleep(0.3)
-    assert _threads() <= before, "no thread left running"
+    assert "stage 'restore', frame 0:" in _fails_cleanly(cli, face_clip.path, weights, tmp_path, *extra)
 
 
 def test_an_encoder_error_mid_run_stops_the_detection_and_decode_threads_and_writes_nothing(
@@ -134,14 +133,5 @@ def test_an_encoder_error_mid_run_stops_the_detection_and_decode_threads_and_wri
         real(self, frame)  # type: ignore[arg-type]
 
     monkeypatch.setattr(VideoWriter, "_encode", failing)
-    before = _threads()
-    out = tmp_path / "never.mp4"
-    r = cli(
-        "restore", face_clip.path, "-o", out, "--detector", "centerface", *weights.sets(),
-        "--set", "pipeline.overlap=on",
-    )  # fmt: skip
-    assert r.code == 1 and "stage 'encode', frame 6: writing the video failed" in r.err and "No space left" in r.err
-    assert_one_line_error(r.err)
-    time.sleep(0.3)
-    assert _threads() <= before, "no thread left running"
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    err = _fails_cleanly(cli, face_clip.path, weights, tmp_path)
+    assert "stage 'encode', frame 6: writing the video failed" in err and "No space left" in err
