@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -38,6 +39,8 @@ from vidrestore.transfer import SdrView, view_for
 __all__ = ["RestoreStage", "feather_mask"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Outside the picture an aligned crop is filled with this grey (RGB), as facexlib does.
 _BORDER = (132 / 255, 133 / 255, 135 / 255)
@@ -119,8 +122,8 @@ class _Pasted:
     amount: float  # blend x the face's weight
 
 
-def _not_finite(flags: list[tuple[list[_Job], torch.Tensor]]) -> list[_Job]:
-    """The faces whose output was not finite: the batches' device flags, read in one copy."""
+def _not_finite(flags: list[tuple[list[T], torch.Tensor]]) -> list[T]:
+    """The items (faces) whose network output was not finite: the batches' device flags, read in one copy."""
     if not flags:
         return []
     ok = torch.cat([f for _, f in flags]).cpu().tolist()
@@ -365,7 +368,7 @@ class RestoreStage:
         for p in small:
             assert p.crop is not None
             by_shape.setdefault((p.crop[3] - p.crop[1], p.crop[2] - p.crop[0]), []).append(p)
-        flags = []
+        flags: list[tuple[list[_Plan], torch.Tensor]] = []
         for same in by_shape.values():
             for start in range(0, len(same), self.batch_size):
                 batch = same[start : start + self.batch_size]
@@ -377,12 +380,10 @@ class RestoreStage:
                 up = self.upscaler.upscale(torch.stack(crops))
                 for p, one in zip(batch, up, strict=True):
                     p.up = one
-                flags.append(finite(up))
-        ok = torch.cat(flags).cpu().tolist()  # one look per group, not one per call
-        for p, good in zip((p for same in by_shape.values() for p in same), ok, strict=True):
-            if good:
-                self.stats.faces_upscaled += 1
-                continue
+                flags.append((batch, finite(up)))
+        bad = _not_finite(flags)  # one look per group, not one per call
+        self.stats.faces_upscaled += len(small) - len(bad)
+        for p in bad:
             log.warning(
                 "frame %d: the upscaler gave NaN/inf; face %d is restored unupscaled", p.frame.index, p.face.track_id
             )
