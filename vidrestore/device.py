@@ -83,13 +83,8 @@ class Transfers:
         self.downloads = 0
 
     def upload(self, image: np.ndarray) -> torch.Tensor:
-        self.uploads += 1
-        host = torch.from_numpy(image.astype(np.int32) if image.dtype == np.uint16 else np.ascontiguousarray(image))
-        if self.device.type == "cpu":
-            return host.clone() if host.data_ptr() == image.__array_interface__["data"][0] else host
-        if self.device.type == "cuda":
-            return host.pin_memory().to(self.device, non_blocking=True)
-        return host.to(self.device)
+        """One picture: a batch of one."""
+        return self.upload_batch([image])[0]
 
     def upload_batch(self, images: list[np.ndarray]) -> torch.Tensor:
         """Pictures of one size as one ``(N, H, W, 3)`` device tensor (detection's batches): stacked
