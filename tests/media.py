@@ -116,5 +116,5 @@ def best_effort_seconds(path: Path) -> list[float | None]:
         text=True,
         check=True,
     ).stdout
-    values = [line.strip().strip(",") for line in out.splitlines() if line.strip().strip(",")]
-    return [None if v == "N/A" else float(v) for v in values]
+    values = [line.strip().strip(",") for line in out.splitlines() if line.strip()]
+    return [None if v in ("N/A", "") else float(v) for v in values]  # empty: a frame FFmpeg gives no time

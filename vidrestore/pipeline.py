@@ -342,14 +342,15 @@ def _restore_video(
         if control.error is not None:
             raise control.error
         record_damage(reader, stats)
-        stats.timestamps_repaired += reader.repair.repaired
+        if not reader.timed_by_count:  # AVI: ordering its times is how it is read (see VideoReader)
+            stats.timestamps_repaired += reader.repair.repaired
         stats.timestamp_resets += reader.repair.resets + sum(c.resets for c in reader.clocks.values())
         target.commit()
 
 
 def record_damage(reader: VideoReader, stats: RunStats) -> None:
-    """Add what ``reader`` found damaged (if anything) to the run's counts and report."""
-    if reader.damage.damaged:
+    """Add what ``reader`` found damaged, or possibly damaged (if anything), to the run's counts and report."""
+    if reader.damage.worth_saying:
         stats.skipped_packets += reader.damage.packets_skipped
         stats.damaged.append(reader.damage.to_dict())
         stats.damage_lines.append(reader.damage.summary())

@@ -6,6 +6,7 @@ import logging
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import get_args
 
 import av
@@ -21,6 +22,7 @@ __all__ = [
     "OutputPlan",
     "can_copy",
     "check_encoder",
+    "check_rate",
     "encoder_options",
     "pick_pix_fmt",
     "plan_output",
@@ -39,7 +41,23 @@ _WRITES = {
     "hevc_nvenc": "hevc",
     "libsvtav1": "av1",
     "libvpx-vp9": "vp9",
+    "libvpx": "vp8",
+    "mpeg2video": "mpeg2video",
+    "mpeg1video": "mpeg1video",
+    "wmv2": "wmv2",
 }
+
+# MPEG-1/2 video holds these frame rates only (its frame_rate_code table); others are refused
+MPEG_RATES = (
+    Fraction(24000, 1001),
+    Fraction(24),
+    Fraction(25),
+    Fraction(30000, 1001),
+    Fraction(30),
+    Fraction(50),
+    Fraction(60000, 1001),
+    Fraction(60),
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +74,8 @@ class Container:
 
 _MP4 = frozenset({"h264", "hevc", "av1", "vp9"})
 _TS_COPIES = frozenset({"aac", "mp3", "mp2", "ac3", "eac3", "opus", "dvb_subtitle", "dvb_teletext"})
+_MPEG = frozenset({"mpeg2video", "mpeg1video"})
+_PS_COPIES = frozenset({"mp2", "mp3", "ac3", "dts", "pcm_dvd", "dvd_subtitle"})
 CONTAINERS: dict[str, Container] = {
     ".mp4": Container("libx264", "aac", _MP4),
     ".mov": Container("libx264", "aac", _MP4),
@@ -69,6 +89,15 @@ CONTAINERS: dict[str, Container] = {
     ".mts": Container("libx264", "aac", frozenset({"h264", "hevc"}), also_copies=_TS_COPIES),
     ".m2ts": Container("libx264", "aac", frozenset({"h264", "hevc"}), also_copies=_TS_COPIES),
     ".flv": Container("libx264", "aac", frozenset({"h264"})),
+    # DVD and capture-card footage: MPEG-2 video with MPEG audio, in a program stream
+    ".mpg": Container("mpeg2video", "mp2", _MPEG, also_copies=_PS_COPIES),
+    ".mpeg": Container("mpeg2video", "mp2", _MPEG, also_copies=_PS_COPIES),
+    ".vob": Container("mpeg2video", "mp2", _MPEG, also_copies=_PS_COPIES),
+    # Ogg video: VP8 (this FFmpeg build has no Theora encoder), Vorbis and Opus copied, Opus made
+    ".ogv": Container("libvpx", "libopus", frozenset({"vp8"})),
+    # old camera and Windows files: Windows Media Video 8 and Audio 2, in ASF
+    ".wmv": Container("wmv2", "wmav2", frozenset({"wmv2"})),
+    ".asf": Container("wmv2", "wmav2", frozenset({"wmv2"})),
 }
 
 
@@ -173,7 +202,36 @@ def encoder_options(codec: str, crf: int, preset: str) -> dict[str, str]:
         return {"crf": str(crf), "b": "0", "row-mt": "1", "deadline": "good"}
     if codec in ("h264_nvenc", "hevc_nvenc"):
         return {"rc": "vbr", "cq": str(crf), "preset": _NVENC_PRESET[preset]}
+    if codec == "libvpx":  # VP8's constant quality needs a bitrate cap; 4..63
+        return {"crf": str(min(63, max(4, crf))), "b": "50M", "deadline": "good"}
+    if codec in ("mpeg2video", "mpeg1video", "wmv2"):
+        return {"flags": "+qscale", "global_quality": str(_qscale(crf) * _QP2LAMBDA)}
     raise OutputError(f"output.codec = {codec!r} is not supported")
+
+
+_QP2LAMBDA = 118  # FFmpeg's FF_QP2LAMBDA: a quantiser as "global_quality"
+
+
+def _qscale(crf: int) -> int:
+    """The fixed quantiser (2 best .. 31) for codecs without a CRF mode: ``ffmpeg -q:v``'s scale.
+    CRF 0 gives 2; the default 18 gives 3; 51 gives 31."""
+    return max(2, min(31, round(2 + crf * crf / 90)))
+
+
+def check_rate(codec: str, rate: Fraction | None, suffix: str) -> Fraction | None:
+    """The frame rate ``codec`` is written at: MPEG-1/2 video only at its standard rates (None for
+    other codecs, which keep the input's times). Raises :class:`OutputError` naming the way out."""
+    if codec not in ("mpeg1video", "mpeg2video"):
+        return None
+    if rate is not None:
+        for standard in MPEG_RATES:
+            if abs(float(rate) - float(standard)) < 0.01:
+                return standard
+    shown = f"{float(rate):.3f}" if rate else "an unknown"
+    raise OutputError(
+        f"a {suffix} file holds MPEG video at 23.976, 24, 25, 29.97, 30, 50, 59.94 or 60 frames/s only, "
+        f"and this video runs at {shown} frames/s: write .mkv or .mp4 instead"
+    )
 
 
 def check_encoder(codec: str) -> None:
@@ -200,6 +258,14 @@ _PIX_FMTS = {
     ("libvpx-vp9", True, False): "yuv420p10le",
     ("libvpx-vp9", False, True): "yuv444p",
     ("libvpx-vp9", True, True): "yuv444p10le",
+    # VP8, MPEG-1/2 and WMV2 code 8-bit 4:2:0 only; odd sides are fine (the chroma is rounded up)
+    ("libvpx", False, False): "yuv420p",
+    ("libvpx", False, True): "yuv420p",
+    ("mpeg2video", False, False): "yuv420p",
+    ("mpeg2video", False, True): "yuv420p",
+    ("mpeg1video", False, False): "yuv420p",
+    ("mpeg1video", False, True): "yuv420p",
+    ("wmv2", False, False): "yuv420p",
 }
 
 
@@ -209,7 +275,10 @@ def pick_pix_fmt(codec: str, bit_depth: int, width: int, height: int) -> str:
     odd = width % 2 == 1 or height % 2 == 1
     if codec.endswith("_nvenc"):
         return "p010le" if deep and not odd else ("yuv444p" if odd else "yuv420p")
-    fmt = _PIX_FMTS.get((codec, deep, odd))
+    fmt = _PIX_FMTS.get((codec, deep, odd)) or _PIX_FMTS.get((codec, False, odd))  # 8-bit-only codecs
     if fmt is None:
-        raise OutputError(f"output.codec = {codec!r} cannot encode a {width}x{height} picture; use libx264")
+        raise OutputError(
+            f"output.codec = {codec} cannot encode a {width}x{height} picture (it needs even sides): "
+            "write .mkv or .mp4 (libx264 keeps odd sides)"
+        )
     return fmt

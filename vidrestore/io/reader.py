@@ -158,25 +158,6 @@ def main_video_stream(streams: Any) -> Any:
     return min(candidates, key=lambda s: (is_cover_art(s), -float((s.duration or 0) * (s.time_base or 0)), s.index))
 
 
-def _audio_checker(stream: Any) -> Any:
-    """A decoder of its own for a copied audio stream, to find packets that no longer decode
-    (None where this FFmpeg cannot decode it: its packets are copied unchecked)."""
-    cc = stream.codec_context
-    if cc is None:
-        return None
-    try:
-        check: Any = av.CodecContext.create(cc.name, "r")
-        check.extradata = cc.extradata
-        check.sample_rate = cc.sample_rate
-        check.layout = cc.layout
-        check.format = cc.format
-        check.open()
-    except (av.error.FFmpegError, ValueError, TypeError) as exc:
-        log.debug("audio track %d (%s) cannot be checked: %s", stream.index, cc.name, exc)
-        return None
-    return check
-
-
 def _span(packet: Any) -> tuple[float, float] | None:
     """A packet's start and end in seconds (by its pts, else its dts), or None without a time."""
     ts = packet.pts if packet.pts is not None else packet.dts
@@ -407,6 +388,9 @@ class VideoReader:
         self.clocks = {s.index: StreamClock(round(1 / (s.time_base or tb))) for s in self.copy_streams}
         self._orders = {s.index: InOrder(equal_ok=s.type == "subtitle") for s in self.copy_streams}
         self._avi = "avi" in c.format.name.split(",")  # times count packets; an idx1 lists what should be there
+        # AVI stores no presentation times: frames of B-frame video (packed or not) come with their
+        # decode-order times, and putting them in order is the normal reading of the file, not a repair
+        self.timed_by_count = self._avi
         self.damage = DamageLog(self.path, {s.index: s.type for s in (v, *self.copy_streams)}, self.strict)
         ends = [float((v.start_time or 0) * tb) + duration_s] if duration_s else []
         if c.duration:
@@ -415,7 +399,6 @@ class VideoReader:
         self.damage.expected_end = self.end_s
         # ending this much short of it still counts as the end: two and a half frames, at least 0.1 s
         self._tolerance = max(0.1, 2.5 / float(rate)) if rate else 0.1
-        self._checks = {s.index: _audio_checker(s) for s in self.copy_streams if s.type == "audio"}
         self._last_pts: int | None = None  # the decoder's latest frame time, as it came
         self._cut_short = False  # the file holds fewer frames than its header states (AVI)
         self._errors = ErrorLocator()
@@ -476,26 +459,30 @@ class VideoReader:
             self.damage.ended_early(max([self.last_end_s, *demux.reached.values()]))
             log.info("%s: the data ends at %.2f s; the output holds what could be decoded", self.path, self.last_end_s)
 
-    def _check_avi(self, read: dict[int, int]) -> bool:
+    def _check_avi(self, read: dict[int, tuple[int, int]]) -> bool:
         """AVI demuxers step over lost data without a word, and AVI times count packets, so no gap
-        shows: what the file's index lists and was never read is the trace. Without the index (it
-        is at the end), the header's length says whether the file ends early (FFmpeg takes the
-        duration from what it finds). Returns whether the file ends early."""
+        shows: what the file's index lists and was never read is the trace (in bytes: parsers join
+        and split audio chunks). Without the index (it is at the end), the header's length says
+        whether the file ends early (FFmpeg takes the duration from what it finds). Returns whether
+        the file ends early."""
         if not self._avi:
             return False
         listed = avi_index_counts(self.path)
         if listed is not None:
-            for index, count in read.items():
-                self.damage.missing(index, listed.get(index, 0) - count)
+            for index, (count, size) in read.items():
+                chunks, total = listed.get(index, (0, 0))
+                if size < total:
+                    self.damage.missing(index, max(1, chunks - count))
             return False
         stated = avi_header_seconds(self.path)
         return stated is not None and self.last_end_s < stated - self._tolerance
 
     def _decode_packets(self, demux: ResumingDemuxer, deep: bool) -> None:
-        read: dict[int, int] = {}
+        read: dict[int, tuple[int, int]] = {}  # per stream: packets and bytes
         for packet in demux:
             index = packet.stream.index  # read while its container is open: packets outlive resumes
-            read[index] = read.get(index, 0) + 1
+            count, size = read.get(index, (0, 0))
+            read[index] = (count + 1, size + packet.size)
             if self.control.stopped:
                 raise Stopped
             if index != self.video.index:
@@ -532,35 +519,24 @@ class VideoReader:
 
     def _copy(self, index: int, kept: list[Any], dropped: list[Any]) -> None:
         for packet in dropped:
-            self._mark(index, packet, "its time is out of order (a damaged timestamp)", skipped=1)
+            self._mark(index, packet, "left out: its time goes backwards, which the muxer refuses", skipped=1)
         for packet in kept:
             self.clocks[index](packet)
             self.packets.put((index, packet))
 
     def _intact(self, index: int, packet: Any) -> bool:
-        """Whether a copied packet is worth keeping: not flagged corrupt, and (audio) decodable.
+        """Whether a copied packet is kept: all are, but one the demuxer flags corrupt (FFmpeg's own
+        word: a size that runs past the data, a damaged block). Copied packets are never decoded: a
+        short or odd frame is its decoder's business, and the file's own bytes go out as they came.
 
         In AVI the times of a stream count its packets, so leaving one out would move every later
-        one earlier (audio out of sync): there a damaged packet is kept, and only reported."""
-        why = "flagged corrupt by the demuxer" if packet.is_corrupt else self._undecodable(index, packet)
-        if why is None:
+        one earlier (audio out of sync): there a corrupt packet is kept, and only reported."""
+        if not packet.is_corrupt:
             return True
         keep = self._avi
-        why += "; kept, as AVI times count packets" if keep else ""
+        why = "flagged corrupt by the demuxer" + ("; kept, as AVI times count packets" if keep else "")
         self._mark(index, packet, why, skipped=0 if keep else 1)
         return keep
-
-    def _undecodable(self, index: int, packet: Any) -> str | None:
-        check = self._checks.get(index)
-        if check is None:
-            return None
-        try:
-            check.decode(packet)
-        except av.error.EOFError:
-            return None
-        except av.error.FFmpegError as exc:
-            return f"does not decode: {exc.strerror or exc}"
-        return None
 
     def _decode(self, packet: Any) -> list[av.VideoFrame]:
         try:

@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 FIRST_STEPS = (0.0, 0.5)
 UNKNOWN_END_LIMIT = 64.0
 CONTIGUOUS_FORMATS = frozenset({"matroska", "webm", "avi", "flv"})  # packets back to back: gaps are losses
-BYTE_GAP = 2048  # bytes skipped between packets that mean a loss (overhead and alignment padding stay under)
+BYTE_GAP = 2048  # bytes skipped between packets that suggest a loss (overhead and alignment padding stay under)
+MAX_GUESSES = 100  # possible-damage notes kept per file
 MAX_RESUMES = 1000  # a bound on seeks per file; each resume that counts delivered something new
 RESET_STEP = 1.0  # seconds: a step back at least this long is a reset (joined recordings), not damage
 AVI_HEADER_BYTES = 64 << 10  # where an AVI file's stream headers lie
@@ -86,6 +87,14 @@ class DamageLog:
         self.resumes = 0
         self.ended_early_at: float | None = None
         self.expected_end: float | None = None
+        # guesses (bytes skipped between packets): reported with their evidence, never acted on
+        self.possible: list[dict[str, Any]] = []
+
+    def guess(self, at: float, evidence: str) -> None:
+        """Possible damage at ``at`` seconds: a guess, said with its ``evidence``; nothing is dropped."""
+        if len(self.possible) < MAX_GUESSES:
+            self.possible.append({"at": round(at, 3), "evidence": evidence})
+        log.debug("%s: possible damage at %.3f s: %s", self.path, at, evidence)
 
     def mark(self, index: int, start: float, end: float, skipped: int = 0, why: str = "damaged") -> None:
         s = self.streams.get(index)
@@ -119,7 +128,13 @@ class DamageLog:
 
     @property
     def damaged(self) -> bool:
+        """Whether FFmpeg's own evidence (an error, a corrupt flag, an index that lists more) says so."""
         return self.ended_early_at is not None or any(s.ranges or s.missing for s in self.streams.values())
+
+    @property
+    def worth_saying(self) -> bool:
+        """Damaged, or possibly damaged: the file gets a line in the closing warnings and the report."""
+        return self.damaged or bool(self.possible)
 
     def to_dict(self) -> dict[str, Any]:
         """The report's entry for this file."""
@@ -141,10 +156,16 @@ class DamageLog:
             "ended_early": self.ended_early_at is not None,
             "ended_at": self.ended_early_at,
             "expected_end": self.expected_end,
+            "damaged": self.damaged,
+            "possible": self.possible,
         }
 
     def summary(self) -> str:
         """One line for the closing warnings."""
+        if not self.damaged:
+            where = ", ".join(f"{g['at']:.2f} s ({g['evidence']})" for g in self.possible[:3])
+            more = f" and {len(self.possible) - 3} more" if len(self.possible) > 3 else ""
+            return f"{self.path} may be damaged (a guess; nothing was dropped): at {where}{more}"
         parts = []
         for s in self.streams.values():
             said = []
@@ -220,10 +241,15 @@ class ErrorLocator:
 
 
 class InOrder:
-    """A copied stream's packets with damaged times left out: each packet is held until the next
-    arrives, and one whose time lies outside its neighbours' (a flipped bit in a timestamp) is
-    dropped, as is any that would still go backwards. (A step back that the following packets
-    keep to is a reset, not damage: :class:`StreamClock` in the reader carries on from it.)
+    """A copied stream's packets, less those the muxer would refuse: a time that goes backwards.
+
+    Muxers refuse a packet whose time is not after the one before (subtitles may share a time). When
+    one time is out of line (a flipped bit in a timestamp), either it or every packet after it would
+    be refused; so each packet is held until the next arrives, and one whose time lies outside its
+    neighbours' is the one left out (the fewest packets), as is any that would still go backwards.
+    A healthy stream's times never go backwards, so nothing of it is touched. (A step back that the
+    following packets keep to is a reset, not damage: :class:`StreamClock` in the reader carries on
+    from it.)
 
     :meth:`push` returns ``(kept, dropped)`` packets; :meth:`flush` the one still held.
     """
@@ -376,16 +402,19 @@ class ResumingDemuxer:
 
         Demuxers that parse the file as a stream skip damaged bytes without a word: in formats
         whose packets lie back to back (Matroska, WebM, AVI, FLV), a jump in the packets' byte
-        positions is a loss too. (Not MP4/MOV, read by their index, where positions jump by
-        design, nor MPEG-TS, whose packets are cut into 188-byte pieces among padding.)
+        positions may be a loss. It is only a guess (muxers pad, and some interleave other data),
+        so it is said as possible damage with its evidence and changes nothing. (Not MP4/MOV, read
+        by their index, where positions jump by design, nor MPEG-TS, whose packets are cut into
+        188-byte pieces among padding.) After a resume, which follows a real demuxer error, a
+        stream whose times jump past where it had got to lost what lies between.
         """
         wanted = {i for i in self.indices if i not in self.left_out}
         by_position = bool(set(container.format.name.split(",")) & CONTIGUOUS_FORMATS)
         demux = container.demux()  # every stream, so that the byte positions run on
         progressed = False
-        # streams whose first packet after a resume or a skip is still to come: True where a loss is
-        # certain (bytes were skipped) even if the stream's times run on (AVI counts its frames)
-        unchecked: dict[int, bool] = dict.fromkeys(self._last, False) if dedupe else {}
+        # streams whose first packet after a resume is still to come (only those with a timed packet
+        # before it: a stream that has not started yet has nothing to have lost)
+        unchecked = set(self._last) if dedupe else set()
         next_pos: int | None = None
         while True:
             try:
@@ -404,8 +433,7 @@ class ResumingDemuxer:
                 if next_pos is not None and pos < next_pos - packet.size:
                     by_position = False  # positions run back: a file not read front to back (non-interleaved)
                 elif next_pos is not None and pos - next_pos > BYTE_GAP:
-                    unchecked.update(dict.fromkeys(self._last, False))
-                    unchecked[self.anchor] = self.anchor in self._last
+                    self.damage.guess(self._position(), f"{pos - next_pos} bytes skipped at byte {next_pos}")
                 next_pos = pos + packet.size
             index = packet.stream.index
             if index not in wanted:
@@ -419,9 +447,9 @@ class ResumingDemuxer:
                 continue  # delivered before the seek
             at = float((packet.pts if packet.pts is not None else ts) * packet.time_base)
             if index in unchecked:
-                certain = unchecked.pop(index)
+                unchecked.discard(index)
                 start = self.reached[index]
-                if certain or at > start + _gap(packet):  # what lies between was lost
+                if at > start + _gap(packet):  # what lies between was lost
                     self.damage.mark(index, start, max(start, at), why="unreadable; read on past it")
             self._last[index] = ts if last is None else max(last, ts)
             end = at + float((packet.duration or 0) * packet.time_base)
@@ -473,9 +501,11 @@ def _gap(packet: Any) -> float:
     return max(0.1, 1.5 * duration)
 
 
-def avi_index_counts(path: Path) -> dict[int, int] | None:
-    """Per stream number, the packets with data that an AVI file's ``idx1`` index lists; None when the
-    file has none at its end (truncated, an OpenDML file, not an AVI).
+def avi_index_counts(path: Path) -> dict[int, tuple[int, int]] | None:
+    """Per stream number, the chunks with data that an AVI file's ``idx1`` index lists, and their bytes;
+    None when the file has none at its end (truncated, an OpenDML file, not an AVI). (Bytes, because
+    FFmpeg's audio parsers split and join chunks into frames: a short first AC3 chunk comes out
+    joined to the next, one packet fewer and not one byte.)
 
     The index is found from the end, where muxers put it: the chunk sizes in front of it no longer
     lead there once bytes have been lost in the middle.
@@ -495,12 +525,14 @@ def avi_index_counts(path: Path) -> dict[int, int] | None:
             break
     else:
         return None
-    counts: dict[int, int] = {}
+    counts: dict[int, tuple[int, int]] = {}
     table = tail[at + 8 : at + 8 + length]
     for entry in range(0, len(table) - 15, 16):
         ckid = table[entry : entry + 4]
-        if ckid[:2].isdigit() and int.from_bytes(table[entry + 12 : entry + 16], "little") > 0:
-            counts[int(ckid[:2])] = counts.get(int(ckid[:2]), 0) + 1
+        size = int.from_bytes(table[entry + 12 : entry + 16], "little")
+        if ckid[:2].isdigit() and size > 0:
+            chunks, total = counts.get(int(ckid[:2]), (0, 0))
+            counts[int(ckid[:2])] = (chunks + 1, total + size)
     return counts
 
 

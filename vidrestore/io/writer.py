@@ -24,7 +24,7 @@ import av.error
 from vidrestore.config import OutputConfig
 from vidrestore.control import END, RunControl, Stopped
 from vidrestore.errors import OutputError, PipelineError
-from vidrestore.io.encoders import can_copy, check_encoder, pick_pix_fmt, plan_output
+from vidrestore.io.encoders import can_copy, check_encoder, check_rate, pick_pix_fmt, plan_output
 from vidrestore.io.reader import _SWS_COLORSPACE, SWS_FLAGS, VideoInfo, is_cover_art
 from vidrestore.records import Frame
 
@@ -100,6 +100,8 @@ class VideoWriter:
         self._packets_done = False
         self._container: Any = None
         self._video: Any = None
+        self._fixed: Fraction | None = None
+        self._origin: int | None = None
         self._out: dict[int, Any] = {}
         self._reencode: dict[int, tuple[Any, Any]] = {}
         self._thread: threading.Thread | None = None
@@ -133,11 +135,14 @@ class VideoWriter:
         self.codec = codec
         if codec == "libsvtav1":
             os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner per file on stderr otherwise
-        v = c.add_stream(codec, rate=info.rate or Fraction(25))
+        fixed = check_rate(codec, info.rate, self.path.suffix)  # MPEG-1/2: a standard rate, ticks of one frame
+        v = c.add_stream(codec, rate=fixed or info.rate or Fraction(25))
         v.width, v.height, v.pix_fmt = width, height, pix_fmt
         v.time_base = info.time_base
         cc = v.codec_context
-        cc.time_base = info.time_base
+        cc.time_base = 1 / fixed if fixed else info.time_base
+        self._fixed = fixed
+        self._origin = None  # with a fixed rate: the first frame's time (info.time_base), set by the first
         cc.color_primaries, cc.color_trc = info.color_primaries, info.color_trc
         cc.colorspace = info.colorspace
         cc.color_range = info.color_range if info.color_range in (1, 2) else 1
@@ -274,8 +279,7 @@ class VideoWriter:
             except (av.error.FFmpegError, OSError) as exc:  # a full disk, a failing encoder
                 raise PipelineError("encode", item.index, f"writing the video failed: {exc}") from exc
             item = self.control.get(self.frames)
-        for packet in self._video.encode(None):
-            self._container.mux(packet)
+        self._mux_video(self._video.encode(None))
         self._finish()
 
     def _mux_all(self, item: Any) -> None:
@@ -305,8 +309,26 @@ class VideoWriter:
         vf.time_base = frame.time_base
         if frame.duration:
             vf.duration = frame.duration
-        self._container.mux(self._video.encode(vf))
+        if self._fixed is not None:  # counted in frames from the first, which keeps its own time
+            self._origin = frame.pts if self._origin is None else self._origin
+            vf.pts = round((frame.pts - self._origin) * frame.time_base * self._fixed)
+            vf.time_base = 1 / self._fixed
+            vf.duration = 1
+        self._mux_video(self._video.encode(vf))
         self.frames_written += 1
+
+    def _mux_video(self, packets: list[Any]) -> None:
+        """Mux encoded video; with a fixed-rate codec (MPEG-1/2), moved back to the first frame's own
+        time: its encoder counts whole frames, and a start between two ticks would otherwise round."""
+        if self._fixed is not None and self._origin is not None:
+            tb = self._info().time_base
+            for packet in packets:
+                for name in ("pts", "dts"):
+                    if (value := getattr(packet, name)) is not None:
+                        setattr(packet, name, round(value * packet.time_base / tb) + self._origin)
+                packet.duration = round((packet.duration or 0) * packet.time_base / tb)
+                packet.time_base = tb
+        self._container.mux(packets)
 
     def _next_packet(self, block: bool) -> tuple[int, Any] | None:
         if self._pending is not None:
