@@ -22,7 +22,7 @@ import pytest
 from conftest import CliResult, assert_one_line_error
 from media import probe
 
-from vidrestore.corpus import CONTAINERS, KINDS, Damaged, _handler, _mp4_tracks, ffmpeg_frames, make_corpus
+from vidrestore.corpus import CONTAINERS, KINDS, Damaged, _handler, _mp4_tracks, damage, ffmpeg_frames, make_corpus
 from vidrestore.testing import make_face_clip
 
 SEEDS = (0, 1)
@@ -329,3 +329,54 @@ def test_avi_index_and_header_counts_are_read_from_the_file(corpus: list[Damaged
     assert avi_index_counts(removed) == counts  # found from the end, though the chunk sizes before it lie
     mkv = next(d.source for d in corpus if d.container == "mkv")
     assert avi_index_counts(mkv) is None and avi_header_seconds(mkv) is None
+
+
+HEALTHY_SOURCES = (
+    "mpeg4-ac3-packed.avi",
+    "h264-ac3-short-first.avi",
+    "mpeg2-mp2.mpg",
+    "wmv2-wmav2.wmv",
+    "theora-vorbis.ogv",
+    "vp8-opus.ogv",
+    "h264-aac.ts",
+    "mpeg2-ac3.ts",
+    "h264-mp3.flv",
+)
+BYTE_KINDS = ("flip", "zero", "remove", "duplicate", "truncate")
+
+
+@pytest.fixture(scope="module")
+def damaged_healthy(tmp_path_factory: pytest.TempPathFactory) -> list[Damaged]:
+    """The damage corpus made from the healthy corpus too: containers and codecs the clips above
+    lack (packed B-frames, MPEG program and transport streams, ASF, Ogg, FLV)."""
+    _need_ffmpeg()
+    from testkit.healthy import make_healthy
+
+    folder = tmp_path_factory.mktemp("damaged-healthy")
+    sources = {h.path.name: h.path for h in make_healthy(folder / "healthy")}
+    out = []
+    for name in HEALTHY_SOURCES:
+        src = sources[name]
+        for kind in BYTE_KINDS:
+            dst = damage(src, folder / f"{kind}-{name}", kind, seed=0)
+            out.append(Damaged(dst, src, src.suffix.lstrip("."), kind, 0))
+    return out
+
+
+@pytest.mark.parametrize("name", HEALTHY_SOURCES)
+def test_damaged_copies_of_healthy_files_keep_at_least_ffmpegs_frames(
+    cli: Cli, damaged_healthy: list[Damaged], name: str, tmp_path: Path
+) -> None:
+    for d in (d for d in damaged_healthy if d.source.name == name):
+        dst = tmp_path / f"out-{d.path.name}"
+        report = tmp_path / f"{d.path.name}.json"
+        r = cli("restore", d.path, "-o", dst, "--detector", "none", "--report", report, "--encode-preset", "ultrafast")
+        assert "Traceback" not in r.err, (d.path.name, r.err)
+        reference = ffmpeg_frames(d.path)
+        if r.code == 4:
+            assert_one_line_error(r.err)
+            assert reference == 0, (d.path.name, r.err)
+            continue
+        assert r.code == 0, (d.path.name, r.err)
+        kept = ffmpeg_frames(dst)
+        assert kept >= reference - 1, (d.path.name, kept, reference)

@@ -70,6 +70,7 @@ class Container:
     options: tuple[tuple[str, str], ...] = ()  # encoder options the container needs
     # codecs of copied streams it holds although FFmpeg's muxer query answers "don't know" for them
     also_copies: frozenset[str] = frozenset()
+    audio_tracks: int | None = None  # how many audio tracks it holds (None: any number)
 
 
 _MP4 = frozenset({"h264", "hevc", "av1", "vp9"})
@@ -88,7 +89,7 @@ CONTAINERS: dict[str, Container] = {
     ".ts": Container("libx264", "aac", frozenset({"h264", "hevc"}), also_copies=_TS_COPIES),
     ".mts": Container("libx264", "aac", frozenset({"h264", "hevc"}), also_copies=_TS_COPIES),
     ".m2ts": Container("libx264", "aac", frozenset({"h264", "hevc"}), also_copies=_TS_COPIES),
-    ".flv": Container("libx264", "aac", frozenset({"h264"})),
+    ".flv": Container("libx264", "aac", frozenset({"h264"}), audio_tracks=1),  # FLV has one audio tag type
     # DVD and capture-card footage: MPEG-2 video with MPEG audio, in a program stream
     ".mpg": Container("mpeg2video", "mp2", _MPEG, also_copies=_PS_COPIES),
     ".mpeg": Container("mpeg2video", "mp2", _MPEG, also_copies=_PS_COPIES),

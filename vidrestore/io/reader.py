@@ -400,6 +400,7 @@ class VideoReader:
         # ending this much short of it still counts as the end: two and a half frames, at least 0.1 s
         self._tolerance = max(0.1, 2.5 / float(rate)) if rate else 0.1
         self._last_pts: int | None = None  # the decoder's latest frame time, as it came
+        self._last_key: int | None = None  # the latest keyframe packet's decode time (dts, else pts)
         self._cut_short = False  # the file holds fewer frames than its header states (AVI)
         self._errors = ErrorLocator()
         self._pending: deque[tuple[np.ndarray, int]] = deque()  # decoded pictures waiting for their time
@@ -496,6 +497,8 @@ class VideoReader:
                 self._mark(self.video.index, packet, "flagged corrupt by the demuxer")
             if packet.pts is not None and (span := _span(packet)) is not None:
                 self._errors.sent((packet.pts, *span))
+            if packet.is_keyframe and (key := packet.dts if packet.dts is not None else packet.pts) is not None:
+                self._last_key = key
             for frame in self._decode(packet):
                 self._emit(frame, deep)
             self._blame(self._errors.settled())
@@ -578,7 +581,9 @@ class VideoReader:
                 return
             cc.thread_type = "SLICE"
             try:
-                other.seek(last, stream=v, backward=True)
+                # from the last keyframe the first pass sent: seeking to a frame's own time lands on
+                # that frame's packet in formats without a seek index (MPEG-TS), with no reference
+                other.seek(min(last, self._last_key if self._last_key is not None else last), stream=v, backward=True)
             except av.error.FFmpegError as exc:
                 log.debug("%s: cannot seek to decode the end again: %s", self.path, exc)
                 return

@@ -24,7 +24,7 @@ import av.error
 from vidrestore.config import OutputConfig
 from vidrestore.control import END, RunControl, Stopped
 from vidrestore.errors import OutputError, PipelineError
-from vidrestore.io.encoders import can_copy, check_encoder, check_rate, pick_pix_fmt, plan_output
+from vidrestore.io.encoders import CONTAINERS, can_copy, check_encoder, check_rate, pick_pix_fmt, plan_output
 from vidrestore.io.reader import _SWS_COLORSPACE, SWS_FLAGS, VideoInfo, is_cover_art
 from vidrestore.records import Frame
 
@@ -57,6 +57,21 @@ def _opens(codec: str, width: int, height: int, pix_fmt: str) -> bool:
     try:
         ctx.open()
     except (av.error.FFmpegError, ValueError):
+        return False
+    return True
+
+
+def _audio_encoder_opens(codec: str, source: Any) -> bool:
+    """Whether ``codec`` opens for audio like ``source`` (a codec context): Opus takes only some
+    sample rates, and a damaged header can leave a track with none."""
+    try:
+        ctx: Any = av.CodecContext.create(codec, "w")
+        ctx.sample_rate = source.sample_rate
+        ctx.layout = source.layout
+        ctx.format = ctx.codec.audio_formats[0] if ctx.codec.audio_formats else source.format
+        ctx.time_base = Fraction(1, source.sample_rate or 1)
+        ctx.open()
+    except (av.error.FFmpegError, ValueError, TypeError, ZeroDivisionError):
         return False
     return True
 
@@ -205,6 +220,16 @@ class VideoWriter:
             + (f", {s.metadata['language']}" if "language" in s.metadata else "")
             + ")"
         )
+        box = CONTAINERS.get(self.path.suffix.lower())
+        if s.type == "audio" and box is not None and box.audio_tracks is not None:
+            if sum(1 for o in self._out.values() if o.type == "audio") >= box.audio_tracks:
+                log.warning(
+                    "%s is left out: a %s file holds %d audio track(s); use .mkv to keep them all",
+                    label,
+                    self.path.suffix,
+                    box.audio_tracks,
+                )
+                return
         if can_copy(self.path.suffix, name, c.supported_codecs) or (
             s.type in ("data", "video") and self._accepts(c, lambda t: t.add_stream_from_template(s))
         ):
@@ -215,6 +240,15 @@ class VideoWriter:
                     log.warning("%s is copied as it is: only the main video track is restored", label)
         elif s.type == "audio":
             target = self._audio_codec
+            if not _audio_encoder_opens(target, s.codec_context):
+                log.warning(
+                    "%s cannot be stored in %s, and %s cannot encode it (%d Hz): it is left out; use .mkv to keep it",
+                    label,
+                    self.path.suffix,
+                    target,
+                    s.codec_context.sample_rate,
+                )
+                return
             log.warning("%s cannot be stored in %s: re-encoding it to %s", label, self.path.suffix, target)
             out = c.add_stream(target, rate=s.codec_context.sample_rate)
             out.layout = s.codec_context.layout
