@@ -80,7 +80,10 @@ def test_damage_benchmark_runs_and_counts_against_ffmpeg(tmp_path: Path) -> None
             pytest.fail("CI must have the ffmpeg CLI")
         pytest.skip("the ffmpeg CLI is not installed")
     data = _bench("bench.damage", tmp_path / "damage.json", "--seeds", "1", "--containers", "mp4")
-    assert data["totals"]["files"] == 7 and data["tracebacks"] == 0
+    assert data["totals"]["files"] == 7 + 6 * 5 and data["tracebacks"] == 0  # + damaged copies of healthy files
+    alarms = data["false_alarms"]  # the healthy corpus: nothing called damaged, nothing lost
+    assert alarms["files"] >= 20 and alarms["called_damaged"] == 0 and alarms["not_exit_0"] == 0
+    assert alarms["frames_lost"] == 0 and alarms["copied_packets_lost"] == 0 and alarms["copied_packets"] > 500
     assert {r["kind"] for r in data["by_kind"]} == {
         "flip",
         "zero",

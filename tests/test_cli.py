@@ -81,6 +81,32 @@ def test_models_fetch_offline_exits_3_with_url_and_path(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_models_fetch_tries_every_model_and_names_each_one_missing(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline, a config's models are each tried: one line names every file to bring, with its URL
+    and where to save it, not only the first."""
+    from vidrestore.report import models_for
+
+    def offline(*a: object, **k: object) -> None:
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    r = cli("models", "fetch", "--preset", "vhs", "--weights-dir", tmp_path)
+    assert r.code == 3
+    assert_one_line_error(r.err)
+    from vidrestore.config import load_config
+    from vidrestore.presets import preset_path
+
+    names = models_for(load_config(preset_path("vhs"), []))
+    assert len(names) >= 3
+    assert f"{len(names)} of {len(names)} model(s)" in r.err
+    for name in names:
+        assert DEFAULT_REGISTRY[name].url in r.err
+        assert str(tmp_path / DEFAULT_REGISTRY[name].filename) in r.err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_weights_at_run_time_exit_3(cli: Cli, face_clip, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "o.mp4"
     r = cli("restore", face_clip.path, "-o", out, "--weights-dir", tmp_path / "empty")

@@ -20,7 +20,7 @@ import yaml
 
 from vidrestore import __version__
 from vidrestore.config import Config, EncoderPreset, config_to_dict, load_config
-from vidrestore.errors import ConfigError, InputError, VidrestoreError
+from vidrestore.errors import ConfigError, InputError, ModelError, VidrestoreError
 from vidrestore.models.compat import CODEFORMER_INSTALL
 from vidrestore.models.registry import DEFAULT_REGISTRY
 from vidrestore.models.store import ModelStore, default_weights_dir, offline_requested
@@ -365,8 +365,22 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
         names = args.names or models_for(_config(args))
         for name in names:
-            store.fetch(name, progress=_download_bar(name, quiet=getattr(args, "quiet", False)), force=args.force)
+            store.spec(name)  # an unknown name stops before anything is fetched
+        failed: list[str] = []
+        for name in names:  # every one is tried: an offline machine learns every file to bring at once
+            try:
+                store.fetch(name, progress=_download_bar(name, quiet=getattr(args, "quiet", False)), force=args.force)
+            except ModelError as exc:
+                log.debug("%s: %s", name, exc)
+                spec = store.spec(name)
+                failed.append(f"{name} ({spec.url or 'no download'} -> {store.path(name)})")
+                continue
             _out(f"{name}: {store.path(name)}")
+        if failed:
+            raise ModelError(
+                f"{len(failed)} of {len(names)} model(s) could not be fetched; save each file by hand at the "
+                f"path given: {'; '.join(failed)}"
+            )
         return 0
     raise ConfigError("models: choose an action: list, fetch or path")
 
