@@ -168,12 +168,14 @@ def _span(packet: Any) -> tuple[float, float] | None:
 
 
 def _video_packets(container: Any, video: Any) -> Iterator[Any]:
-    """The video packets from where ``container`` stands to where demuxing stops (an error included)."""
+    """The video packets from where ``container`` stands to where demuxing stops (an error included,
+    or a stream the file makes part-way, which PyAV cannot index: FLV does, when damage flips its
+    audio flags)."""
     demux = container.demux(video)
     while True:
         try:
             packet = next(demux)
-        except (StopIteration, av.error.FFmpegError):
+        except (StopIteration, av.error.FFmpegError, IndexError):
             return
         if packet.size:
             yield packet
@@ -565,28 +567,38 @@ class VideoReader:
         A frame-threaded decoder that meets an error while it drains drops the frames still in
         flight (FFmpeg 7/8: up to ``threads - 1`` frames at the end of a damaged file). A second,
         slice-threaded decoder from the keyframe before the last frame we got recovers them;
-        frames we already have are skipped by their time.
+        frames we already have are skipped by their time. Seeking to that frame's time finds the
+        keyframe where the container has an index (MP4, AVI, Matroska); where it has none (MPEG-TS)
+        it lands on that frame's own packet, with no reference, so if that gives nothing the
+        decoder starts again from the last keyframe the first pass sent.
         """
         last = self._last_pts
         if last is None:
             return
+        for target in dict.fromkeys(t for t in (last, self._last_key) if t is not None):
+            if self._decode_again_from(target, last, deep):
+                return
+
+    def _decode_again_from(self, target: int, last: int, deep: bool) -> bool:
+        """Decode from the keyframe at or before ``target``; emit frames after ``last``. Whether any came."""
         try:
             other = open_input(self.path)
         except InputError:
-            return
+            return False
+        emitted = False
         with other:
+            if self.video.index >= len(other.streams):  # FLV makes streams as it meets them
+                return False
             v = other.streams[self.video.index]
             cc = v.codec_context
             if cc is None:
-                return
+                return False
             cc.thread_type = "SLICE"
             try:
-                # from the last keyframe the first pass sent: seeking to a frame's own time lands on
-                # that frame's packet in formats without a seek index (MPEG-TS), with no reference
-                other.seek(min(last, self._last_key if self._last_key is not None else last), stream=v, backward=True)
+                other.seek(target, stream=v, backward=True)
             except av.error.FFmpegError as exc:
                 log.debug("%s: cannot seek to decode the end again: %s", self.path, exc)
-                return
+                return False
             for packet in itertools.chain(_video_packets(other, v), [None]):
                 try:
                     frames = v.decode(packet)
@@ -596,6 +608,8 @@ class VideoReader:
                     pts = frame.pts if frame.pts is not None else frame.dts
                     if pts is not None and pts > last:
                         self._emit(frame, deep)
+                        emitted = True
+        return emitted
 
     def _emit(self, frame: av.VideoFrame, deep: bool) -> None:
         if self.decoded == 0 and not self._pending:

@@ -422,7 +422,7 @@ class ResumingDemuxer:
             except StopIteration:
                 self._failed = False
                 return False, progressed
-            except av.error.FFmpegError as exc:
+            except (av.error.FFmpegError, IndexError) as exc:  # IndexError: PyAV meets a stream made part-way (FLV)
                 log.debug("%s: demuxing failed: %s", self.damage.path, exc)
                 self._failed = True
                 return True, progressed
@@ -484,8 +484,12 @@ class ResumingDemuxer:
         except InputError:
             return None
         self._resumed = container
+        known = len(container.streams)  # FLV makes streams as it meets them: a reopened file may have fewer
+        if self.anchor >= known:
+            return None
         for i in leave_out:
-            container.streams[i].discard = Discard.all
+            if i < known:
+                container.streams[i].discard = Discard.all
         anchor = container.streams[self.anchor]
         try:
             container.seek(int(target / anchor.time_base), stream=anchor, backward=True)
