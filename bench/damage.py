@@ -3,7 +3,7 @@
     python -m bench.damage              # the corpus of tests/test_damage.py with three seeds, and the healthy corpus
     python -m bench.damage --seeds 1    # one seed
 
-The corpus is ``vidrestore.corpus``: seeded byte flips, zeroed, removed and duplicated ranges,
+The corpus is ``testkit.corpus``: seeded byte flips, zeroed, removed and duplicated ranges,
 damaged indexes, a huge audio sample size and truncations, in MP4, MOV, MKV, AVI and WebM files
 with two audio tracks (100 frames each). For each file, ``ffmpeg -i FILE -f null -`` (Debian's
 ffmpeg) gives the yardstick; vidrestore runs its CLI on the file (no face stages: this measures
@@ -32,9 +32,9 @@ from typing import Any
 import av
 
 from bench.common import machine, table, write_result
+from testkit.corpus import CONTAINERS, KINDS, Damaged, damage, ffmpeg_frames, make_corpus
 from testkit.healthy import make_healthy
 from vidrestore.cli import main as cli_main
-from vidrestore.corpus import CONTAINERS, KINDS, Damaged, damage, ffmpeg_frames, make_corpus
 
 # healthy files whose damaged copies join the corpus: containers and codecs its own clips lack
 FROM_HEALTHY = ("mpeg4-ac3-packed.avi", "mpeg2-mp2.mpg", "wmv2-wmav2.wmv", "theora-vorbis.ogv", "h264-aac.ts")

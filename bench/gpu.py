@@ -76,9 +76,9 @@ def sync(device: Any) -> None:
 
 
 def gfpgan_weights(tmp: Path, small: bool) -> Path:
+    from testkit.weights import save_random_weights
     from vidrestore.errors import ModelError
     from vidrestore.models.store import ModelStore, default_weights_dir
-    from vidrestore.testing import save_random_weights
 
     if not small:
         try:
@@ -160,7 +160,7 @@ def make_clip(path: Path, faces: int, size: tuple[int, int], frames: int, face_p
     import cv2
     import numpy as np
 
-    from vidrestore.testing import ASTRONAUT_LANDMARKS, astronaut, write_clip
+    from testkit.clips import ASTRONAUT_LANDMARKS, astronaut, write_clip
 
     w, h = size
     src = astronaut()
@@ -277,11 +277,11 @@ def end_to_end(
     presets: list[str],
     small: bool,
 ) -> list[dict[str, Any]]:
+    from testkit.weights import save_random_weights
     from vidrestore.config import load_config
     from vidrestore.models.store import ModelStore, default_weights_dir
     from vidrestore.pipeline import build_stages, restore_file
     from vidrestore.stats import RunStats
-    from vidrestore.testing import save_random_weights
 
     store = ModelStore(default_weights_dir())
     det = save_random_weights("retinaface", tmp / "det.pth", small=small, key=None)

@@ -24,7 +24,7 @@ def make_clip(path: Path, seconds: int, size: tuple[int, int], rate: int) -> Non
     import av
     import cv2
 
-    from vidrestore.testing import _write_tone, astronaut
+    from testkit.clips import _write_tone, astronaut
 
     w, h = size
     face = cv2.resize(astronaut(), (min(w, h) // 2, min(w, h) // 2), interpolation=cv2.INTER_AREA)
@@ -62,7 +62,7 @@ def main() -> None:
         d = Path(tmp)
         extra: list[str] = ["--detector", "none"]
         if args.mode == "restore":
-            from vidrestore.testing import save_random_weights
+            from testkit.weights import save_random_weights
 
             g = save_random_weights("gfpgan_v1_clean", d / "g.pth", small=True, scale=0.1)
             u = save_random_weights("srvgg_compact", d / "u.pth", small=True, key="params")

@@ -22,11 +22,12 @@ from typing import Any
 import torch
 
 from bench.common import machine, table, write_result
+from testkit.clips import astronaut
+from testkit.weights import save_random_weights
 from vidrestore.device import Placement
 from vidrestore.models.loading import load_model
 from vidrestore.models.registry import DEFAULT_REGISTRY
 from vidrestore.stages.networks import build_restorer
-from vidrestore.testing import astronaut, save_random_weights
 
 ROWS = (("gfpgan-1.4", "gfpgan_v1_clean"), ("restoreformer", "restoreformer"), ("codeformer", "codeformer"))
 

@@ -36,12 +36,13 @@ import psutil
 import torch
 
 from bench.common import machine, run_measured, save, table
+from testkit.clips import make_face_clip
+from testkit.weights import reference_gfpganer, save_random_weights
 from vidrestore.config import Config, load_config
 from vidrestore.errors import ModelError
 from vidrestore.models.loading import load_model
 from vidrestore.models.store import ModelStore, default_weights_dir
 from vidrestore.stages.detect import CenterFaceDetector
-from vidrestore.testing import make_face_clip, reference_gfpganer, save_random_weights
 
 RESOLUTIONS = {480: (854, 480), 720: (1280, 720), 1080: (1920, 1080)}
 

@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 
 from bench.common import machine, run_measured, save, table
-from vidrestore.testing import astronaut, save_random_weights, write_clip
+from testkit.clips import astronaut, write_clip
+from testkit.weights import save_random_weights
 
 
 def faces_clip(path: Path, frames: int, faces: int, size: tuple[int, int] = (640, 360)) -> None:

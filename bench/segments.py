@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import machine, run_measured, table, write_result
-from vidrestore.testing import make_face_clip, save_random_weights
+from testkit.clips import make_face_clip
+from testkit.weights import save_random_weights
 
 CONFIGS = (
     ("whole file (1 process)", ["--segment-seconds", "0"]),

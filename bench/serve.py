@@ -28,7 +28,8 @@ import psutil
 from PIL import Image
 
 from bench.common import machine, table, write_result
-from vidrestore.testing import astronaut, save_random_weights
+from testkit.clips import astronaut
+from testkit.weights import save_random_weights
 
 BOUNDARY = "bench-boundary"
 

@@ -2,7 +2,7 @@
 
     python -m bench.temporal            # writes bench/results/temporal.json and bench/results/flicker.png
 
-The clip (``vidrestore.groundtruth``): the astronaut's face moving slowly, then fast with its
+The clip (``testkit.groundtruth``): the astronaut's face moving slowly, then fast with its
 mouth opening, through a "restorer" that adds independent invented texture per frame. Every
 flicker and error figure is measured against the known motion and the clean face, in grey levels:
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from bench.common import RESULTS, machine, table, write_result
-from vidrestore.groundtruth import GroundTruthClip, ground_truth_clip, restore_clip
+from testkit.groundtruth import GroundTruthClip, ground_truth_clip, restore_clip
 from vidrestore.plot import draw_flicker
 from vidrestore.stages.temporal import TemporalFusion
 from vidrestore.stats import RunStats

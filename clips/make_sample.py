@@ -4,7 +4,7 @@ The face is skimage.data.astronaut() (public domain, NASA), moved, turned, blurr
 noised and heavily compressed at a low resolution, like an old video-call recording,
 with a two-tone audio track. Run from the repository root:
 
-    python clips/make_sample.py
+    python -m clips.make_sample
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from vidrestore.testing import make_face_clip
+from testkit.clips import make_face_clip
 
 
 def trajectory(i: int) -> tuple[float, float, float]:

@@ -232,7 +232,7 @@ def make_source(path: Path, frames: int = 100, audio_tracks: int = 2, size: tupl
     """
     import math
 
-    from vidrestore.testing import make_face_clip
+    from testkit.clips import make_face_clip
 
     container = path.suffix.lstrip(".").lower()
     codec = {"avi": "mpeg4", "webm": "libvpx-vp9"}.get(container, "libx264")

@@ -16,12 +16,12 @@ import cv2
 import numpy as np
 import torch
 
+from testkit.clips import ASTRONAUT_LANDMARKS, astronaut
 from vidrestore.records import Face, Frame
 from vidrestore.stages.networks import RestorerNeeds
 from vidrestore.stages.restore import RestoreStage
 from vidrestore.stages.temporal import TemporalFusion
 from vidrestore.stats import RunStats
-from vidrestore.testing import ASTRONAUT_LANDMARKS, astronaut
 
 __all__ = ["SIZE", "SLOW_FRAMES", "GroundTruthClip", "Hallucinating", "ground_truth_clip", "restore_clip"]
 

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from testkit.clips import FaceClip, make_face_clip
+from testkit.weights import save_random_weights
 from vidrestore.cli import main
-from vidrestore.testing import FaceClip, make_face_clip, save_random_weights
 
 torch.set_num_threads(2)
 

@@ -16,7 +16,7 @@ def scene() -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
     """Two frames, each with two real faces of different sizes (one small enough to be upscaled)."""
     import cv2
 
-    from vidrestore.testing import ASTRONAUT_LANDMARKS, astronaut
+    from testkit.clips import ASTRONAUT_LANDMARKS, astronaut
 
     src = astronaut()
     images, marks = [], []
@@ -38,12 +38,12 @@ def run(tmp: Path) -> list[np.ndarray]:
 
     import torch
 
+    from testkit.weights import save_random_weights
     from vidrestore.device import Placement
     from vidrestore.models.loading import load_model
     from vidrestore.records import Face, Frame
     from vidrestore.stages.networks import FaceParser, GFPGANRestorer, Upscaler
     from vidrestore.stages.restore import RestoreStage
-    from vidrestore.testing import save_random_weights
 
     cpu = Placement(torch.device("cpu"), torch.float32)
     g = save_random_weights("gfpgan_v1_clean", tmp / "g.pth", small=True, scale=0.1)

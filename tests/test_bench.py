@@ -62,7 +62,7 @@ def test_full_size_gfpgan_costs_what_the_design_says() -> None:
     import torch
 
     from bench.gpu import flops_per_face
-    from vidrestore.testing import _model
+    from testkit.weights import _model
 
     gflop = flops_per_face(_model("gfpgan_v1_clean", small=False).eval(), torch.device("cpu")) / 1e9
     assert 380 < gflop < 410  # DESIGN.md: ~396 GFLOP per 512x512 face

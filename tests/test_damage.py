@@ -1,6 +1,6 @@
 """Damaged inputs: every frame the ffmpeg command-line tool recovers is kept, and the damage is reported.
 
-The corpus is made here, seeded (``vidrestore.corpus``): byte flips, zeroed, removed and
+The corpus is made here, seeded (``testkit.corpus``): byte flips, zeroed, removed and
 duplicated ranges, damaged indexes, a huge audio sample size and truncations, in MP4, MOV, MKV,
 AVI and WebM files with two audio tracks. Each file is compared with what Debian's ``ffmpeg``
 decodes from it.
@@ -22,8 +22,8 @@ import pytest
 from conftest import CliResult, assert_one_line_error
 from media import probe
 
-from vidrestore.corpus import CONTAINERS, KINDS, Damaged, _handler, _mp4_tracks, damage, ffmpeg_frames, make_corpus
-from vidrestore.testing import make_face_clip
+from testkit.clips import make_face_clip
+from testkit.corpus import CONTAINERS, KINDS, Damaged, _handler, _mp4_tracks, damage, ffmpeg_frames, make_corpus
 
 SEEDS = (0, 1)
 Cli = Callable[..., CliResult]
@@ -99,7 +99,7 @@ def test_the_undamaged_sources_report_no_damage(cli: Cli, corpus: list[Damaged],
 def test_healthy_files_with_large_frames_report_no_damage(cli: Cli, tmp_path: Path, ext: str) -> None:
     """Noise compresses badly: frames of tens of kB, which MPEG-TS cuts into 188-byte pieces (a
     byte-position check there took every large frame for a loss)."""
-    from vidrestore.testing import write_clip
+    from testkit.clips import write_clip
 
     rng = np.random.default_rng(0)
     src = tmp_path / f"noise.{ext}"
@@ -358,8 +358,9 @@ def damaged_healthy(tmp_path_factory: pytest.TempPathFactory) -> list[Damaged]:
     for name in HEALTHY_SOURCES:
         src = sources[name]
         for kind in BYTE_KINDS:
-            dst = damage(src, folder / f"{kind}-{name}", kind, seed=0)
-            out.append(Damaged(dst, src, src.suffix.lstrip("."), kind, 0))
+            for seed in SEEDS:
+                dst = damage(src, folder / f"{kind}-{seed}-{name}", kind, seed)
+                out.append(Damaged(dst, src, src.suffix.lstrip("."), kind, seed))
     return out
 
 

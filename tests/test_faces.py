@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
+from testkit.clips import ASTRONAUT_LANDMARKS, astronaut, make_face_clip
+from testkit.weights import save_random_weights
 from vidrestore.config import SmoothingConfig
 from vidrestore.control import RunControl
 from vidrestore.io.reader import VideoReader
@@ -18,7 +20,6 @@ from vidrestore.models.loading import load_model
 from vidrestore.records import Frame
 from vidrestore.stages.detect import CenterFaceDetector, Detections, RetinaFaceDetector, detect_frames
 from vidrestore.stages.track import TrackSmoother
-from vidrestore.testing import ASTRONAUT_LANDMARKS, astronaut, make_face_clip, save_random_weights
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 from conftest import CliResult, assert_one_line_error
 
+from testkit.clips import FaceClip
+from testkit.weights import save_random_weights
 from vidrestore.config import load_config
 from vidrestore.errors import ModelError
 from vidrestore.models.registry import DEFAULT_REGISTRY, ModelRegistry, ModelSpec
 from vidrestore.models.store import ModelStore, sha256_file
-from vidrestore.testing import FaceClip, save_random_weights
 
 Cli = Callable[..., CliResult]
 ROOT = Path(__file__).resolve().parent.parent

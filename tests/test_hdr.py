@@ -13,12 +13,12 @@ import pytest
 import torch
 from conftest import CliResult, Weights
 
+from testkit.clips import astronaut
 from vidrestore.device import Placement
 from vidrestore.records import Face, Frame
 from vidrestore.stages.detect import CenterFaceDetector
 from vidrestore.stages.networks import RestorerNeeds
 from vidrestore.stages.restore import RestoreStage
-from vidrestore.testing import astronaut
 from vidrestore.transfer import HLG, PQ, SdrView, _nits_to_pq
 
 CPU = Placement(torch.device("cpu"), torch.float32)

@@ -25,8 +25,8 @@ import pytest
 from conftest import CliResult, assert_one_line_error
 from media import best_effort_seconds
 
+from testkit.corpus import ffmpeg_frames
 from testkit.healthy import Healthy, make_healthy
-from vidrestore.corpus import ffmpeg_frames
 
 Cli = Callable[..., CliResult]
 

@@ -8,8 +8,8 @@ from conftest import CliResult
 from media import probe
 from PIL import Image
 
+from testkit.clips import astronaut, write_clip
 from vidrestore.io.images import read_image
-from vidrestore.testing import astronaut, write_clip
 
 Cli = Callable[..., CliResult]
 

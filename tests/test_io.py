@@ -19,10 +19,10 @@ import pytest
 from conftest import CliResult, assert_one_line_error
 from media import best_effort_seconds, probe, seconds
 
+from testkit.clips import write_clip
 from vidrestore.control import RunControl
 from vidrestore.io.encoders import encoder_options, pick_pix_fmt
 from vidrestore.io.reader import VideoReader
-from vidrestore.testing import write_clip
 
 Cli = Callable[..., CliResult]
 
@@ -181,7 +181,7 @@ def test_audio_the_container_cannot_hold_is_reencoded_with_a_warning(cli: Cli, t
 def test_decoded_pixels_survive_the_round_trip(cli: Cli, tmp_path: Path) -> None:
     import cv2
 
-    from vidrestore.testing import astronaut
+    from testkit.clips import astronaut
 
     src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
     photo = cv2.resize(astronaut(), (192, 192), interpolation=cv2.INTER_AREA)

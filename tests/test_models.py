@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from testkit.weights import save_random_weights
 from vidrestore.errors import ModelError
 from vidrestore.models.loading import load_model, read_state_dict
 from vidrestore.models.registry import DEFAULT_REGISTRY, ModelRegistry, ModelSpec
 from vidrestore.models.store import ModelStore, default_weights_dir, sha256_file
-from vidrestore.testing import save_random_weights
 
 CHECKSUMS = {  # the confirmed values (shared/model-checksums.md); a typo in the registry fails here
     "gfpgan-1.4": "e2cd4703ab14f4d01fd1383a8a8b266f9a5833dacee8e6a79d3bf21a1b6be5ad",
@@ -248,7 +248,7 @@ def test_default_fetch_list_and_its_size_match_the_readme() -> None:
 def test_gfpgan_runs_its_modulated_convolutions_batched_with_the_same_result(tmp_path: Path) -> None:
     """The loader swaps StyleGAN2's per-sample grouped convolution for one batched convolution
     (vidrestore/models/speedups.py): same arithmetic, so the same faces to float rounding."""
-    from vidrestore.testing import _model
+    from testkit.weights import _model
 
     path = save_random_weights("gfpgan_v1_clean", tmp_path / "g.pth", small=True, scale=0.5)
     fast = load_model("gfpgan_v1_clean", path)

@@ -12,8 +12,8 @@ import pytest
 from conftest import CliResult, Weights, assert_one_line_error, psnr
 from media import probe
 
+from testkit.clips import FaceClip
 from vidrestore.control import in_background
-from vidrestore.testing import FaceClip
 
 Cli = Callable[..., CliResult]
 

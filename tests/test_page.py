@@ -17,7 +17,7 @@ from conftest import Weights
 from serving import Server, png, start_server
 from webdriver import Browser
 
-from vidrestore.testing import astronaut, make_face_clip
+from testkit.clips import astronaut, make_face_clip
 
 pytest.importorskip("fastapi")
 

@@ -13,10 +13,10 @@ import torch
 from conftest import CliResult, Weights, assert_one_line_error, psnr
 from media import probe
 
+from testkit.clips import FaceClip, astronaut, make_face_clip
 from vidrestore import load_config, restore, restore_frames
 from vidrestore.config import apply_overrides
 from vidrestore.errors import InputError
-from vidrestore.testing import FaceClip, astronaut, make_face_clip
 
 Cli = Callable[..., CliResult]
 
@@ -297,7 +297,8 @@ def test_a_device_error_in_the_restorer_exits_1_naming_the_stage_and_frame(
 
 
 def test_scale_2_with_an_even_sided_upscaler_on_an_odd_sized_video(cli: Cli, tmp_path: Path) -> None:
-    from vidrestore.testing import save_random_weights, write_clip
+    from testkit.clips import write_clip
+    from testkit.weights import save_random_weights
 
     x2 = save_random_weights("rrdbnet_x2", tmp_path / "x2.pth", small=True)
     src, out = tmp_path / "odd.mkv", tmp_path / "out.mkv"

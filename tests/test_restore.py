@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import Weights, psnr, restore_still
 
+from testkit.clips import astronaut
 from vidrestore.device import Placement
 from vidrestore.errors import PipelineError
 from vidrestore.geometry import estimate_similarity, invert, template, transformed_bounds
@@ -20,7 +21,6 @@ from vidrestore.records import Face, Frame
 from vidrestore.stages.detect import CenterFaceDetector, RetinaFaceDetector
 from vidrestore.stages.networks import FaceParser, GFPGANRestorer, Upscaler
 from vidrestore.stages.restore import RestoreStage
-from vidrestore.testing import astronaut
 
 CPU = Placement(torch.device("cpu"), torch.float32)
 
@@ -223,7 +223,7 @@ def test_deep_frames_stay_deep(restorer: GFPGANRestorer) -> None:
 @pytest.mark.parametrize("model", ["gfpgan-1.4", "gfpgan-1.3", "gfpgan-1.2"])
 def test_matches_gfpganer_enhance_on_a_still(weights: Weights, model: str) -> None:
     """GFPGANer builds v1.2, v1.3 and v1.4 alike (arch "clean"): each name, the package's own loop."""
-    from vidrestore.testing import reference_gfpganer
+    from testkit.weights import reference_gfpganer
 
     ref = reference_gfpganer(
         load_model("gfpgan_v1_clean", weights.gfpgan),
@@ -251,7 +251,7 @@ def test_matches_gfpganer_enhance_on_a_still(weights: Weights, model: str) -> No
 def test_an_upscaler_that_needs_even_sides_gets_odd_crops_padded_and_cut_back(
     tmp_path_factory: pytest.TempPathFactory, h: int, w: int
 ) -> None:
-    from vidrestore.testing import save_random_weights
+    from testkit.weights import save_random_weights
 
     path = save_random_weights("rrdbnet_x2", tmp_path_factory.mktemp("x2") / "x2.pth", small=True)
     x2 = Upscaler(load_model("rrdbnet", path), CPU)
@@ -412,12 +412,12 @@ def test_whole_stages_move_each_picture_a_bounded_number_of_times(face_clip: Any
     """Each frame goes up once, with its detection batch (RetinaFace), and the restore stage works on
     that same copy; a frame with faces comes back once, frames without faces never. Counted where
     pictures move."""
+    from testkit.weights import save_random_weights
     from vidrestore import load_config
     from vidrestore.control import RunControl
     from vidrestore.io.reader import VideoReader
     from vidrestore.models.store import ModelStore
     from vidrestore.stages.assemble import build_face_stages
-    from vidrestore.testing import save_random_weights
 
     det = save_random_weights("retinaface_mobile", face_clip.path.parent / "det.pth", key=None, seed=3)
     sets = weights.sets()[1::2]

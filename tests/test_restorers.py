@@ -18,13 +18,14 @@ import pytest
 import torch
 from conftest import CliResult, Weights, assert_one_line_error, psnr, restore_still
 
+from testkit.clips import astronaut
+from testkit.weights import reference_codeformer, reference_gfpganer, save_random_weights
 from vidrestore.device import Placement
 from vidrestore.geometry import estimate_similarity, invert, template, transformed_bounds
 from vidrestore.models.loading import load_model
 from vidrestore.models.registry import DEFAULT_REGISTRY
 from vidrestore.stages.detect import CenterFaceDetector
 from vidrestore.stages.networks import CodeFormerRestorer, GFPGANRestorer, build_restorer
-from vidrestore.testing import astronaut, reference_codeformer, reference_gfpganer, save_random_weights
 
 Cli = Callable[..., CliResult]
 CPU = Placement(torch.device("cpu"), torch.float32)

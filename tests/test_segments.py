@@ -26,9 +26,9 @@ import pytest
 from conftest import CliResult, Weights
 from media import probe
 
+from testkit.clips import FaceClip, make_face_clip, write_clip
 from vidrestore.config import load_config
 from vidrestore.segments import MANIFEST, plan_segments, work_folder
-from vidrestore.testing import FaceClip, make_face_clip, write_clip
 
 Cli = Callable[..., CliResult]
 

@@ -26,8 +26,8 @@ from media import probe
 from PIL import Image
 from serving import Server, png, start_server
 
+from testkit.clips import FaceClip, astronaut, make_face_clip
 from vidrestore.server.fetch import FetchRefused, _Answer, fetch_url, public_address
-from vidrestore.testing import FaceClip, astronaut, make_face_clip
 
 pytest.importorskip("fastapi")
 

@@ -1,4 +1,4 @@
-"""Temporal fusion against texture flicker, with known ground truth (``vidrestore.groundtruth``).
+"""Temporal fusion against texture flicker, with known ground truth (``testkit.groundtruth``).
 
 A real face (``skimage.data.astronaut()``) moves along a known path: slowly first, then fast with
 its mouth opening and closing (a local warp). It goes through a "restorer" that returns the clean
@@ -19,11 +19,12 @@ import torch
 from conftest import CliResult, Weights
 from media import probe
 
-from vidrestore.groundtruth import GroundTruthClip, ground_truth_clip, restore_clip
+from testkit.clips import FaceClip, astronaut
+from testkit.groundtruth import GroundTruthClip, ground_truth_clip, restore_clip
+from testkit.weights import save_random_weights
 from vidrestore.plot import SERIES
 from vidrestore.stages.temporal import TemporalFusion
 from vidrestore.stats import RunStats
-from vidrestore.testing import FaceClip, astronaut, save_random_weights
 
 Cli = Callable[..., CliResult]
 
