@@ -62,7 +62,7 @@ def measure(name: str, arch: str, folder: Path, n: int) -> dict[str, Any]:
 def fusion_cost(n: int) -> dict[str, Any]:
     """Temporal fusion (flow-blend) per face: DIS flow both ways on 128-px grey crops, the warp and
     the blend of two 512 crops; a moving face, so that the flow has work to do."""
-    from vidrestore.stages.temporal import TemporalFusion
+    from vidrestore.stages.fuse import TemporalFusion
 
     fusion = TemporalFusion(strength=0.6)
     face = faces(1)[0]

@@ -28,7 +28,7 @@ import torch
 from bench.common import RESULTS, machine, table, write_result
 from testkit.groundtruth import GroundTruthClip, ground_truth_clip, restore_clip
 from vidrestore.plot import draw_flicker
-from vidrestore.stages.temporal import TemporalFusion
+from vidrestore.stages.fuse import TemporalFusion
 from vidrestore.stats import RunStats
 
 STRENGTHS = (0.4, 0.6, 0.8)

@@ -18,9 +18,9 @@ import torch
 
 from testkit.clips import ASTRONAUT_LANDMARKS, astronaut
 from vidrestore.records import Face, Frame
+from vidrestore.stages.fuse import TemporalFusion
 from vidrestore.stages.networks import RestorerNeeds
 from vidrestore.stages.restore import RestoreStage
-from vidrestore.stages.temporal import TemporalFusion
 from vidrestore.stats import RunStats
 
 __all__ = ["SIZE", "SLOW_FRAMES", "GroundTruthClip", "Hallucinating", "ground_truth_clip", "restore_clip"]

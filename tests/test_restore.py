@@ -300,7 +300,7 @@ def test_each_picture_with_faces_crosses_to_the_device_and_back_once(restorer: G
 def test_one_batched_warp_gives_what_one_warp_per_source_gives() -> None:
     """Sources of different sizes padded into one batch sample exactly what each alone would."""
     from vidrestore.geometry import warp, warp_batch
-    from vidrestore.stages.restore import _pad_stack
+    from vidrestore.stages.align import pad_stack as _pad_stack
 
     gen = torch.Generator().manual_seed(0)
     sources = [torch.rand(3, h, w, generator=gen) for h, w in ((40, 52), (33, 47), (51, 38))]
@@ -313,7 +313,7 @@ def test_one_batched_warp_gives_what_one_warp_per_source_gives() -> None:
 
 
 def test_buckets_keep_padding_waste_bounded() -> None:
-    from vidrestore.stages.restore import _buckets
+    from vidrestore.stages.align import buckets as _buckets
 
     shapes = [(100, 100), (98, 101), (30, 30), (400, 380), (29, 31), (95, 99)]
     buckets = _buckets(shapes)
@@ -397,7 +397,7 @@ def test_an_upscaler_giving_nan_leaves_that_face_to_be_restored_from_the_frame(
     model = load_model("srvgg_compact", weights.upscaler)
     model.register_forward_hook(lambda m, args, out: out * float("nan"))
     stage = RestoreStage(restorer, CPU.device, upscaler=Upscaler(model, CPU), upscale_below=64, batch_size=4)
-    kept, logger = Kept(), logging.getLogger("vidrestore.stages.restore")  # the CLI tests stop propagation
+    kept, logger = Kept(), logging.getLogger("vidrestore.stages.align")  # the CLI tests stop propagation
     logger.addHandler(kept)
     try:
         out = list(stage.run(iter(_two_faces_per_frame(2))))

@@ -23,7 +23,7 @@ from testkit.clips import FaceClip, astronaut
 from testkit.groundtruth import GroundTruthClip, ground_truth_clip, restore_clip
 from testkit.weights import save_random_weights
 from vidrestore.plot import SERIES
-from vidrestore.stages.temporal import TemporalFusion
+from vidrestore.stages.fuse import TemporalFusion
 from vidrestore.stats import RunStats
 
 Cli = Callable[..., CliResult]

@@ -23,10 +23,10 @@ from vidrestore.models.compat import import_codeformer
 from vidrestore.models.store import ModelStore
 from vidrestore.records import Frame
 from vidrestore.stages.detect import CenterFaceDetector, Detector, RetinaFaceDetector, detect_frames
-from vidrestore.stages.frame_upscale import scale_face, upscale_image
+from vidrestore.stages.fuse import TemporalFusion
 from vidrestore.stages.networks import Upscaler
-from vidrestore.stages.temporal import TemporalFusion
 from vidrestore.stages.track import TrackSmoother
+from vidrestore.stages.upscale import scale_face, upscale_image
 from vidrestore.stats import RunStats
 
 if TYPE_CHECKING:

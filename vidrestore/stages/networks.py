@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import cv2
 import numpy as np
@@ -35,9 +35,12 @@ __all__ = [
     "build_restorer",
     "finite",
     "gaussian_blur",
+    "not_finite",
 ]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class NonFiniteOutput(RuntimeError):
@@ -80,6 +83,15 @@ def finite(x: torch.Tensor) -> torch.Tensor:
     """``(N,)`` bool, on ``x``'s device: whether each item of the batch is free of NaN and inf. Not
     read here: the caller reads the flags of many batches at once, so the stream does not stall."""
     return torch.isfinite(x).flatten(1).all(dim=1)
+
+
+def not_finite(flags: list[tuple[list[T], torch.Tensor]]) -> list[T]:
+    """The items (faces) whose network output was not finite: the batches' device flags (from
+    :func:`finite`), read back in one copy, since each read waits for the device."""
+    if not flags:
+        return []
+    ok = torch.cat([f for _, f in flags]).cpu().tolist()
+    return [item for item, good in zip((i for batch, _ in flags for i in batch), ok, strict=True) if not good]
 
 
 class _HalfRetry:
