@@ -511,7 +511,7 @@ class VideoReader:
             return
         for frame in self._decode(None):
             self._emit(frame, deep)
-        if self.damage.damaged or demux.ended_early:
+        if self.damage.worth_saying or demux.ended_early:  # a guess too: a second decode only adds frames
             self._decode_tail_again(deep)
         for pts in self.repair.flush():
             self._send(pts)
