@@ -280,7 +280,7 @@ def end_to_end(
     from testkit.weights import save_random_weights
     from vidrestore.config import load_config
     from vidrestore.models.store import ModelStore, default_weights_dir
-    from vidrestore.pipeline import build_stages, restore_file
+    from vidrestore.run.file import build_stages, restore_file
     from vidrestore.stats import RunStats
 
     store = ModelStore(default_weights_dir())

@@ -188,7 +188,7 @@ def work_two_step(clip: Path, w: dict[str, Path], out: Path) -> dict[str, Any]:
 
 def work_vidrestore(clip: Path, w: dict[str, Path], out: Path, *extra: str) -> dict[str, Any]:
     """vidrestore's pipeline as the CLI runs it; models are loaded before the clock starts, as for the others."""
-    from vidrestore.pipeline import build_stages, restore_file
+    from vidrestore.run.file import build_stages, restore_file
     from vidrestore.stats import RunStats
 
     config = vidrestore_config(w, *extra)

@@ -86,7 +86,7 @@ def test_models_fetch_tries_every_model_and_names_each_one_missing(
 ) -> None:
     """Offline, a config's models are each tried: one line names every file to bring, with its URL
     and where to save it, not only the first."""
-    from vidrestore.report import models_for
+    from vidrestore.models.usage import models_for
 
     def offline(*a: object, **k: object) -> None:
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")

@@ -62,7 +62,7 @@ def test_inspect_fetches_the_detector_it_needs_on_first_use(
     payload = save_random_weights("retinaface", tmp_path / "served" / "det.pth", small=True, key=None)
     real = DEFAULT_REGISTRY["retinaface_resnet50"]
     served = ModelSpec(real.name, real.role, real.arch, real.filename, payload.as_uri(), sha256_file(payload), 1, "")
-    monkeypatch.setattr("vidrestore.cli.DEFAULT_REGISTRY", ModelRegistry([served]))
+    monkeypatch.setattr("vidrestore.cli.commands.DEFAULT_REGISTRY", ModelRegistry([served]))
     monkeypatch.delenv("VIDRESTORE_OFFLINE")
     cache = tmp_path / "cache"
     r = cli("inspect", face_clip.path, "--weights-dir", cache, "--set", "detector.threshold=1.0")
@@ -194,7 +194,7 @@ def test_numbers_in_exponent_form_are_numbers() -> None:
 def test_ctrl_c_in_a_multi_file_run_names_the_finished_outputs(
     cli: Cli, face_clip: FaceClip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import vidrestore.pipeline as pipeline
+    import vidrestore.run.tasks as pipeline  # where a whole-file task calls it
 
     real = pipeline.restore_file
     calls = {"n": 0}

@@ -236,7 +236,7 @@ def test_basicsr_imports_with_current_torchvision() -> None:
 
 def test_default_fetch_list_and_its_size_match_the_readme() -> None:
     from vidrestore.config import Config
-    from vidrestore.report import models_for
+    from vidrestore.models.usage import models_for
 
     names = models_for(Config())
     assert names == ["retinaface_resnet50", "gfpgan-1.4", "parsenet", "realesr-general-x4v3"]

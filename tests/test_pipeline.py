@@ -71,8 +71,8 @@ class _MissesSomeFrames:
 def test_a_face_missing_for_three_frames_is_still_restored(face_clip: FaceClip, weights: Weights) -> None:
     from vidrestore.control import RunControl
     from vidrestore.io.reader import VideoReader
-    from vidrestore.pipeline import RunStats
     from vidrestore.stages.assemble import build_face_stages
+    from vidrestore.stats import RunStats
 
     config = load_config(
         None,

@@ -28,7 +28,8 @@ from media import probe
 
 from testkit.clips import FaceClip, make_face_clip, write_clip
 from vidrestore.config import load_config
-from vidrestore.segments import MANIFEST, plan_segments, work_folder
+from vidrestore.run.segments.manifest import MANIFEST, work_folder
+from vidrestore.run.segments.plan import plan_segments
 
 Cli = Callable[..., CliResult]
 
@@ -186,7 +187,7 @@ def test_a_changed_config_with_resume_is_refused_and_without_it_starts_afresh(
 ) -> None:
     from vidrestore.models.registry import DEFAULT_REGISTRY
     from vidrestore.models.store import ModelStore
-    from vidrestore.runner import plan_work
+    from vidrestore.run.tasks import plan_work
 
     out = tmp_path / "changed.mp4"
     sets = [a for a in _args(weights) if "=" in a]  # the --set values
@@ -242,7 +243,7 @@ def test_a_ray_worker_killed_mid_segment_is_retried(
         while not stop.is_set() and not killed and time.monotonic() < deadline:
             parts = list(folder.glob(".seg-*.part-*")) if folder.is_dir() else []
             if parts:
-                pid = int(parts[0].stem.rsplit("-", 1)[1].split(".")[0])
+                pid = int(parts[0].stem.rsplit("-", 2)[1])  # .seg-N.part-HOST-PID-TAG: an AtomicTarget's name
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
             time.sleep(0.05)

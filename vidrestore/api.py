@@ -21,9 +21,12 @@ import numpy as np
 from vidrestore.config import Config
 from vidrestore.errors import InputError
 from vidrestore.models.store import ModelStore, default_weights_dir, offline_requested
-from vidrestore.pipeline import RunStats, Summary, build_stages, restore_paths
 from vidrestore.records import Frame
-from vidrestore.segments import Resume
+from vidrestore.report import Summary
+from vidrestore.run.file import build_stages
+from vidrestore.run.restore import restore_paths
+from vidrestore.run.segments.manifest import Resume
+from vidrestore.stats import RunStats
 
 __all__ = ["restore", "restore_frames"]
 

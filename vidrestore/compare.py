@@ -18,8 +18,8 @@ from vidrestore.config import Config
 from vidrestore.control import RunControl
 from vidrestore.errors import InputError
 from vidrestore.io.images import is_image, read_image
-from vidrestore.pipeline import open_reader, restore_file
 from vidrestore.records import Frame
+from vidrestore.run.file import open_reader, restore_file
 from vidrestore.stats import RunStats
 
 __all__ = ["compare_paths", "pair_images"]

@@ -10,12 +10,14 @@ from typing import Any
 
 from vidrestore.config import Config
 from vidrestore.control import RunControl
+from vidrestore.device import resolve_placement
 from vidrestore.errors import ConfigError
 from vidrestore.io.atomic import AtomicTarget, check_target
 from vidrestore.io.images import is_image, read_image
 from vidrestore.models.store import ModelStore
-from vidrestore.pipeline import guarded, open_reader, restore_file
 from vidrestore.records import Face, Frame
+from vidrestore.run.file import guarded, open_reader, restore_file
+from vidrestore.stages.assemble import FaceStages, build_detector
 from vidrestore.stats import RunStats
 
 __all__ = ["InspectSummary", "annotate", "frame_json", "inspect_path"]
@@ -83,8 +85,6 @@ def inspect_path(
     progress: bool = False,
 ) -> InspectSummary:
     """Detect and track faces in ``src``; write JSON and/or an annotated video; return the tally."""
-    from vidrestore.device import resolve_placement
-    from vidrestore.stages.assemble import FaceStages, build_detector
 
     if config.detector.model == "none":
         raise ConfigError("inspect needs a detector: set detector.model (centerface needs no download)")

@@ -2,33 +2,70 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vidrestore import __version__
 from vidrestore.config import Config, config_to_dict
 from vidrestore.control import RunControl
 from vidrestore.io.images import is_image, read_image
 from vidrestore.io.reader import VideoReader
 from vidrestore.models.store import ModelStore
-from vidrestore.pipeline import Summary
+from vidrestore.models.usage import models_for
+from vidrestore.stats import RunStats
 
-__all__ = ["dry_run", "models_for", "run_report"]
+__all__ = ["Summary", "dry_run", "run_report"]
 
 
-def models_for(config: Config) -> list[str]:
-    """Registry names of the models ``config`` uses from the cache (not local ``*.weights``)."""
-    names: list[str] = []
-    if config.detector.model not in ("none", "centerface") and not config.detector.weights:
-        names.append(config.detector.model)
-    if config.detector.model != "none" and config.restorer.model != "none":
-        if not config.restorer.weights:
-            names.append(config.restorer.model)
-        if config.restorer.parsing_mask and not config.restorer.parsing_weights:
-            names.append("parsenet")
-    wants_upscaler = config.output.scale > 1 or (config.detector.model != "none" and config.upscaler.below > 0)
-    if config.upscaler.model != "none" and wants_upscaler and not config.upscaler.weights:
-        names.append(config.upscaler.model)
-    return names
+@dataclass
+class Summary:
+    """What a ``restore`` run did, for the closing lines and ``--report``."""
+
+    stats: RunStats
+    outputs: list[Path]
+
+    def lines(self) -> list[str]:
+        s = self.stats
+        fps = s.frames / s.wall_seconds if s.wall_seconds > 0 else 0.0
+        out = [
+            f"done: {s.files} file(s), {s.frames} frames in {s.wall_seconds:.1f} s ({fps:.1f} frames/s)",
+            f"faces: {s.faces_restored} restored, {s.faces_upscaled} upscaled first, {s.faces_filled} filled in, "
+            f"{s.faces_failed} failed (kept original); {s.frames_passed_through} frames had no face",
+        ]
+        t = s.temporal()
+        if "flicker_output" in t:
+            out.append(
+                f"flicker: {t['flicker_input']:.2f} in, {t['flicker_per_frame']:.2f} restored per frame -> "
+                f"{t['flicker_output']:.2f} out (grey levels)"
+                + (
+                    f"; landmark jitter {t['landmark_jitter_raw_px']:.2f} -> {t['landmark_jitter_smoothed_px']:.2f} px"
+                    if "landmark_jitter_raw_px" in t
+                    else ""
+                )
+            )
+        if s.segments:
+            resumed = sum(1 for g in s.segments if g["resumed"])
+            retried = sum(g["attempts"] - 1 for g in s.segments if not g["resumed"])
+            workers = len({g["worker"] for g in s.segments if not g["resumed"]})
+            out.append(
+                f"segments: {len(s.segments)} ({resumed} kept from an earlier run, {retried} retried) "
+                f"on {workers} worker(s)"
+            )
+        if s.stage_seconds:
+            out.append("time per stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in s.stage_seconds.items()))
+        if s.timestamps_repaired:
+            out.append(
+                f"warning: {s.timestamps_repaired} frame timestamp(s) were out of order or missing and were repaired"
+                " (as FFmpeg's best-effort timestamps)"
+            )
+        if s.timestamp_resets:
+            out.append(
+                f"warning: the input's timestamps jumped back {s.timestamp_resets} time(s) (joined recordings?); "
+                "later frames and packets were shifted to carry on in sync"
+            )
+        out.extend(f"warning: {t}" for t in s.damage_lines)
+        return out
 
 
 def run_report(summary: Summary, config: Config, store: ModelStore) -> dict[str, Any]:
@@ -37,8 +74,6 @@ def run_report(summary: Summary, config: Config, store: ModelStore) -> dict[str,
 
     import av
     import torch
-
-    from vidrestore import __version__
 
     used = {}
     for name in models_for(config):

@@ -15,6 +15,8 @@ import sys
 import types
 from typing import Any
 
+from vidrestore.errors import ConfigError
+
 __all__ = ["CODEFORMER_INSTALL", "import_codeformer", "import_research_module", "patch_torchvision_for_basicsr"]
 
 CODEFORMER_INSTALL = "pip install 'vidrestore[codeformer]'"
@@ -49,8 +51,6 @@ def import_codeformer() -> Any:
     extra: its code and weights are under a non-commercial licence, so they are never part of
     the base install). Raises ConfigError (exit 2) with the install command when it is missing."""
     import warnings
-
-    from vidrestore.errors import ConfigError
 
     try:
         with warnings.catch_warnings():  # spandrel's import trips torch's jit-script deprecation notice

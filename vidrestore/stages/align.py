@@ -96,7 +96,6 @@ def pad_stack(images: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-
 def to_up(scale: int, crop: tuple[int, int, int, int]) -> np.ndarray:
     """Frame pixel centre -> pixel centre of the upscaled crop: ``(x - x0 + 0.5) * s - 0.5``."""
     s, (x0, y0) = scale, crop[:2]

@@ -20,11 +20,13 @@ from vidrestore.control import in_background
 from vidrestore.device import Placement, Transfers, resolve_placement
 from vidrestore.errors import ConfigError
 from vidrestore.models.compat import import_codeformer
+from vidrestore.models.loading import load_model
 from vidrestore.models.store import ModelStore
 from vidrestore.records import Frame
 from vidrestore.stages.detect import CenterFaceDetector, Detector, RetinaFaceDetector, detect_frames
 from vidrestore.stages.fuse import TemporalFusion
-from vidrestore.stages.networks import Upscaler
+from vidrestore.stages.networks import FaceParser, Upscaler, build_restorer
+from vidrestore.stages.restore import RestoreStage
 from vidrestore.stages.track import TrackSmoother
 from vidrestore.stages.upscale import scale_face, upscale_image
 from vidrestore.stats import RunStats
@@ -38,7 +40,6 @@ log = logging.getLogger(__name__)
 
 
 def _load(store: ModelStore, name: str, local: str | None, key: str, placement: Placement):  # type: ignore[no-untyped-def]
-    from vidrestore.models.loading import load_model
 
     path = store.resolve(name, local, key=key)
     return load_model(store.spec(name).arch, path, placement.device)
@@ -145,8 +146,6 @@ class FaceStages:
 
 def build_face_stages(config: Config, store: ModelStore, stats: RunStats | None = None) -> FaceStages:
     """Load the models ``config`` names and wire the face stages."""
-    from vidrestore.stages.networks import FaceParser, build_restorer
-    from vidrestore.stages.restore import RestoreStage
 
     r = config.restorer
     spec = store.spec(r.model) if r.model != "none" else None

@@ -9,6 +9,7 @@ import numpy as np
 from vidrestore.device import Transfers
 from vidrestore.records import Face
 from vidrestore.stages.networks import Upscaler
+from vidrestore.transfer import view_for
 
 __all__ = ["scale_face", "upscale_image"]
 
@@ -31,8 +32,6 @@ def upscale_image(
     up once, back once."""
     import torch
     import torch.nn.functional as F
-
-    from vidrestore.transfer import view_for
 
     full = 255.0 if image.dtype == np.uint8 else 65535.0
     view = view_for(color_trc)

@@ -22,9 +22,11 @@ from typing import Any
 
 from vidrestore.config import Config, config_to_dict, load_config
 from vidrestore.errors import ConfigError, PipelineError
+from vidrestore.models.registry import DEFAULT_REGISTRY
 from vidrestore.models.store import ModelStore
-from vidrestore.runner import Done, Task
-from vidrestore.segments import Segment, SegmentResult
+from vidrestore.run.file import build_stages
+from vidrestore.run.segments.render import SegmentResult
+from vidrestore.run.tasks import Done, Task, TaskSpec, run_task
 from vidrestore.stats import RunStats
 
 __all__ = ["RAY_INSTALL", "SegmentActor", "import_ray", "run_ray"]
@@ -50,9 +52,6 @@ class SegmentActor:
         import json
         import tempfile
 
-        from vidrestore.models.registry import DEFAULT_REGISTRY
-        from vidrestore.pipeline import build_stages
-
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
             json.dump(config, fh)  # JSON is YAML: the config goes through the one loader
         self.config = load_config(fh.name)
@@ -68,27 +67,18 @@ class SegmentActor:
         return os.getpid()
 
     def run(self, task: dict[str, Any]) -> tuple[SegmentResult | None, RunStats]:
-        """One task (see :meth:`vidrestore.runner.Task.describe`); returns its result and counts."""
-        import json
-
-        from vidrestore.io.atomic import check_target
-        from vidrestore.pipeline import restore_file
-        from vidrestore.segments import restore_segment
-
-        src, dst = Path(task["src"]), Path(task["dst"])
-        if "segment" not in task:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            check_target(dst, [src], self.config.output.overwrite)
-            restore_file(src, dst, self.config, self.stages, self.stats)
-            return None, self.stats.take()
-        folder = Path(task["folder"])
-        key = str(folder)
-        if key not in self._times:  # each frame's time, written by the driver beside the segments
-            self._times = {key: json.loads((folder / "frames.json").read_text())}
-        seg = Segment(**task["segment"])
-        out = folder / f"seg-{seg.index:05d}{dst.suffix}"
-        result = restore_segment(src, seg, self._times[key], out, self.config, self.stages, self.stats)
-        result.stats = RunStats()  # the counts travel once, beside the result
+        """One task (:meth:`TaskSpec.to_dict`) through :func:`run_task`, as a local worker runs it;
+        returns its result and counts."""
+        spec = TaskSpec.from_dict(task)
+        times = None
+        if spec.segment is not None and spec.folder is not None:
+            key = str(spec.folder)
+            if key not in self._times:  # each frame's time, written by the driver beside the segments
+                self._times = {key: spec.times()}
+            times = self._times[key]
+        result = run_task(spec, self.config, self.stages, self.stats, times=times)
+        if result is not None:
+            result.stats = RunStats()  # the counts travel once, beside the result
         return result, self.stats.take()
 
 
@@ -160,7 +150,7 @@ def _run(
                 if actor.busy is None and queue:
                     task = queue.popleft()
                     attempts[id(task)] = attempts.get(id(task), 0) + 1
-                    actor.busy = actor.handle.run.remote(task.describe())
+                    actor.busy = actor.handle.run.remote(task.spec().to_dict())
                     running[actor.busy] = (actor, task)
             ready, _ = ray.wait(list(running), num_returns=1)
             for ref in ready:

@@ -1,14 +1,13 @@
 """The work of one ``restore`` command as a queue of tasks: whole files, and the segments of long
-videos (:mod:`vidrestore.segments`), run by ``pipeline.workers`` local workers or by a Ray
-cluster's actors (:mod:`vidrestore.cluster`). Every input feeds the same queue; a video whose last
-segment finishes is joined at once, and its work folder removed.
+videos, planned here; :func:`run_task` is the one way a task runs, on this machine's workers
+(:mod:`.local`) and on a cluster's actors (:mod:`.ray`) alike. A video whose last segment finishes
+is joined at once, and its work folder removed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -17,25 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from vidrestore.config import Config
-from vidrestore.control import Stopped
+from vidrestore.io.atomic import check_target
 from vidrestore.io.images import is_image
 from vidrestore.models.store import ModelStore
-from vidrestore.segments import (
-    Manifest,
-    Plan,
-    Resume,
-    Segment,
-    SegmentResult,
-    _warm_ahead,
-    join_segments,
-    open_manifest,
-    plan_segments,
-    remove_work,
-    restore_segment,
-)
+from vidrestore.models.usage import model_identity
+from vidrestore.run.file import restore_file
+from vidrestore.run.segments.join import join_segments
+from vidrestore.run.segments.manifest import Manifest, Resume, open_manifest, remove_work
+from vidrestore.run.segments.plan import Plan, Segment, plan_segments, warm_ahead
+from vidrestore.run.segments.render import SegmentResult, render_segment
 from vidrestore.stats import RunStats
 
-__all__ = ["FileWork", "Task", "plan_work", "run_local", "run_task"]
+__all__ = ["Done", "FileWork", "Task", "TaskSpec", "plan_work", "run_task"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +52,35 @@ class FileWork:
         return self.manifest is not None
 
 
+@dataclass(frozen=True)
+class TaskSpec:
+    """What running a task needs, as plain data a remote worker can be sent (never frames): the
+    input and output, and for a segment, the segment and its work folder (where ``frames.json``
+    holds every frame's time)."""
+
+    src: Path
+    dst: Path
+    segment: Segment | None = None
+    folder: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"src": str(self.src), "dst": str(self.dst)}
+        if self.segment is not None and self.folder is not None:
+            out["segment"] = self.segment.__dict__
+            out["folder"] = str(self.folder)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TaskSpec:
+        seg = Segment(**d["segment"]) if "segment" in d else None
+        return cls(Path(d["src"]), Path(d["dst"]), seg, Path(d["folder"]) if "folder" in d else None)
+
+    def times(self) -> list[int]:
+        """Every frame's time, as the driver planned it (a segment's only)."""
+        assert self.folder is not None
+        return json.loads((self.folder / "frames.json").read_text())  # type: ignore[no-any-return]
+
+
 @dataclass
 class Task:
     work: FileWork
@@ -69,31 +90,10 @@ class Task:
     def frames(self) -> int:
         return self.segment.frames if self.segment is not None else 0
 
-    def describe(self) -> dict[str, Any]:
-        """What a remote worker needs (paths and numbers only: never frames)."""
+    def spec(self) -> TaskSpec:
+        """The task as data; a segmented input's whole-file task (only the join is left) keeps its folder."""
         w = self.work
-        out: dict[str, Any] = {"src": str(w.src), "dst": str(w.dst)}
-        if self.segment is not None and w.manifest is not None:
-            out["segment"] = self.segment.__dict__
-            out["folder"] = str(w.manifest.folder)
-        return out
-
-
-def model_identity(config: Config, store: ModelStore) -> dict[str, str | None]:
-    """The checksum of every model the run uses (a local ``*.weights`` file: its size and mtime)."""
-    from vidrestore.report import models_for
-
-    out: dict[str, str | None] = {name: store.registry[name].sha256 for name in models_for(config)}
-    for key, value in (
-        ("detector.weights", config.detector.weights),
-        ("restorer.weights", config.restorer.weights),
-        ("restorer.parsing_weights", config.restorer.parsing_weights),
-        ("upscaler.weights", config.upscaler.weights),
-    ):
-        if value:
-            st = Path(value).stat()
-            out[key] = f"{Path(value).resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    return out
+        return TaskSpec(w.src, w.dst, self.segment, w.manifest.folder if w.manifest is not None else None)
 
 
 def plan_work(
@@ -109,7 +109,7 @@ def plan_work(
         if is_image(src) or seconds <= 0:
             tasks.append(Task(work))
             continue
-        warm, _ = _warm_ahead(config)
+        warm, _ = warm_ahead(config)
         plan = plan_segments(src, seconds, warm)
         work.plan = plan
         if plan.whole is not None:
@@ -133,34 +133,28 @@ def plan_work(
     return works, tasks
 
 
-def segment_file(work: FileWork, seg: Segment) -> Path:
-    assert work.manifest is not None
-    return work.manifest.folder / f"seg-{seg.index:05d}{work.dst.suffix}"
-
-
 def run_task(
-    task: Task,
+    spec: TaskSpec,
     config: Config,
     stages: Callable[..., Any],
     stats: RunStats,
     progress: Callable[[int], None] | None = None,
     file_progress: bool = False,
     cancel: threading.Event | None = None,
+    times: list[int] | None = None,
 ) -> SegmentResult | None:
-    """Run one task with these stages; a segment gives its result, a whole file None."""
-    from vidrestore.io.atomic import check_target
-    from vidrestore.pipeline import restore_file
-
-    w = task.work
-    if task.segment is None:
-        if not w.segmented:
-            w.dst.parent.mkdir(parents=True, exist_ok=True)
-            check_target(w.dst, [w.src], config.output.overwrite)
-            restore_file(w.src, w.dst, config, stages, stats, progress=file_progress)
-        return None
-    assert w.plan is not None
-    dst = segment_file(w, task.segment)
-    return restore_segment(w.src, task.segment, w.plan.times, dst, config, stages, stats, progress, cancel)
+    """Run one task with these stages; a segment gives its result, a whole file None. ``times``:
+    the input's frame times, where the caller holds them (else read from the work folder)."""
+    if spec.segment is None:
+        if spec.folder is None:
+            spec.dst.parent.mkdir(parents=True, exist_ok=True)
+            check_target(spec.dst, [spec.src], config.output.overwrite)
+            restore_file(spec.src, spec.dst, config, stages, stats, progress=file_progress)
+        return None  # a segmented input's last task: only its join is left, done as its segments finish
+    assert spec.folder is not None
+    dst = spec.folder / f"seg-{spec.segment.index:05d}{spec.dst.suffix}"
+    times = times if times is not None else spec.times()
+    return render_segment(spec.src, spec.segment, times, dst, config, stages, stats, progress, cancel)
 
 
 def finish(work: FileWork, config: Config, stats: RunStats) -> None:
@@ -221,63 +215,3 @@ class Done:
             with self.lock:
                 self.stats.merge(joined)
                 self.outputs.append(w.dst)
-
-
-def run_local(
-    tasks: list[Task],
-    config: Config,
-    make_stages: Callable[[RunStats], Callable[..., Any]],
-    done: Done,
-    progress: Callable[[int], None] | None,
-    first_stages: tuple[Callable[..., Any], RunStats] | None = None,
-    file_progress: bool = False,
-) -> None:
-    """Run the tasks on ``pipeline.workers`` workers (threads; each builds its own stages, except
-    the first, which may be given). With one worker, everything runs on this thread."""
-    workers = max(1, min(config.pipeline.workers, len(tasks)))
-    pending: queue.Queue[Task] = queue.Queue()
-    for task in tasks:
-        pending.put(task)
-    abort = threading.Event()
-    errors: list[BaseException] = []
-
-    def work(stages: Callable[..., Any] | None, stats: RunStats | None) -> None:
-        try:
-            if stages is None or stats is None:
-                stats = RunStats()
-                stages = make_stages(stats)
-            while not abort.is_set():
-                try:
-                    job = pending.get_nowait()
-                except queue.Empty:
-                    return
-                result = run_task(job, config, stages, stats, progress, file_progress and workers == 1, abort)
-                done(job, result, stats.take())
-        except BaseException as exc:
-            errors.append(exc)
-            abort.set()
-
-    given = first_stages if first_stages is not None else (None, None)
-    if workers == 1:
-        work(*given)
-    else:
-        threads = [
-            threading.Thread(
-                target=work, args=given if k == 0 else (None, None), name=f"vidrestore-worker-{k}", daemon=True
-            )
-            for k in range(workers)
-        ]
-        for thread in threads:
-            thread.start()
-        try:
-            while any(thread.is_alive() for thread in threads):
-                for thread in threads:
-                    thread.join(timeout=0.2)
-        except KeyboardInterrupt:
-            abort.set()
-            for thread in threads:
-                thread.join()
-            raise
-    first = next((e for e in errors if not isinstance(e, Stopped)), None)  # Stopped: a worker told to stop
-    if first is not None:
-        raise first

@@ -1,0 +1,129 @@
+"""One ``restore`` command: inputs (files and folders) -> tasks -> an executor -> a summary.
+
+Every refusal that needs no model (an input that is not there, an output that would overwrite an
+input or another file, a codec the container cannot hold) happens before any model loads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from vidrestore.config import Config
+from vidrestore.errors import InputError, OutputError
+from vidrestore.io.atomic import check_target
+from vidrestore.io.encoders import plan_output
+from vidrestore.io.images import IMAGE_SUFFIXES, is_image
+from vidrestore.models.store import ModelStore
+from vidrestore.report import Summary
+from vidrestore.run.file import FrameStages, build_stages
+from vidrestore.run.local import run_local
+from vidrestore.run.segments.manifest import Resume
+from vidrestore.run.tasks import Done, plan_work
+from vidrestore.stats import RunStats
+
+__all__ = ["VIDEO_SUFFIXES", "Interrupted", "expand_inputs", "restore_paths"]
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run of several files: ``finished`` lists the outputs already complete."""
+
+    def __init__(self, finished: list[Path]) -> None:
+        super().__init__()
+        self.finished = finished
+
+
+def expand_inputs(inputs: Iterable[Path], output: Path) -> list[tuple[Path, Path]]:
+    """Pair each input file with its output path (folders expand to their media files)."""
+    pairs: list[tuple[Path, Path]] = []
+    inputs = list(inputs)
+    as_folder = len(inputs) > 1 or any(p.is_dir() for p in inputs)
+    for src in inputs:
+        if src.is_dir():
+            files = sorted(
+                p
+                for p in src.rglob("*")
+                if p.is_file()
+                and not p.name.startswith(".")
+                and (p.suffix.lower() in IMAGE_SUFFIXES or p.suffix.lower() in VIDEO_SUFFIXES)
+            )
+            if not files:
+                raise InputError(f"{src}: the folder holds no video or image files")
+            pairs.extend((f, output / f.relative_to(src.parent)) for f in files)
+        elif as_folder:
+            pairs.append((src, output / src.name))
+        else:
+            pairs.append((src, output))
+    return pairs
+
+
+VIDEO_SUFFIXES = frozenset(
+    {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".ts", ".mts", ".flv", ".wmv", ".mpg", ".mpeg", ".3gp", ".ogv"}
+)
+
+
+def restore_paths(
+    inputs: list[Path],
+    output: Path,
+    config: Config,
+    store: ModelStore,
+    progress: bool = False,
+    resume: Resume = "auto",
+    ray: bool = False,
+) -> Summary:
+    """Restore every input (files or folders) into ``output``; return what was done.
+
+    Videos longer than twice ``pipeline.segment_seconds`` run as segments (resumable: see
+    :mod:`vidrestore.run.segments`); every input feeds one queue of tasks, run by
+    ``pipeline.workers`` local workers, or by a Ray cluster with ``ray``."""
+    pairs = expand_inputs(inputs, output)
+    if len(pairs) > 1 or any(p.is_dir() for p in inputs):
+        if output.exists() and not output.is_dir():
+            raise OutputError(f"{output}: several inputs need an output folder, and this is a file")
+    sources = [s for s, _ in pairs]
+    for src, dst in pairs:  # refuse before any work or model loading, not after the first file
+        if not src.exists():
+            raise InputError(f"{src}: no such file")
+        if dst.parent.is_dir():
+            check_target(dst, sources, config.output.overwrite)
+        if not is_image(src):
+            o = config.output
+            plan_output(dst.suffix, o.codec, o.crf, o.preset)
+    stats = RunStats()
+    first: tuple[FrameStages, RunStats] | None = None
+    if not ray:  # the models load (or fail) before any work starts
+        worker_stats = RunStats()
+        first = (build_stages(config, store, worker_stats), worker_stats)
+    start = time.perf_counter()
+    done = Done(config, stats)
+    bar: Any = None
+    try:
+        _, tasks = plan_work(pairs, config, store, resume)
+        frames = sum(t.frames for t in tasks)
+        if progress and frames:
+            from tqdm import tqdm
+
+            bar = tqdm(total=frames, unit="frame", desc="segments", leave=False)
+        update = bar.update if bar is not None else None
+        if ray:
+            from vidrestore.run.ray import run_ray  # the ray extra, only when asked for
+
+            run_ray(tasks, config, store, done, update)
+        else:
+            run_local(
+                tasks, config, lambda st: build_stages(config, store, st), done, update, first, file_progress=progress
+            )
+    except KeyboardInterrupt as exc:
+        raise Interrupted(_in_order(done.outputs, pairs)) from exc
+    finally:
+        if bar is not None:
+            bar.close()
+    stats.wall_seconds = time.perf_counter() - start
+    return Summary(stats, _in_order(done.outputs, pairs))
+
+
+def _in_order(outputs: list[Path], pairs: list[tuple[Path, Path]]) -> list[Path]:
+    finished = set(outputs)
+    return [dst for _, dst in pairs if dst in finished]
