@@ -278,7 +278,7 @@ class _P:
 
 
 def test_in_order_drops_a_damaged_time_and_keeps_a_reset() -> None:
-    from vidrestore.io.recovery import InOrder
+    from vidrestore.io.demux import InOrder
 
     order, kept, dropped = InOrder(equal_ok=False), [], []
     # 20 ms audio packets; one time flipped back (to 0), one flipped ahead (to 90 s), then a reset
@@ -295,7 +295,7 @@ def test_in_order_drops_a_damaged_time_and_keeps_a_reset() -> None:
 
 
 def test_error_locator_names_the_packet_whose_frame_never_came() -> None:
-    from vidrestore.io.recovery import ErrorLocator
+    from vidrestore.io.damage import ErrorLocator
 
     where = ErrorLocator(window=8, settle=4)
     spans = [(i, i * 0.04, (i + 1) * 0.04) for i in range(30)]
@@ -316,7 +316,7 @@ def test_error_locator_names_the_packet_whose_frame_never_came() -> None:
 
 
 def test_avi_index_and_header_counts_are_read_from_the_file(corpus: list[Damaged]) -> None:
-    from vidrestore.io.recovery import avi_header_seconds, avi_index_counts
+    from vidrestore.io.avi import avi_header_seconds, avi_index_counts
 
     source = next(d.source for d in corpus if d.container == "avi")
     counts = avi_index_counts(source)

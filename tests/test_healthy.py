@@ -192,7 +192,8 @@ def test_a_gap_in_byte_positions_before_any_timed_packet_is_a_guess_not_a_crash(
     from fractions import Fraction
     from types import SimpleNamespace
 
-    from vidrestore.io.recovery import DamageLog, ResumingDemuxer
+    from vidrestore.io.damage import DamageLog
+    from vidrestore.io.demux import ResumingDemuxer
 
     def packet(index: int, pos: int, dts: int | None) -> SimpleNamespace:
         stream = SimpleNamespace(index=index)

@@ -7,7 +7,7 @@ import itertools
 import av
 import pytest
 
-from vidrestore.io.reader import StreamClock, TimestampRepair
+from vidrestore.io.timestamps import StreamClock, TimestampRepair
 
 
 def run(fix: TimestampRepair, pairs: list[tuple[int | None, int | None]]) -> list[int]:

@@ -7,7 +7,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import get_args
+from typing import Any, get_args
 
 import av
 import av.codec
@@ -20,12 +20,14 @@ __all__ = [
     "CONTAINERS",
     "Container",
     "OutputPlan",
+    "audio_encoder_opens",
     "can_copy",
     "check_encoder",
     "check_rate",
     "encoder_options",
     "pick_pix_fmt",
     "plan_output",
+    "video_encoder_opens",
     "x265_hdr_params",
 ]
 
@@ -283,3 +285,30 @@ def pick_pix_fmt(codec: str, bit_depth: int, width: int, height: int) -> str:
             "write .mkv or .mp4 (libx264 keeps odd sides)"
         )
     return fmt
+
+
+def video_encoder_opens(codec: str, width: int, height: int, pix_fmt: str) -> bool:
+    """Whether ``codec`` opens here (NVENC is in the build but needs an NVIDIA GPU with NVENC)."""
+    ctx: Any = av.CodecContext.create(codec, "w")
+    ctx.width, ctx.height, ctx.pix_fmt = width, height, pix_fmt
+    ctx.time_base = Fraction(1, 25)
+    try:
+        ctx.open()
+    except (av.error.FFmpegError, ValueError):
+        return False
+    return True
+
+
+def audio_encoder_opens(codec: str, source: Any) -> bool:
+    """Whether ``codec`` opens for audio like ``source`` (a codec context): Opus takes only some
+    sample rates, and a damaged header can leave a track with none."""
+    try:
+        ctx: Any = av.CodecContext.create(codec, "w")
+        ctx.sample_rate = source.sample_rate
+        ctx.layout = source.layout
+        ctx.format = ctx.codec.audio_formats[0] if ctx.codec.audio_formats else source.format
+        ctx.time_base = Fraction(1, source.sample_rate or 1)
+        ctx.open()
+    except (av.error.FFmpegError, ValueError, TypeError, ZeroDivisionError):
+        return False
+    return True

@@ -9,14 +9,12 @@ packet queue can only run ahead by the same stretch of time.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import queue
 import threading
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -24,138 +22,22 @@ from typing import Any
 import av
 import av.error
 import numpy as np
-from av.stream import Disposition
-from av.video.reformatter import Interpolation
 
 from vidrestore.control import END, RunControl, Stopped
 from vidrestore.errors import InputError
-from vidrestore.io.recovery import (
-    DamageLog,
-    ErrorLocator,
-    InOrder,
-    ResumingDemuxer,
-    avi_header_seconds,
-    avi_index_counts,
-)
+from vidrestore.io.avi import avi_losses
+from vidrestore.io.damage import DamageLog, ErrorLocator
+from vidrestore.io.demux import InOrder, ResumingDemuxer
+from vidrestore.io.pixels import to_rgb
+from vidrestore.io.probe import StreamInfo, VideoInfo, bit_depth, main_video_stream, open_input
+from vidrestore.io.tail import decode_after
+from vidrestore.io.timestamps import StreamClock, TimestampRepair
 from vidrestore.records import Frame
 from vidrestore.transfer import view_for
 
-__all__ = [
-    "SWS_FLAGS",
-    "StreamClock",
-    "StreamInfo",
-    "TimestampRepair",
-    "VideoInfo",
-    "VideoReader",
-    "is_cover_art",
-    "main_video_stream",
-    "open_input",
-    "to_rgb",
-]
+__all__ = ["VideoReader"]
 
 log = logging.getLogger(__name__)
-
-# swscale colour matrices by AVColorSpace value (others: swscale's default, BT.601)
-_SWS_COLORSPACE = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
-
-# Accurate rounding and full-resolution chroma: without them every YUV->RGB->YUV round trip
-# darkens the picture by about one level (measured: luma mean -1.08 per trip).
-SWS_FLAGS = (
-    Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT | Interpolation.FULL_CHR_H_INP
-)
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """What the writer needs to know to write a video like the input."""
-
-    width: int
-    height: int
-    time_base: Fraction
-    rate: Fraction | None
-    pix_fmt: str
-    bit_depth: int
-    rotation: int
-    color_primaries: int
-    color_trc: int
-    colorspace: int
-    color_range: int
-    duration_s: float | None
-    start_s: float
-    frames: int  # 0 when the container does not say
-    codec: str
-    metadata: dict[str, str]
-    container_metadata: dict[str, str]
-    # HDR (PQ or HLG input): the first frame's mastering-display / light-level side data, raw; None for SDR
-    hdr: dict[str, bytes] | None = None
-
-
-@dataclass(frozen=True)
-class StreamInfo:
-    """A non-video stream, for dry runs and reports."""
-
-    index: int
-    kind: str
-    codec: str
-    language: str | None
-
-
-def open_input(path: Path) -> Any:
-    """``av.open(path)`` with every failure turned into an :class:`InputError` (exit 4)."""
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not a video or image")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: the file is empty")
-    try:
-        return av.open(str(path), mode="r", metadata_errors="replace")
-    except av.error.FFmpegError as exc:
-        raise InputError(f"{path}: not a readable video or image ({exc.strerror or exc})") from exc
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"{path}: cannot open ({exc})") from exc
-
-
-def _bit_depth(pix_fmt: str | None) -> int:
-    if not pix_fmt:
-        return 8
-    try:
-        fmt = av.VideoFormat(pix_fmt)
-        return max(c.bits for c in fmt.components)
-    except (ValueError, av.error.FFmpegError):
-        return 8
-
-
-def to_rgb(frame: av.VideoFrame, deep: bool) -> np.ndarray:
-    """A decoded frame as ``(H, W, 3)`` RGB: uint8, or uint16 when ``deep`` (> 8-bit source)."""
-    kwargs: dict[str, Any] = {"interpolation": SWS_FLAGS}
-    cs = _SWS_COLORSPACE.get(int(frame.colorspace))
-    if cs is not None:
-        kwargs["src_colorspace"] = cs
-    if int(frame.color_range) in (1, 2):
-        kwargs["src_color_range"] = int(frame.color_range)
-    rgb = frame.reformat(format="rgb48le" if deep else "rgb24", **kwargs)
-    return rgb.to_ndarray()  # type: ignore[no-any-return]
-
-
-_IMAGE_CODECS = frozenset({"mjpeg", "png", "bmp", "gif", "webp", "tiff", "jpegls", "jpeg2000"})
-
-
-def is_cover_art(stream: Any) -> bool:
-    """An attached picture (MP4, MOV), or a still-image track of at most one frame (Matroska's covers)."""
-    if int(stream.disposition) & int(Disposition.attached_pic):
-        return True
-    name = stream.codec_context.name if stream.codec_context is not None else ""
-    return name in _IMAGE_CODECS and (stream.frames or 0) <= 1
-
-
-def main_video_stream(streams: Any) -> Any:
-    """The stream to restore: the longest video track that is not cover art; a still-image track only
-    when nothing else moves; None when there is only an attached picture."""
-    candidates = [s for s in streams if not int(s.disposition) & int(Disposition.attached_pic)]
-    if not candidates:
-        return None
-    return min(candidates, key=lambda s: (is_cover_art(s), -float((s.duration or 0) * (s.time_base or 0)), s.index))
 
 
 def _span(packet: Any) -> tuple[float, float] | None:
@@ -165,131 +47,6 @@ def _span(packet: Any) -> tuple[float, float] | None:
         return None
     start = float(ts * packet.time_base)
     return start, start + float((packet.duration or 0) * packet.time_base)
-
-
-def _video_packets(container: Any, video: Any) -> Iterator[Any]:
-    """The video packets from where ``container`` stands to where demuxing stops (an error included,
-    or a stream the file makes part-way, which PyAV cannot index: FLV does, when damage flips its
-    audio flags)."""
-    demux = container.demux(video)
-    while True:
-        try:
-            packet = next(demux)
-        except (StopIteration, av.error.FFmpegError, IndexError):
-            return
-        if packet.size:
-            yield packet
-
-
-class TimestampRepair:
-    """Presentation times for decoded frames: what FFmpeg's best-effort timestamp gives, strictly increasing.
-
-    Frames come from the decoder in display order, but their ``pts`` is not always theirs:
-    AVI files with packed B-frames hand each frame the pts of the packet it came in, in decode
-    order (``5, 4`` where ``4, 5`` is meant). Three rules, applied in order:
-
-    1. **Resets.** A step back of more than ``jump`` ticks (concatenated recordings, a broken
-       muxer) is a discontinuity: every later time is shifted so the stream carries on from
-       where it was, keeping its real spacing. Copied streams undo the same resets
-       (:class:`StreamClock`), so sync holds.
-    2. **Reorder window.** The pts of the last ``window`` frames are held and handed out
-       smallest first: a local permutation of the right times comes out sorted.
-    3. **Faulty counts.** Like FFmpeg's ``guess_correct_pts``: count how often the (sorted)
-       pts and the dts each fail to move forward, and use the dts instead of the pts while
-       the pts has failed more often. A time that still does not move forward becomes the
-       previous one plus one nominal frame duration.
-
-    :meth:`push` takes one decoded frame's ``(pts, dts)`` and returns the times of the frames
-    that are now settled (the oldest pending first); :meth:`flush` returns the rest.
-    ``repaired`` counts the frames given a time other than their own pts.
-    """
-
-    def __init__(self, nominal: int, window: int = 4, jump: int | None = None) -> None:
-        self.nominal = max(1, nominal)
-        self.window = max(0, window)
-        self.jump = jump if jump is not None else 16 * self.nominal
-        self.repaired = 0
-        self.resets = 0
-        self._heap: list[int] = []
-        self._pending: deque[tuple[int | None, int | None]] = deque()  # per frame: (own pts, dts), shifted
-        self._offset = 0
-        self._top: int | None = None
-        self._prev: int | None = None
-        self._last_pts: int | None = None
-        self._last_dts: int | None = None
-        self._faulty_pts = 0
-        self._faulty_dts = 0
-
-    def push(self, pts: int | None, dts: int | None = None) -> list[int]:
-        value = pts if pts is not None else dts
-        if value is None:
-            shifted = (self._top + self.nominal) if self._top is not None else 0
-        else:
-            shifted = value + self._offset
-            if self._top is not None and shifted < self._top - self.jump:
-                self._offset += self._top + self.nominal - shifted
-                self.resets += 1
-                shifted = self._top + self.nominal
-        own = None if pts is None else pts + self._offset
-        heapq.heappush(self._heap, shifted)
-        self._pending.append((own, None if dts is None else dts + self._offset))
-        self._top = shifted if self._top is None else max(self._top, shifted)
-        out = []
-        while len(self._pending) > self.window:
-            out.append(self._settle())
-        return out
-
-    def flush(self) -> list[int]:
-        return [self._settle() for _ in range(len(self._pending))]
-
-    def _settle(self) -> int:
-        candidate = heapq.heappop(self._heap)
-        own, dts = self._pending.popleft()
-        if dts is not None:
-            self._faulty_dts += self._last_dts is not None and dts <= self._last_dts
-            self._last_dts = dts
-        self._faulty_pts += self._last_pts is not None and candidate <= self._last_pts
-        self._last_pts = candidate
-        out = candidate if (self._faulty_pts <= self._faulty_dts or dts is None) else dts
-        if self._prev is not None and out <= self._prev:
-            out = self._prev + self.nominal
-        self._prev = out
-        self.repaired += out != own
-        return out
-
-
-class StreamClock:
-    """A copied stream's packet times with the same resets undone as :class:`TimestampRepair` undoes.
-
-    A packet more than ``jump`` ticks before the previous packet starts a new stretch: it and every
-    later packet are shifted to carry on from where the stream had got to. (Compared with the
-    previous packet's start, not its end: subtitle cues may overlap.)
-    """
-
-    def __init__(self, jump: int) -> None:
-        self.jump = jump
-        self.offset = 0
-        self.resets = 0
-        self._last: int | None = None
-        self._end: int | None = None
-
-    def __call__(self, packet: Any) -> None:
-        ts = packet.dts if packet.dts is not None else packet.pts
-        if ts is None:
-            return
-        t = ts + self.offset
-        if self._last is not None and self._end is not None and t < self._last - self.jump:
-            self.offset += self._end - t
-            self.resets += 1
-            t = self._end
-        if self.offset:
-            if packet.pts is not None:
-                packet.pts += self.offset
-            if packet.dts is not None:
-                packet.dts += self.offset
-        self._last = t
-        end = t + int(packet.duration or 0)
-        self._end = end if self._end is None else max(self._end, end)
 
 
 class VideoReader:
@@ -369,7 +126,7 @@ class VideoReader:
             time_base=tb,
             rate=Fraction(rate) if rate else None,
             pix_fmt=cc.pix_fmt or "yuv420p",
-            bit_depth=_bit_depth(cc.pix_fmt),
+            bit_depth=bit_depth(cc.pix_fmt),
             rotation=0,
             color_primaries=int(cc.color_primaries),
             color_trc=int(cc.color_trc),
@@ -463,22 +220,8 @@ class VideoReader:
             log.info("%s: the data ends at %.2f s; the output holds what could be decoded", self.path, self.last_end_s)
 
     def _check_avi(self, read: dict[int, tuple[int, int]]) -> bool:
-        """AVI demuxers step over lost data without a word, and AVI times count packets, so no gap
-        shows: what the file's index lists and was never read is the trace (in bytes: parsers join
-        and split audio chunks). Without the index (it is at the end), the header's length says
-        whether the file ends early (FFmpeg takes the duration from what it finds). Returns whether
-        the file ends early."""
-        if not self._avi:
-            return False
-        listed = avi_index_counts(self.path)
-        if listed is not None:
-            for index, (count, size) in read.items():
-                chunks, total = listed.get(index, (0, 0))
-                if size < total:
-                    self.damage.missing(index, max(1, chunks - count))
-            return False
-        stated = avi_header_seconds(self.path)
-        return stated is not None and self.last_end_s < stated - self._tolerance
+        """AVI: what its index lists and was never read is damage; returns whether it ends early."""
+        return self._avi and avi_losses(self.path, read, self.damage, self.last_end_s, self._tolerance)
 
     def _decode_packets(self, demux: ResumingDemuxer, deep: bool) -> None:
         read: dict[int, tuple[int, int]] = {}  # per stream: packets and bytes
@@ -562,54 +305,13 @@ class VideoReader:
                 self.damage.mark(self.video.index, start, end, skipped=1 if k == 0 else 0, why=why)
 
     def _decode_tail_again(self, deep: bool) -> None:
-        """Decode the last stretch again, one frame at a time, for frames the first pass lost.
-
-        A frame-threaded decoder that meets an error while it drains drops the frames still in
-        flight (FFmpeg 7/8: up to ``threads - 1`` frames at the end of a damaged file). A second,
-        slice-threaded decoder from the keyframe before the last frame we got recovers them;
-        frames we already have are skipped by their time. Seeking to that frame's time finds the
-        keyframe where the container has an index (MP4, AVI, Matroska); where it has none (MPEG-TS)
-        it lands on that frame's own packet, with no reference, so if that gives nothing the
-        decoder starts again from the last keyframe the first pass sent.
-        """
+        """Decode the last stretch again for frames the first pass lost (:func:`decode_after`): from the
+        keyframe before the last frame we got, then from the last keyframe the first pass sent."""
         last = self._last_pts
         if last is None:
             return
-        for target in dict.fromkeys(t for t in (last, self._last_key) if t is not None):
-            if self._decode_again_from(target, last, deep):
-                return
-
-    def _decode_again_from(self, target: int, last: int, deep: bool) -> bool:
-        """Decode from the keyframe at or before ``target``; emit frames after ``last``. Whether any came."""
-        try:
-            other = open_input(self.path)
-        except InputError:
-            return False
-        emitted = False
-        with other:
-            if self.video.index >= len(other.streams):  # FLV makes streams as it meets them
-                return False
-            v = other.streams[self.video.index]
-            cc = v.codec_context
-            if cc is None:
-                return False
-            cc.thread_type = "SLICE"
-            try:
-                other.seek(target, stream=v, backward=True)
-            except av.error.FFmpegError as exc:
-                log.debug("%s: cannot seek to decode the end again: %s", self.path, exc)
-                return False
-            for packet in itertools.chain(_video_packets(other, v), [None]):
-                try:
-                    frames = v.decode(packet)
-                except av.error.FFmpegError:
-                    continue
-                for frame in frames:
-                    pts = frame.pts if frame.pts is not None else frame.dts
-                    if pts is not None and pts > last:
-                        self._emit(frame, deep)
-                        emitted = True
-        return emitted
+        for frame in decode_after(self.path, self.video.index, [last, self._last_key], last):
+            self._emit(frame, deep)
 
     def _emit(self, frame: av.VideoFrame, deep: bool) -> None:
         if self.decoded == 0 and not self._pending:

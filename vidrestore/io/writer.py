@@ -24,8 +24,18 @@ import av.error
 from vidrestore.config import OutputConfig
 from vidrestore.control import END, RunControl, Stopped
 from vidrestore.errors import OutputError, PipelineError
-from vidrestore.io.encoders import CONTAINERS, can_copy, check_encoder, check_rate, pick_pix_fmt, plan_output
-from vidrestore.io.reader import _SWS_COLORSPACE, SWS_FLAGS, VideoInfo, is_cover_art
+from vidrestore.io.encoders import (
+    CONTAINERS,
+    audio_encoder_opens,
+    can_copy,
+    check_encoder,
+    check_rate,
+    pick_pix_fmt,
+    plan_output,
+    video_encoder_opens,
+)
+from vidrestore.io.pixels import SWS_COLORSPACE, SWS_FLAGS
+from vidrestore.io.probe import VideoInfo, is_cover_art
 from vidrestore.records import Frame
 
 __all__ = ["VideoWriter"]
@@ -47,33 +57,6 @@ _SKIP_STREAM_KEYS = {
     "NUMBER_OF_FRAMES",
     "NUMBER_OF_BYTES",
 }
-
-
-def _opens(codec: str, width: int, height: int, pix_fmt: str) -> bool:
-    """Whether ``codec`` opens here (NVENC is in the build but needs an NVIDIA GPU with NVENC)."""
-    ctx: Any = av.CodecContext.create(codec, "w")
-    ctx.width, ctx.height, ctx.pix_fmt = width, height, pix_fmt
-    ctx.time_base = Fraction(1, 25)
-    try:
-        ctx.open()
-    except (av.error.FFmpegError, ValueError):
-        return False
-    return True
-
-
-def _audio_encoder_opens(codec: str, source: Any) -> bool:
-    """Whether ``codec`` opens for audio like ``source`` (a codec context): Opus takes only some
-    sample rates, and a damaged header can leave a track with none."""
-    try:
-        ctx: Any = av.CodecContext.create(codec, "w")
-        ctx.sample_rate = source.sample_rate
-        ctx.layout = source.layout
-        ctx.format = ctx.codec.audio_formats[0] if ctx.codec.audio_formats else source.format
-        ctx.time_base = Fraction(1, source.sample_rate or 1)
-        ctx.open()
-    except (av.error.FFmpegError, ValueError, TypeError, ZeroDivisionError):
-        return False
-    return True
 
 
 class VideoWriter:
@@ -142,7 +125,7 @@ class VideoWriter:
         check_encoder(codec)
         deep = first.image.dtype.itemsize > 1
         pix_fmt = pick_pix_fmt(codec, 10 if deep else 8, width, height)
-        if codec.endswith("_nvenc") and not _opens(codec, width, height, pix_fmt):
+        if codec.endswith("_nvenc") and not video_encoder_opens(codec, width, height, pix_fmt):
             log.warning("%s cannot be opened here (no NVIDIA encoder); falling back to libx264", codec)
             codec = "libx264"
             options = plan_output(self.path.suffix, codec, cfg.crf, cfg.preset, info.hdr).options
@@ -175,7 +158,7 @@ class VideoWriter:
             "dst_color_range": cc.color_range,
             "interpolation": SWS_FLAGS,
         }
-        if (cs := _SWS_COLORSPACE.get(info.colorspace)) is not None:
+        if (cs := SWS_COLORSPACE.get(info.colorspace)) is not None:
             self._reformat_args["dst_colorspace"] = cs
         self._src_format = "rgb48le" if deep else "rgb24"
         self._add_others(c)
@@ -240,7 +223,7 @@ class VideoWriter:
                     log.warning("%s is copied as it is: only the main video track is restored", label)
         elif s.type == "audio":
             target = self._audio_codec
-            if not _audio_encoder_opens(target, s.codec_context):
+            if not audio_encoder_opens(target, s.codec_context):
                 log.warning(
                     "%s cannot be stored in %s, and %s cannot encode it (%d Hz): it is left out; use .mkv to keep it",
                     label,

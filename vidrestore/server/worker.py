@@ -18,7 +18,7 @@ from typing import Any
 from vidrestore.config import Config, config_to_dict
 from vidrestore.device import resolve_placement
 from vidrestore.errors import VidrestoreError
-from vidrestore.io.reader import main_video_stream, open_input
+from vidrestore.io.probe import main_video_stream, open_input
 from vidrestore.models.store import ModelStore
 from vidrestore.run.file import build_stages, restore_file
 from vidrestore.server.errors import error_kind, error_text

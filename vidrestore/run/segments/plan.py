@@ -12,7 +12,7 @@ import av.error
 
 from vidrestore.config import Config
 from vidrestore.errors import InputError
-from vidrestore.io.reader import main_video_stream, open_input
+from vidrestore.io.probe import main_video_stream, open_input
 
 __all__ = ["WHOLE_HINT", "Plan", "Segment", "plan_segments", "warm_ahead"]
 

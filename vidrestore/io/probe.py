@@ -1,0 +1,98 @@
+"""Opening an input and saying what it holds: the video to restore, its picture and timing, the
+other streams."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import av.error
+from av.stream import Disposition
+
+from vidrestore.errors import InputError
+
+__all__ = ["StreamInfo", "VideoInfo", "bit_depth", "is_cover_art", "main_video_stream", "open_input"]
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the writer needs to know to write a video like the input."""
+
+    width: int
+    height: int
+    time_base: Fraction
+    rate: Fraction | None
+    pix_fmt: str
+    bit_depth: int
+    rotation: int
+    color_primaries: int
+    color_trc: int
+    colorspace: int
+    color_range: int
+    duration_s: float | None
+    start_s: float
+    frames: int  # 0 when the container does not say
+    codec: str
+    metadata: dict[str, str]
+    container_metadata: dict[str, str]
+    # HDR (PQ or HLG input): the first frame's mastering-display / light-level side data, raw; None for SDR
+    hdr: dict[str, bytes] | None = None
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """A non-video stream, for dry runs and reports."""
+
+    index: int
+    kind: str
+    codec: str
+    language: str | None
+
+
+def open_input(path: Path) -> Any:
+    """``av.open(path)`` with every failure turned into an :class:`InputError` (exit 4)."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a video or image")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty")
+    try:
+        return av.open(str(path), mode="r", metadata_errors="replace")
+    except av.error.FFmpegError as exc:
+        raise InputError(f"{path}: not a readable video or image ({exc.strerror or exc})") from exc
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: cannot open ({exc})") from exc
+
+
+def bit_depth(pix_fmt: str | None) -> int:
+    if not pix_fmt:
+        return 8
+    try:
+        fmt = av.VideoFormat(pix_fmt)
+        return max(c.bits for c in fmt.components)
+    except (ValueError, av.error.FFmpegError):
+        return 8
+
+
+_IMAGE_CODECS = frozenset({"mjpeg", "png", "bmp", "gif", "webp", "tiff", "jpegls", "jpeg2000"})
+
+
+def is_cover_art(stream: Any) -> bool:
+    """An attached picture (MP4, MOV), or a still-image track of at most one frame (Matroska's covers)."""
+    if int(stream.disposition) & int(Disposition.attached_pic):
+        return True
+    name = stream.codec_context.name if stream.codec_context is not None else ""
+    return name in _IMAGE_CODECS and (stream.frames or 0) <= 1
+
+
+def main_video_stream(streams: Any) -> Any:
+    """The stream to restore: the longest video track that is not cover art; a still-image track only
+    when nothing else moves; None when there is only an attached picture."""
+    candidates = [s for s in streams if not int(s.disposition) & int(Disposition.attached_pic)]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda s: (is_cover_art(s), -float((s.duration or 0) * (s.time_base or 0)), s.index))
