@@ -146,6 +146,12 @@ def test_the_wheel_ships_the_presets(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("vidrestore-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {f"vidrestore/configs/{p}.yaml" for p in ("vhs", "video-call", "default")} <= set(names)
+    # every package of the code ships (a forgotten one in pyproject.toml would break a plain install) ...
+    packages = {str(p.parent.relative_to(ROOT)) for p in (ROOT / "vidrestore").rglob("__init__.py")}
+    assert {f"{p}/__init__.py" for p in packages} <= set(names)
+    # ... and the test kit does not: it lives beside the tests
+    assert not [n for n in names if n.startswith(("testkit/", "tests/", "bench/", "clips/"))]
+    assert not [n for n in names if n.endswith(("/testing.py", "/corpus.py", "/groundtruth.py", "/healthy.py"))]
     site = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)], check=True
