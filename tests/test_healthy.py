@@ -78,6 +78,15 @@ def test_the_corpus_is_every_file_named_here(healthy: dict[str, Healthy]) -> Non
     assert len(healthy) >= 20
 
 
+def _lavfi(dst: Path, source: str, *codec: str) -> Path:
+    """A clip made by the ffmpeg CLI from a lavfi ``source`` (MPEG-4 with the corpus's B-frame settings)."""
+    extra = ["-bf", "2", "-g", "12", "-q:v", "5"] if codec[-1] == "mpeg4" else []
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", source, *codec, *extra, str(dst)], check=True
+    )
+    return dst
+
+
 def _streams(path: Path) -> list[tuple[int, str, str]]:
     out = subprocess.run(
         ["ffprobe", "-v", "error", "-show_entries", "stream=index,codec_type,codec_name", "-of", "csv=p=0", str(path)],
@@ -149,12 +158,7 @@ def test_the_packed_avi_is_packed_and_decodes_to_the_pictures_of_the_unpacked_on
     with av.open(str(path)) as c:
         sizes = [p.size for p in c.demux(c.streams.video[0]) if p.size]
     assert len(sizes) == 30 and sum(1 for s in sizes if s < 10) >= 5  # the placeholders
-    unpacked = tmp_path / "unpacked.avi"
-    subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=128x96:rate=25:duration=1.2"]
-        + ["-c:v", "mpeg4", "-bf", "2", "-g", "12", "-q:v", "5", str(unpacked)],
-        check=True,
-    )
+    unpacked = _lavfi(tmp_path / "unpacked.avi", "testsrc2=size=128x96:rate=25:duration=1.2", "-c:v", "mpeg4")
 
     def pictures(p: Path) -> list[str]:
         with av.open(str(p)) as c:
@@ -214,12 +218,7 @@ def test_a_gap_in_byte_positions_before_any_timed_packet_is_a_guess_not_a_crash(
 @pytest.mark.parametrize("suffix", ["avi", "mkv", "mp4"])
 def test_scale_2_on_odd_sides_gives_exactly_double(cli: Cli, weights: Any, suffix: str, tmp_path: Path) -> None:
     _need_ffmpeg()
-    src = tmp_path / "odd.avi"
-    subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=161x121:rate=25:duration=0.12"]
-        + ["-c:v", "mpeg4", str(src)],
-        check=True,
-    )
+    src = _lavfi(tmp_path / "odd.avi", "testsrc=size=161x121:rate=25:duration=0.12", "-c:v", "mpeg4")
     with av.open(str(src)) as c:
         assert (c.streams.video[0].width, c.streams.video[0].height) == (161, 121)
     dst = tmp_path / f"out.{suffix}"
@@ -232,12 +231,7 @@ def test_scale_2_on_odd_sides_gives_exactly_double(cli: Cli, weights: Any, suffi
 
 def test_a_rate_mpeg_video_cannot_hold_names_the_container_to_use(cli: Cli, tmp_path: Path) -> None:
     _need_ffmpeg()
-    src = tmp_path / "odd-rate.mp4"
-    subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=12:duration=0.5"]
-        + ["-c:v", "libx264", str(src)],
-        check=True,
-    )
+    src = _lavfi(tmp_path / "odd-rate.mp4", "testsrc=size=64x48:rate=12:duration=0.5", "-c:v", "libx264")
     dst = tmp_path / "out.mpg"
     r = cli("restore", src, "-o", dst, "--detector", "none")
     assert r.code == 2, r.err
