@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -24,6 +26,7 @@ def _bench(module: str, out: Path, *args: str) -> dict[str, Any]:
     return json.loads(out.read_text())  # type: ignore[no-any-return]
 
 
+@pytest.mark.slow
 def test_gpu_script_smoke_mode(tmp_path: Path) -> None:
     data = _bench("bench.gpu", tmp_path / "gpu.json", "--smoke")
     assert {r["batch"] for r in data["restorer"]} == {1, 2}
@@ -58,6 +61,7 @@ def test_wheelhouse_lists_what_a_bare_gpu_machine_lacks() -> None:
     assert "torch" not in wanted and "numpy" not in wanted  # the machine has them: carrying them breaks its build
 
 
+@pytest.mark.slow
 def test_full_size_gfpgan_costs_what_the_design_says() -> None:
     import torch
 
@@ -68,6 +72,7 @@ def test_full_size_gfpgan_costs_what_the_design_says() -> None:
     assert 380 < gflop < 410  # DESIGN.md: ~396 GFLOP per 512x512 face
 
 
+@pytest.mark.slow
 def test_damage_benchmark_runs_and_counts_against_ffmpeg(tmp_path: Path) -> None:
     import shutil
 

@@ -308,6 +308,7 @@ def test_other_encoders(cli: Cli, tmp_path: Path, codec: str) -> None:
     assert probe(dst).codec in {"libx265": ("hevc",), "libsvtav1": ("av1", "libdav1d")}[codec]
 
 
+@pytest.mark.slow
 def test_sigint_during_encode_leaves_nothing_at_the_target(tmp_path: Path) -> None:
     src, dst = tmp_path / "long.mp4", tmp_path / "out.mp4"
     write_clip(src, frames(600, w=640, h=360))

@@ -66,6 +66,7 @@ def _download_size(browser: Browser) -> int:
     )
 
 
+@pytest.mark.slow
 def test_upload_progress_slider_and_download(server: Server, browser: Browser, tmp_path: Path) -> None:
     image = tmp_path / "face.png"
     image.write_bytes(png(astronaut()[::2, ::2].copy()))

@@ -248,6 +248,7 @@ def test_output_scale_without_faces_and_for_images(cli: Cli, weights: Weights, t
     assert Image.open(tmp_path / "big.png").size == (300, 200)
 
 
+@pytest.mark.slow
 def test_the_readme_main_command(weights: Weights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's command on clips/sample.mp4: exit 3 with the store's message without weights,
     and a full run once weights are there (here: the small random-weight files, by *.weights)."""

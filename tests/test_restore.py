@@ -220,7 +220,14 @@ def test_deep_frames_stay_deep(restorer: GFPGANRestorer) -> None:
 # -- fidelity to the gfpgan package's own per-frame loop ------------------------------------
 
 
-@pytest.mark.parametrize("model", ["gfpgan-1.4", "gfpgan-1.3", "gfpgan-1.2"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "gfpgan-1.4",
+        pytest.param("gfpgan-1.3", marks=pytest.mark.slow),
+        pytest.param("gfpgan-1.2", marks=pytest.mark.slow),
+    ],
+)  # the same network and loop: 1.4 in the default run, the other weights with -m slow
 def test_matches_gfpganer_enhance_on_a_still(weights: Weights, model: str) -> None:
     """GFPGANer builds v1.2, v1.3 and v1.4 alike (arch "clean"): each name, the package's own loop."""
     from testkit.weights import reference_gfpganer

@@ -63,6 +63,7 @@ def _ours(img: np.ndarray, weights: Weights, model: str, file: Path, *extra: str
     )
 
 
+@pytest.mark.slow
 def test_restoreformer_matches_gfpganer_on_a_still(weights: Weights, restoreformer_file: Path) -> None:
     ref = reference_gfpganer(
         load_model("restoreformer", restoreformer_file),
@@ -79,6 +80,7 @@ def test_restoreformer_matches_gfpganer_on_a_still(weights: Weights, restoreform
     assert value >= 40, f"PSNR {value:.1f} dB"
 
 
+@pytest.mark.slow
 def test_codeformer_matches_its_inference_script_at_each_fidelity(weights: Weights, codeformer_file: Path) -> None:
     net = load_model("codeformer", codeformer_file)
     parser = load_model("parsenet", weights.parsenet)
@@ -166,6 +168,7 @@ def test_codeformer_without_the_extra_is_exit_2_with_the_install_command(
     assert not (tmp_path / "out.png").exists()
 
 
+@pytest.mark.slow
 def test_codeformer_licence_is_said_once_and_fidelity_is_in_the_report(
     cli: Cli, tmp_path: Path, codeformer_file: Path
 ) -> None:

@@ -121,6 +121,7 @@ def test_short_zero_and_untrustworthy_inputs_run_whole(clip: FaceClip, tmp_path:
 # -- segmented runs ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_segmented_run_equals_the_whole_file_run(
     cli: Cli, clip: FaceClip, weights: Weights, whole: Path, tmp_path: Path
 ) -> None:
@@ -136,6 +137,7 @@ def test_a_segmented_run_equals_the_whole_file_run(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.json", "seg.mp4"]
 
 
+@pytest.mark.slow
 def test_two_workers_give_the_same_output(
     cli: Cli, clip: FaceClip, weights: Weights, whole: Path, tmp_path: Path
 ) -> None:
@@ -146,6 +148,7 @@ def test_two_workers_give_the_same_output(
     assert len({s["worker"] for s in _report(report)["segments"]}) == 2
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_resume_redoes_only_the_unfinished_segments(
     cli: Cli, clip: FaceClip, weights: Weights, whole: Path, tmp_path: Path
 ) -> None:
@@ -218,6 +221,7 @@ def ray_cluster() -> Iterator[None]:
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_gives_the_same_output_as_the_local_run(
     cli: Cli, clip: FaceClip, weights: Weights, whole: Path, tmp_path: Path, ray_cluster: None
 ) -> None:
@@ -230,6 +234,7 @@ def test_ray_gives_the_same_output_as_the_local_run(
     assert all(s["attempts"] == 1 for s in segs)
 
 
+@pytest.mark.slow
 def test_a_ray_worker_killed_mid_segment_is_retried(
     cli: Cli, clip: FaceClip, weights: Weights, whole: Path, tmp_path: Path, ray_cluster: None
 ) -> None:

@@ -141,6 +141,7 @@ def test_a_video_job_through_to_its_result(server: Server, clip: FaceClip, tmp_p
     assert not [p for p in (server.data / "jobs").iterdir() if job in p.name]  # nothing it wrote is left
 
 
+@pytest.mark.slow
 def test_four_concurrent_jobs_and_a_cancel(server: Server, clip: FaceClip, tmp_path: Path) -> None:
     variants = []
     for k in range(4):
@@ -165,6 +166,7 @@ def test_four_concurrent_jobs_and_a_cancel(server: Server, clip: FaceClip, tmp_p
     assert not [p for p in (server.data / "jobs").iterdir() if victim in p.name and "-out" in p.name]
 
 
+@pytest.mark.slow
 def test_a_restart_mid_job_puts_it_back_in_the_queue(weights: Weights, tmp_path: Path) -> None:
     data = tmp_path / "serve"
     server = start_server(data, weights)
@@ -331,6 +333,7 @@ def test_the_readme_client_example_works_with_only_the_base_url_and_key_changed(
     assert restored.shape == FACE.shape
 
 
+@pytest.mark.slow
 def test_a_full_queue_answers_429_and_results_expire(weights: Weights, clip: FaceClip, tmp_path: Path) -> None:
     server = start_server(tmp_path / "serve", weights, "--queue", "1", "--expire-hours", "0.002")  # 7.2 s
     try:
