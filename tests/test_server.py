@@ -236,7 +236,7 @@ def test_an_oversized_upload_is_refused_before_it_is_read(server: Server) -> Non
     with socket.create_connection((host, int(port)), timeout=30) as s:
         head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'
         s.sendall(
-            b"POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n" + f"{len(head):x}\r\n".encode() + head + b"\r\n"
         )
         chunk = os.urandom(1 << 20)
@@ -258,7 +258,7 @@ def test_an_oversized_upload_is_refused_before_it_is_read(server: Server) -> Non
     assert sent <= 8, sent
     # a declared length over the limit: refused before a byte of the body is sent
     with socket.create_connection((host, int(port)), timeout=30) as s:
-        s.sendall(f"POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Length: {64 << 20}\r\n\r\n".encode())
+        s.sendall(f"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {64 << 20}\r\n\r\n".encode())
         assert s.recv(4096).startswith(b"HTTP/1.1 413")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -251,6 +252,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     )
     if not ok:
         raise ConfigError(f"{source}: {key} must be {_type_name(tp)}, got {value!r}")
+    if tp is float and not math.isfinite(value):  # NaN passes every range check: refuse it here
+        raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}")
     return float(value) if tp is float else value
 
 

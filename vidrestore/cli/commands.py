@@ -213,6 +213,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "or pass --allow-no-token to accept that anyone who reaches it can use it"
         )
     data = Path(args.data) if args.data else _data_dir()
+    shown = f"[{args.host}]" if ":" in args.host else args.host
     settings = ServerSettings(
         config=config,
         models=_store(args, config),
@@ -223,12 +224,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_upload=int(args.max_upload_mb * 2**20),
         expire_seconds=args.expire_hours * 3600,
         fetch_hosts=tuple(args.fetch_host),
+        public_url=args.public_url or f"http://{shown}:{args.port}",
+        loopback=loopback,
+        allow_hosts=tuple(args.allow_host),
+        allow_origins=tuple(args.allow_origin),
+        max_pixels=args.max_pixels,
+        max_output_pixels=args.max_output_pixels,
     )
     app = create_app(settings)
     if not getattr(args, "quiet", False):
-        shown = f"[{args.host}]" if ":" in args.host else args.host
         sys.stderr.write(f"serving on http://{shown}:{args.port} (data in {data}); Ctrl-C stops\n")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        limit_concurrency=max(1, args.max_connections),  # beyond it: 503, and the accept loop stays quiet
+        timeout_keep_alive=5,  # an idle kept-alive connection is closed after 5 s
+        timeout_graceful_shutdown=20,  # SIGTERM: running requests get 20 s, then the server exits
+    )
     return 0
 
 

@@ -219,6 +219,28 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--workers", type=int, default=1, metavar="N", help="device workers (each loads the models)")
     sv.add_argument("--queue", type=int, default=8, metavar="N", help="jobs and images waiting at most; more get 429")
     sv.add_argument("--max-upload-mb", type=float, default=512, metavar="MB", help="larger uploads get 413")
+    sv.add_argument("--max-pixels", type=int, default=50_000_000, metavar="N", help="larger input images get 413")
+    sv.add_argument(
+        "--max-output-pixels", type=int, default=100_000_000, metavar="N", help="larger outputs (after scale) get 413"
+    )
+    sv.add_argument(
+        "--max-connections", type=int, default=200, metavar="N", help="open connections at most; more get 503"
+    )
+    sv.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="what output URLs start with (default: the bound address; never a Host header)",
+    )
+    sv.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name to answer to besides loopback ones",
+    )
+    sv.add_argument(
+        "--allow-origin", action="append", default=[], metavar="URL", help="a web page origin allowed to call the API"
+    )
     sv.add_argument("--expire-hours", type=float, default=24, metavar="H", help="results and uploads are removed after")
     sv.add_argument(
         "--fetch-host",

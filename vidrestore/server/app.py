@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,11 +26,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from PIL import Image
 
 from vidrestore.config import Config, apply_overrides
 from vidrestore.errors import ConfigError
 from vidrestore.models.store import ModelStore
 from vidrestore.server.errors import ApiError, error_kind, error_text, install_handlers
+from vidrestore.server.guard import Guard
 from vidrestore.server.jobs import DONE, Job, JobStore, new_id, request_config
 from vidrestore.server.uploads import UploadLimit, Uploads, form_upload, store_upload
 from vidrestore.server.worker import Runner
@@ -50,6 +53,12 @@ class ServerSettings:
     max_upload: int = 512 << 20
     expire_seconds: float = 24 * 3600
     fetch_hosts: tuple[str, ...] = ()
+    public_url: str | None = None  # what output URLs start with (--public-url, else the bound address)
+    loopback: bool = True  # bound to a loopback address: Host and Origin are checked (see guard)
+    allow_hosts: tuple[str, ...] = ()
+    allow_origins: tuple[str, ...] = ()
+    max_pixels: int = 50_000_000  # an input image's pixels at most
+    max_output_pixels: int = 100_000_000  # an output image's pixels (after scale) at most
     build: Callable[..., Any] | None = None  # the stages' builder (tests inject small models)
     started: float = field(default_factory=time.time)
 
@@ -68,8 +77,15 @@ def create_app(settings: ServerSettings) -> Any:
     stop_sweeping = threading.Event()
 
     def sweep() -> None:
+        """Expire old results forever: an error (a file renamed under it) is logged once, never fatal."""
+        said: set[str] = set()
         while not stop_sweeping.wait(min(60.0, settings.expire_seconds / 4)):
-            expire(time.time() - settings.expire_seconds)
+            try:
+                expire(time.time() - settings.expire_seconds)
+            except Exception as exc:  # this thread must outlive any one error, or the disk fills
+                if type(exc).__name__ not in said:
+                    said.add(type(exc).__name__)
+                    log.warning("expiring old files failed once (%s: %s); it goes on", type(exc).__name__, exc)
 
     def expire(before: float) -> None:
         for job in store.finished_before(before):
@@ -84,8 +100,8 @@ def create_app(settings: ServerSettings) -> Any:
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
+        again = await asyncio.to_thread(runner.requeue_unfinished)  # never waits on the queue
         runner.start()
-        again = await asyncio.to_thread(runner.requeue_unfinished)
         if again:
             log.warning("%d job(s) from before the restart are back in the queue", again)
         sweeper = threading.Thread(target=sweep, name="vidrestore-serve-expiry", daemon=True)
@@ -112,9 +128,28 @@ def create_app(settings: ServerSettings) -> Any:
             )
 
     def base_url(request: Request) -> str:
-        return str(request.base_url).rstrip("/")
+        """Where output URLs point: set by whoever started the server, never read from a request's Host."""
+        return (settings.public_url or "").rstrip("/")
+
+    def check_image(src: Path, config: Config) -> None:
+        """Refuse work too large before any of it starts: the input's pixels, and the output's after scale."""
+        with Image.open(src) as im:
+            w, h = im.size
+        if w * h > settings.max_pixels:
+            raise ApiError(
+                413, "limit", f"the image has {w}x{h} pixels; this server takes {settings.max_pixels} at most"
+            )
+        out = w * h * config.output.scale**2
+        if out > settings.max_output_pixels:
+            raise ApiError(
+                413,
+                "limit",
+                f"the output would have {out} pixels (x{config.output.scale}); this server makes "
+                f"{settings.max_output_pixels} at most",
+            )
 
     async def run_image(src: Path, config: Config) -> Path:
+        await asyncio.to_thread(check_image, src, config)
         out = files.new_path(src.suffix)
         try:
             future = runner.submit_image(src, out, config)
@@ -139,14 +174,28 @@ def create_app(settings: ServerSettings) -> Any:
         html = resources.files("vidrestore.server").joinpath("index.html").read_text(encoding="utf-8")
         return HTMLResponse(html)
 
+    def trusted(request: Request) -> bool:
+        """Whether the request carries the token (there is one, and it is right)."""
+        if settings.token is None:
+            return False
+        try:
+            authorize(request)
+        except ApiError:
+            return False
+        return True
+
     @app.get("/v1/health")
-    async def health() -> dict[str, Any]:
+    async def health(request: Request) -> dict[str, Any]:
         state = "starting" if not runner.ready.is_set() else "failed" if runner.load_error else "ready"
         if state == "ready" and (runner.busy or runner.depth):
             state = "busy"
         out: dict[str, Any] = {"status": state, "device": runner.device, "queue_depth": runner.depth}
         if runner.load_error is not None:
-            out["error"] = {"kind": error_kind(runner.load_error), "message": error_text(runner.load_error)}
+            text = error_text(runner.load_error)
+            out["error"] = {
+                "kind": error_kind(runner.load_error),
+                "message": text if trusted(request) else _no_paths(text),
+            }
         return out
 
     @app.post("/v1/files")
@@ -164,10 +213,12 @@ def create_app(settings: ServerSettings) -> Any:
     @app.post("/v1/edit")
     async def edit(request: Request) -> dict[str, str]:
         authorize(request)
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            raise ApiError(415, "input", "send the body as application/json")
         try:
             body = await request.json()
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "input", "the body must be JSON") from exc
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: JSON nested too deep
+            raise ApiError(400, "input", "the body must be JSON (and not nested hundreds deep)") from exc
         if not isinstance(body, dict):
             raise ApiError(400, "input", "the body must be a JSON object")
         operation = body.get("operation")
@@ -283,4 +334,12 @@ def create_app(settings: ServerSettings) -> Any:
 
     app.state.runner = runner
     app.state.expire = expire
-    return UploadLimit(app, settings.max_upload)
+    guarded = Guard(
+        app, loopback=settings.loopback, allow_hosts=settings.allow_hosts, allow_origins=settings.allow_origins
+    )
+    return UploadLimit(guarded, settings.max_upload)
+
+
+def _no_paths(text: str) -> str:
+    """``text`` with every absolute path shortened to its last part: health answers without a token."""
+    return re.sub(r"(?<![\w.])/[^\s;,'\"()]+", lambda m: Path(m.group()).name or "/", text)

@@ -95,6 +95,8 @@ def _kind_of(path: Path) -> tuple[str, str]:
             im.verify()
         if fmt in _IMAGE_FORMATS:
             return "image", _IMAGE_FORMATS[fmt]
+    except Image.DecompressionBombError as exc:  # a small file that claims a huge picture
+        raise ApiError(413, "limit", f"the image claims too many pixels to decode safely ({exc})") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         pass
     import av
@@ -166,10 +168,14 @@ class Uploads:
         return fetch_url(url, self.fetch_hosts, self.max_upload)
 
     def expire(self, before: float) -> None:
-        """Remove files last written before ``before`` (seconds since the epoch)."""
+        """Remove files last written before ``before`` (seconds since the epoch). A file renamed or
+        removed meanwhile (an upload finishing, a request deleting it) is skipped."""
         for f in self.folder.iterdir():
-            if f.stat().st_mtime < before:
-                f.unlink(missing_ok=True)
+            try:
+                if f.stat().st_mtime < before:
+                    f.unlink(missing_ok=True)
+            except FileNotFoundError:
+                continue
 
     def new_path(self, suffix: str) -> Path:
         return self.folder / f"{new_id()}{suffix}"

@@ -8,7 +8,7 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -17,7 +17,7 @@ from typing import Any
 
 from vidrestore.config import Config, config_to_dict
 from vidrestore.device import resolve_placement
-from vidrestore.errors import VidrestoreError
+from vidrestore.errors import ModelError, VidrestoreError
 from vidrestore.io.probe import main_video_stream, open_input
 from vidrestore.models.store import ModelStore
 from vidrestore.run.file import build_stages, restore_file
@@ -65,40 +65,50 @@ class Runner:
         self.busy = 0
         self.device = "?"
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._work, name=f"vidrestore-serve-{k}") for k in range(workers)]
+        self._threads = [
+            threading.Thread(target=self._work, name=f"vidrestore-serve-{k}", daemon=True) for k in range(workers)
+        ]
         self.load_error: BaseException | None = None
+        self._backlog: deque[str] = deque()  # jobs put back after a restart: beyond the queue, never waited on
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         for t in self._threads:
             t.start()
 
-    def stop(self) -> None:
+    def stop(self, deadline: float = 20.0) -> None:
+        """Stop: running work is told to stop (a job goes back to the queue for the next start), and
+        the workers are waited for at most ``deadline`` seconds in all (they are daemon threads, so a
+        stuck one cannot keep the process alive)."""
         self._stop.set()
-        for event in self.cancels.values():
+        for event in list(self.cancels.values()):
             event.set()
-        for _ in self._threads:
-            try:
-                self.queue.put_nowait(None)
-            except queue.Full:
-                break
+        end = time.monotonic() + deadline
         for t in self._threads:
-            t.join(timeout=30)
+            t.join(timeout=max(0.0, end - time.monotonic()))
 
     @property
     def depth(self) -> int:
-        return self.queue.qsize()
+        return self.queue.qsize() + len(self._backlog)
 
     def requeue_unfinished(self) -> int:
-        """After a restart: jobs that were queued or running go back in the queue (in order)."""
+        """After a restart: jobs that were queued or running go back, in order, ahead of new work
+        (a running one starts over). Never waits: they wait beside the queue, not in it."""
         again = self.jobs.with_state("queued", "running")
         for job in again:
             self.jobs.update(job.id, state="queued", started=None, frames_done=0)
             self.cancels[job.id] = threading.Event()
-            self.queue.put(job.id)  # may wait: the queue is as large as it was when they were accepted
+            self._backlog.append(job.id)
         return len(again)
 
+    def _refuse_if_failed(self) -> None:
+        if self.load_error is not None:
+            raise ModelError("the models could not be loaded, so this server cannot work; see its log")
+
     def submit_job(self, job: Job) -> None:
-        """Queue a video job (raises queue.Full: the caller answers 429)."""
+        """Queue a video job (raises queue.Full: the caller answers 429; ModelError when the models
+        failed to load: 503 at once, instead of a job that would wait forever)."""
+        self._refuse_if_failed()
         self.cancels[job.id] = threading.Event()
         self.jobs.add(job)
         try:
@@ -109,6 +119,7 @@ class Runner:
             raise
 
     def submit_image(self, src: Path, dst: Path, config: Config) -> Future[None]:
+        self._refuse_if_failed()
         task = _ImageTask(src, dst, config)
         self.queue.put_nowait(task)  # queue.Full: 429
         return task.done
@@ -142,13 +153,14 @@ class Runner:
         except BaseException as exc:
             self.load_error = exc
             log.error("the models cannot be loaded: %s", error_text(exc))
+            self._fail_waiting()
             return
         finally:
             self.ready.set()
         while not self._stop.is_set():
-            item = self.queue.get()
+            item = self._next()
             if item is None:
-                return
+                continue
             self.busy += 1
             try:
                 if isinstance(item, _ImageTask):
@@ -157,6 +169,32 @@ class Runner:
                     self._video(cache, item)
             finally:
                 self.busy -= 1
+
+    def _next(self) -> Any:
+        """The next piece of work: jobs put back after a restart first, then the queue (None when
+        there was none for a moment: the caller looks at the stop flag again)."""
+        with self._lock:
+            if self._backlog:
+                return self._backlog.popleft()
+        try:
+            return self.queue.get(timeout=0.5)
+        except queue.Empty:
+            return None
+
+    def _fail_waiting(self) -> None:
+        """The models failed: whatever waits would wait forever, so it fails now, with the reason."""
+        assert self.load_error is not None
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _ImageTask):
+                item.done.set_exception(self.load_error)
+        for job_id in [*self._backlog, *(j.id for j in self.jobs.with_state("queued"))]:
+            kind, text = error_kind(self.load_error), error_text(self.load_error)
+            self.jobs.update(job_id, state="failed", finished=time.time(), error_kind=kind, error_message=text)
+        self._backlog.clear()
 
     def _image(self, cache: OrderedDict[str, Any], task: _ImageTask) -> None:
 
@@ -194,6 +232,9 @@ class Runner:
             )
         finally:
             self.running.pop(job_id, None)
+            after = self.jobs.get(job_id)
+            if after is None or after.state != "queued":
+                self.cancels.pop(job_id, None)  # finished: nothing left to cancel (a put-back job keeps it)
             if stats is not None:
                 stats.take()
 

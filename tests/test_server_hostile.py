@@ -1,0 +1,230 @@
+"""``vidrestore serve`` under hostile and careless clients: each finding reproduced against a real
+server process on 127.0.0.1, then shown handled. Every loop here is bounded in count and time."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from conftest import Weights
+from PIL import Image
+from serving import Server, free_port, png, start_server
+
+from testkit.clips import astronaut
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, weights: Weights) -> Iterator[Server]:
+    s = start_server(tmp_path_factory.mktemp("hostile"), weights, "--max-pixels", "20000000")
+    yield s
+    s.stop()
+
+
+def raw(
+    server: Server, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One request with exactly these headers (urllib would add or fix some)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for k, v in {"Host": f"127.0.0.1:{port}", "Content-Length": str(len(body)), **(headers or {})}.items():
+            conn.putheader(k, v)
+        conn.endheaders(body)
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def kind(body: bytes) -> str:
+    return str(json.loads(body)["error"]["kind"])
+
+
+def test_a_nan_blend_or_fidelity_is_refused(server: Server) -> None:
+    image = server.upload("/v1/files", png(astronaut()[:64, :64]))
+    url = json.loads(image[2])["url"]
+    for name in ("blend", "fidelity"):
+        body = f'{{"operation": "restore", "image_url": "{url}", "{name}": NaN}}'.encode()
+        status, _, answer = raw(server, "POST", "/v1/edit", body, {"Content-Type": "application/json"})
+        assert status == 400 and kind(answer) == "config", answer
+        assert b"finite" in answer
+    status, _, answer = server.upload("/v1/restore", png(astronaut()[:64, :64]), blend="nan")
+    assert status == 400 and kind(answer) == "config"
+
+
+def test_json_nested_a_thousand_deep_is_a_400_not_a_500(server: Server) -> None:
+    body = b"[" * 1000 + b"]" * 1000
+    status, _, answer = raw(server, "POST", "/v1/edit", body, {"Content-Type": "application/json"})
+    assert status == 400 and kind(answer) == "input", answer
+
+
+def test_json_endpoints_take_only_application_json(server: Server) -> None:
+    """A web page can send text/plain or form data cross-origin without asking; JSON it cannot."""
+    body = json.dumps({"operation": "restore", "image_url": "data:,x"}).encode()
+    for ctype in ("text/plain", "application/x-www-form-urlencoded"):
+        status, _, answer = raw(server, "POST", "/v1/edit", body, {"Content-Type": ctype})
+        assert status == 415, (ctype, answer)
+
+
+def test_a_foreign_host_or_origin_is_refused_on_loopback(server: Server) -> None:
+    status, _, answer = raw(server, "GET", "/v1/health", headers={"Host": "rebind.example"})
+    assert status == 421 and kind(answer) == "host", answer  # DNS rebinding reaches nothing
+    status, _, answer = raw(server, "GET", "/v1/health", headers={"Origin": "http://evil.example"})
+    assert status == 403 and kind(answer) == "origin"
+    status, _, answer = server.upload("/v1/restore", png(astronaut()[:64, :64]))
+    assert status == 200  # no Origin (a script, curl): fine
+    port = server.url.rsplit(":", 1)[1]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
+        status, _, _ = raw(server, "GET", "/v1/health", headers={"Host": host, "Origin": f"http://{host}"})
+        assert status == 200, host  # the server's own page
+
+
+def test_every_response_says_nosniff(server: Server) -> None:
+    for path in ("/", "/v1/health", "/v1/files/nope"):
+        _, headers, _ = raw(server, "GET", path)
+        assert headers.get("x-content-type-options") == "nosniff", path
+
+
+def test_output_urls_come_from_the_server_not_the_clients_host_header(server: Server) -> None:
+    port = server.url.rsplit(":", 1)[1]
+    status, _, answer = raw(
+        server, "POST", "/v1/files", *_multipart(png(astronaut()[:32, :32]), {"Host": f"localhost:{port}"})
+    )
+    assert status == 200
+    assert json.loads(answer)["url"].startswith(f"http://127.0.0.1:{port}/v1/files/")
+
+
+def _multipart(content: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+    b = "hostile-boundary"
+    body = (
+        f'--{b}\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+        + content
+        + f"\r\n--{b}--\r\n".encode()
+    )
+    return body, {**headers, "Content-Type": f"multipart/form-data; boundary={b}"}
+
+
+def test_a_png_bomb_is_a_413_not_a_500(server: Server) -> None:
+    """A 30000x30000 header over a few bytes of data: refused from the header, never decoded."""
+    header = Image.new("L", (1, 1))
+    buf = io.BytesIO()
+    header.save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    data[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR width and height (its CRC is left: PIL checks late)
+    status, _, answer = server.upload("/v1/restore", bytes(data))
+    assert status in (400, 413) and kind(answer) in ("limit", "input"), answer
+
+
+def test_a_16kb_request_for_a_huge_output_is_refused_before_any_work(server: Server) -> None:
+    """The finding: a 4000x4000 black PNG (16 KB) with scale 4 grew the server by gigabytes."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((4000, 4000), np.uint8)).save(buf, "PNG", optimize=True)
+    assert len(buf.getvalue()) < 100_000
+    proc = psutil.Process(server.proc.pid)
+    before = proc.memory_info().rss
+    t0 = time.monotonic()
+    status, _, answer = server.upload("/v1/restore", buf.getvalue(), operation="upscale", scale="4")
+    assert status == 413 and kind(answer) == "limit", answer
+    assert b"256000000 pixels" in answer and b"100000000 at most" in answer
+    assert time.monotonic() - t0 < 10
+    assert proc.memory_info().rss - before < 300 * 2**20  # no work was done: no picture was decoded
+    many = Image.fromarray(np.zeros((5000, 5000), np.uint8))
+    buf = io.BytesIO()
+    many.save(buf, "PNG")
+    status, _, answer = server.upload("/v1/restore", buf.getvalue())  # 25 MP in: over --max-pixels 20 MP
+    assert status == 413 and b"20000000 at most" in answer
+
+
+def _corrupt_weights(tmp_path: Path, weights: Weights) -> list[str]:
+    bad = tmp_path / "corrupt.pth"
+    bad.write_bytes(b"not a checkpoint" * 100)
+    return [a if not a.startswith("restorer.weights=") else f"restorer.weights={bad}" for a in weights.sets()]
+
+
+def _start_failing(tmp_path: Path, weights: Weights) -> tuple[subprocess.Popen[str], Server]:
+    port = free_port()
+    args = [
+        sys.executable, "-m", "vidrestore", "serve", "--port", str(port), "--data", str(tmp_path / "data"),
+        "--detector", "centerface", *_corrupt_weights(tmp_path, weights), "--set", "upscaler.below=0",
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = Server(f"http://127.0.0.1:{port}", tmp_path / "data", args, proc)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # bounded: until the load has failed
+        try:
+            status, body = server.json("GET", "/v1/health")
+            if status == 200 and body["status"] == "failed":
+                return proc, server
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the server never said its models failed")
+
+
+def test_with_models_that_fail_to_load_work_gets_503_at_once_and_sigterm_stops_it(
+    tmp_path: Path, weights: Weights
+) -> None:
+    proc, server = _start_failing(tmp_path, weights)
+    try:
+        status, body = server.json("GET", "/v1/health")
+        assert body["error"]["kind"] == "model"
+        assert str(tmp_path) not in body["error"]["message"]  # no paths without the token
+        t0 = time.monotonic()
+        status, _, answer = server.upload("/v1/restore", png(astronaut()[:64, :64]))
+        assert status == 503 and kind(answer) == "model", answer
+        assert time.monotonic() - t0 < 5  # at once, not a request that hangs
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        proc.wait(timeout=30)
+    assert time.monotonic() - t0 < 25
+
+
+def test_sigterm_with_work_running_exits_within_the_drain_deadline(tmp_path: Path, weights: Weights) -> None:
+    server = start_server(tmp_path / "data", weights)
+    from testkit.clips import make_face_clip
+
+    clip = make_face_clip(tmp_path / "long.mp4", frames=150, size=(160, 120), face_scale=0.3)
+    status, _, answer = server.upload("/v1/jobs", clip.path.read_bytes(), name="long.mp4")
+    assert status == 202, answer
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and server.json("GET", "/v1/health")[1]["status"] != "busy":
+        time.sleep(0.1)
+    server.proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    server.proc.wait(timeout=60)
+    assert time.monotonic() - t0 < 30
+
+
+def test_expiry_survives_uploads_racing_it(tmp_path: Path, weights: Weights) -> None:
+    """A tiny time-to-live: the expiry runs several times a second while uploads land; at the end
+    every file older than the TTL is gone, so the thread kept going."""
+    server = start_server(tmp_path / "data", weights, "--expire-hours", str(1 / 3600))  # one second
+    try:
+        content = png(astronaut()[:32, :32])
+        t_end = time.monotonic() + 4
+        sent = 0
+        while time.monotonic() < t_end and sent < 200:  # bounded in time and count
+            server.upload("/v1/files", content + sent.to_bytes(4, "big"))
+            sent += 1
+        time.sleep(3)  # past the TTL, and several expiry rounds
+        files = [f for f in (tmp_path / "data" / "files").iterdir() if f.is_file()]
+        old = [f for f in files if time.time() - f.stat().st_mtime > 2]
+        assert sent > 10 and old == []
+    finally:
+        server.stop()
+    assert "Traceback" not in (server.proc.stderr.read() if server.proc.stderr else "")

@@ -1,0 +1,80 @@
+"""Local means local: a server on a loopback address answers only requests that name a loopback
+host and come from no foreign web page, and no response is sniffed into another type.
+
+A web page the user visits can make the browser send requests to ``http://127.0.0.1:8000``
+(a cross-origin form POST needs no permission), and DNS rebinding can make a foreign name
+resolve to it. So on loopback the ``Host`` header must be a loopback name or address (or one given
+with ``--allow-host``), and a request whose ``Origin`` is a foreign page (not this server's own
+page, not one given with ``--allow-origin``) is refused before any work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from vidrestore.server.errors import error_body
+
+__all__ = ["LOOPBACK_NAMES", "Guard"]
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def _host_name(host: str) -> str:
+    """``Host`` without its port: ``[::1]:8000`` -> ``::1``, ``localhost:8000`` -> ``localhost``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.index("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class Guard:
+    """ASGI middleware: the Host and Origin checks (on loopback), and ``nosniff`` on every response."""
+
+    def __init__(
+        self, app: Any, *, loopback: bool, allow_hosts: tuple[str, ...] = (), allow_origins: tuple[str, ...] = ()
+    ) -> None:
+        self.app = app
+        self.loopback = loopback
+        self.hosts = {*LOOPBACK_NAMES, *(h.lower() for h in allow_hosts)}
+        self.origins = {o.rstrip("/").lower() for o in allow_origins}
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        refused = self._refusal(headers)
+        if refused is not None:
+            status, kind, message = refused
+            await send({"type": "http.response.start", "status": status, "headers": _headers()})
+            await send({"type": "http.response.body", "body": error_body(kind, message)})
+            return
+
+        async def sniff_proof(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]
+            await send(message)
+
+        await self.app(scope, receive, sniff_proof)
+
+    def _refusal(self, headers: dict[str, str]) -> tuple[int, str, str] | None:
+        if not self.loopback:
+            return None
+        host = headers.get("host", "")
+        if _host_name(host) not in self.hosts:
+            return 421, "host", f"this server answers to loopback names only, not {host!r} (--allow-host adds one)"
+        origin = headers.get("origin")
+        if origin is not None and origin != "null":
+            own = {f"http://{host}".lower(), f"https://{host}".lower()}
+            if origin.rstrip("/").lower() not in own | self.origins:
+                return 403, "origin", f"requests from the page {origin!r} are refused (--allow-origin admits one)"
+        return None
+
+
+def _headers() -> list[tuple[bytes, bytes]]:
+    return [(b"content-type", b"application/json"), (b"x-content-type-options", b"nosniff"), (b"connection", b"close")]
