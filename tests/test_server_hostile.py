@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -228,3 +229,69 @@ def test_expiry_survives_uploads_racing_it(tmp_path: Path, weights: Weights) -> 
     finally:
         server.stop()
     assert "Traceback" not in (server.proc.stderr.read() if server.proc.stderr else "")
+
+
+def test_a_rejected_upload_is_neither_kept_nor_served(server: Server) -> None:
+    files = server.data / "files"
+    before = {f.name for f in files.iterdir()}
+    from testkit.clips import make_face_clip
+
+    clip = make_face_clip(server.data / "v.mp4", frames=3, size=(64, 48))
+    status, _, answer = server.upload("/v1/restore", clip.path.read_bytes())  # a video where an image goes
+    assert status == 400 and kind(answer) == "input"
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><script>alert(1)</script></svg>'
+    status, _, answer = server.upload("/v1/restore", svg)
+    assert status == 400
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((5000, 5000), np.uint8)).save(buf, "PNG")
+    status, _, _ = server.upload("/v1/restore", buf.getvalue())  # refused for its pixels
+    assert status == 413
+    assert {f.name for f in files.iterdir()} == before  # nothing of them stays to be served
+
+
+def test_the_fetch_guard_sees_through_ipv6_forms_of_inside_addresses() -> None:
+    from vidrestore.server.fetch import public_address
+
+    inside = ["64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "64:ff9b:1::a00:1", "2002:7f00:1::", "2002:c0a8:101::"]
+    inside += ["::7f00:1", "::a00:1", "::ffff:10.0.0.1"]
+    for ip in inside:
+        assert not public_address(ip), ip
+    for ip in ("64:ff9b::5db8:d70e", "2002:5db8:d70e::", "2606:4700::1111"):
+        assert public_address(ip), ip  # a public IPv4 behind them stays public
+
+
+def test_a_request_never_makes_the_server_download_a_model_unless_allowed(tmp_path: Path) -> None:
+    from vidrestore.config import Config, load_config
+    from vidrestore.models.registry import DEFAULT_REGISTRY
+    from vidrestore.models.store import ModelStore
+    from vidrestore.server.jobs import JobStore
+    from vidrestore.server.worker import Runner
+
+    seen: list[bool] = []
+
+    def build(config: Config, store: ModelStore, stats: object) -> object:
+        seen.append(store.fetch_missing)
+        return lambda frames: frames
+
+    store = ModelStore(tmp_path / "w", DEFAULT_REGISTRY, fetch_missing=True)
+    default = load_config(None, ["detector.model=centerface"])
+    for allowed, expect in ((False, [True, True, False]), (True, [True, True, True])):
+        seen.clear()
+        runner = Runner(JobStore(tmp_path / f"{allowed}.db"), default, store, build=build, allow_downloads=allowed)
+        cache: OrderedDict[str, object] = OrderedDict()
+        runner._stages(cache, default)  # the server's own models: fetched at start
+        runner._stages(cache, load_config(None, ["detector.model=centerface", "restorer.blend=0.5"]))
+        runner._stages(cache, load_config(None, ["detector.model=centerface", "restorer.model=gfpgan-1.3"]))
+        assert seen == expect, allowed
+
+
+def test_a_killed_jobs_part_file_is_swept_at_start(tmp_path: Path, weights: Weights) -> None:
+    jobs = tmp_path / "data" / "jobs"
+    jobs.mkdir(parents=True)
+    part = jobs / ".abc-out.part-host-99999-deadbeef.mp4"
+    part.write_bytes(b"half a video")
+    server = start_server(tmp_path / "data", weights)
+    try:
+        assert not part.exists()
+    finally:
+        server.stop()

@@ -230,6 +230,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         allow_origins=tuple(args.allow_origin),
         max_pixels=args.max_pixels,
         max_output_pixels=args.max_output_pixels,
+        allow_downloads=args.allow_downloads,
     )
     app = create_app(settings)
     if not getattr(args, "quiet", False):

@@ -239,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a Host name to answer to besides loopback ones",
     )
     sv.add_argument(
+        "--allow-downloads",
+        action="store_true",
+        help="let a request's parameters (restorer=...) make the server download a model it lacks",
+    )
+    sv.add_argument(
         "--allow-origin", action="append", default=[], metavar="URL", help="a web page origin allowed to call the API"
     )
     sv.add_argument("--expire-hours", type=float, default=24, metavar="H", help="results and uploads are removed after")

@@ -59,6 +59,7 @@ class ServerSettings:
     allow_origins: tuple[str, ...] = ()
     max_pixels: int = 50_000_000  # an input image's pixels at most
     max_output_pixels: int = 100_000_000  # an output image's pixels (after scale) at most
+    allow_downloads: bool = False  # a request may make the server download a model it lacks
     build: Callable[..., Any] | None = None  # the stages' builder (tests inject small models)
     started: float = field(default_factory=time.time)
 
@@ -72,7 +73,7 @@ def create_app(settings: ServerSettings) -> Any:
     store = JobStore(data / "jobs.sqlite3")
     runner = Runner(
         store, settings.config, settings.models, workers=settings.workers, queue_size=settings.queue_size,
-        build=settings.build,
+        build=settings.build, allow_downloads=settings.allow_downloads,
     )  # fmt: skip
     stop_sweeping = threading.Event()
 
@@ -100,6 +101,8 @@ def create_app(settings: ServerSettings) -> Any:
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
+        for part in jobs_dir.glob(".*.part-*"):  # a killed run's unfinished output: no job is running yet
+            part.unlink(missing_ok=True)
         again = await asyncio.to_thread(runner.requeue_unfinished)  # never waits on the queue
         runner.start()
         if again:
@@ -131,8 +134,17 @@ def create_app(settings: ServerSettings) -> Any:
         """Where output URLs point: set by whoever started the server, never read from a request's Host."""
         return (settings.public_url or "").rstrip("/")
 
-    def check_image(src: Path, config: Config) -> None:
-        """Refuse work too large before any of it starts: the input's pixels, and the output's after scale."""
+    def check_image(src: Path, config: Config, created: bool) -> None:
+        """Refuse work too large before any of it starts: the input's pixels, and the output's after
+        scale. A refused upload is not kept (if this request stored it)."""
+        try:
+            _check_pixels(src, config)
+        except ApiError:
+            if created:
+                src.unlink(missing_ok=True)
+            raise
+
+    def _check_pixels(src: Path, config: Config) -> None:
         with Image.open(src) as im:
             w, h = im.size
         if w * h > settings.max_pixels:
@@ -148,8 +160,8 @@ def create_app(settings: ServerSettings) -> Any:
                 f"{settings.max_output_pixels} at most",
             )
 
-    async def run_image(src: Path, config: Config) -> Path:
-        await asyncio.to_thread(check_image, src, config)
+    async def run_image(src: Path, config: Config, created: bool) -> Path:
+        await asyncio.to_thread(check_image, src, config, created)
         out = files.new_path(src.suffix)
         try:
             future = runner.submit_image(src, out, config)
@@ -228,10 +240,9 @@ def create_app(settings: ServerSettings) -> Any:
         params = {k: v for k, v in body.items() if k not in ("operation", "image_url", "scale")}
         config = operation_config(str(operation), body.get("scale"), params)
         content = await asyncio.to_thread(files.image_bytes, url, request.url.netloc)
-        _, src, kind = await asyncio.to_thread(files.save, io.BytesIO(content))
-        if kind != "image":
-            raise ApiError(400, "input", "image_url must point at an image (videos go to /v1/jobs)")
-        out = await run_image(src, config)
+        why = "image_url must point at an image (videos go to /v1/jobs)"
+        src, created = await asyncio.to_thread(files.save_for, io.BytesIO(content), "image", why)
+        out = await run_image(src, config, created)
         return {"output_url": f"{base_url(request)}/v1/files/{out.stem}"}
 
     @app.post("/v1/restore")
@@ -240,10 +251,9 @@ def create_app(settings: ServerSettings) -> Any:
         source, params = await form_upload(request)
         operation = str(params.pop("operation", "restore"))
         config = operation_config(operation, params.pop("scale", None), params)
-        _, src, kind = await asyncio.to_thread(files.save, source)
-        if kind != "image":
-            raise ApiError(400, "input", "/v1/restore takes images; send videos to /v1/jobs")
-        out = await run_image(src, config)
+        why = "/v1/restore takes images; send videos to /v1/jobs"
+        src, created = await asyncio.to_thread(files.save_for, source, "image", why)
+        out = await run_image(src, config, created)
         media = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp"}.get(
             out.suffix, "application/octet-stream"
         )
@@ -255,7 +265,7 @@ def create_app(settings: ServerSettings) -> Any:
         source, params = await form_upload(request)
         request_config(settings.config, params)  # refused now, not when it runs
         jid = new_id()
-        job_input, kind = await asyncio.to_thread(store_upload, source, jobs_dir, lambda _: f"{jid}-in")
+        job_input, kind, _ = await asyncio.to_thread(store_upload, source, jobs_dir, lambda _: f"{jid}-in")
         if kind != "video":
             job_input.unlink(missing_ok=True)
             raise ApiError(400, "input", "/v1/jobs takes videos; send images to /v1/restore or /v1/edit")

@@ -32,11 +32,30 @@ class FetchRefused(InputError):
     """The URL may not be fetched (a host not allowed, an inside address, too large, a bad answer)."""
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the well-known NAT64 prefix: the IPv4 address is the last 32 bits
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # local-use NAT64 (RFC 8215)
+
+
+def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries to a v4 host: mapped (``::ffff:a.b.c.d``), NAT64,
+    6to4 (``2002::/16``) or IPv4-compatible (``::a.b.c.d``, deprecated but still routed by some)."""
+    if addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    if addr.sixtofour is not None:
+        return addr.sixtofour
+    if addr in _NAT64 or addr in _NAT64_LOCAL:
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    if int(addr) >> 32 == 0 and int(addr) > 1:  # ::a.b.c.d (not :: or ::1)
+        return ipaddress.IPv4Address(int(addr))
+    return None
+
+
 def public_address(ip: str) -> bool:
-    """Whether ``ip`` is a public unicast address (never loopback, private, link-local, metadata...)."""
+    """Whether ``ip`` is a public unicast address (never loopback, private, link-local, metadata...),
+    looking through IPv6 forms that carry an IPv4 address to the address they reach."""
     addr = ipaddress.ip_address(ip)
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+    if isinstance(addr, ipaddress.IPv6Address) and (inner := _embedded_ipv4(addr)) is not None:
+        return public_address(str(inner))
     return addr.is_global and not addr.is_multicast and addr not in _METADATA
 
 

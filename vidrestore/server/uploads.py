@@ -104,16 +104,19 @@ def _kind_of(path: Path) -> tuple[str, str]:
 
     try:
         with av.open(str(path)) as c:
-            if c.streams.video:
+            # an image FFmpeg reads through an image demuxer (SVG, a lone picture) is not a video
+            still = c.format.name.endswith("_pipe") or c.format.name in ("image2", "svg")
+            if c.streams.video and not still:
                 return "video", _VIDEO_FORMATS.get(c.format.name, ".mkv")
     except (av.error.FFmpegError, ValueError, OSError):
         pass
     raise InputError("the upload is neither an image nor a video this server can read")
 
 
-def store_upload(source: BinaryIO, folder: Path, name: Callable[[str], str]) -> tuple[Path, str]:
+def store_upload(source: BinaryIO, folder: Path, name: Callable[[str], str]) -> tuple[Path, str, bool]:
     """Copy ``source`` into ``folder`` in pieces (never whole in memory), hashing it; the file is
-    named ``name(sha256) + suffix``, the suffix from its content. Returns (path, kind)."""
+    named ``name(sha256) + suffix``, the suffix from its content. Returns (path, kind, whether the
+    file is new: the same content stored before is the same file, and is not this request's to remove)."""
     digest = hashlib.sha256()
     tmp = folder / f".upload-{new_id()}.part"
     try:
@@ -123,10 +126,11 @@ def store_upload(source: BinaryIO, folder: Path, name: Callable[[str], str]) -> 
                 out.write(chunk)
         kind, suffix = _kind_of(tmp)
         path = folder / f"{name(digest.hexdigest())}{suffix}"
+        created = not path.exists()
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path, kind
+    return path, kind, created
 
 
 class Uploads:
@@ -140,8 +144,19 @@ class Uploads:
 
     def save(self, source: BinaryIO) -> tuple[str, Path, str]:
         """Store an upload under its content's hash (never a client's name); returns (id, path, kind)."""
-        path, kind = store_upload(source, self.folder, lambda h: h[:32])
+        path, kind, _ = store_upload(source, self.folder, lambda h: h[:32])
         return path.stem, path, kind
+
+    def save_for(self, source: BinaryIO, want: str, why: str) -> tuple[Path, bool]:
+        """Store a request's input, which must be of kind ``want``; one that is not is refused with
+        ``why`` and not kept (unless the same content was stored before: then it is not this request's).
+        Returns the path, and whether the file is new."""
+        path, kind, created = store_upload(source, self.folder, lambda h: h[:32])
+        if kind != want:
+            if created:
+                path.unlink(missing_ok=True)
+            raise ApiError(400, "input", why)
+        return path, created
 
     def path(self, fid: str) -> Path:
         if not fid.isalnum() or len(fid) > 64:

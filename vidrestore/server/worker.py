@@ -20,6 +20,7 @@ from vidrestore.device import resolve_placement
 from vidrestore.errors import ModelError, VidrestoreError
 from vidrestore.io.probe import main_video_stream, open_input
 from vidrestore.models.store import ModelStore
+from vidrestore.models.usage import models_for
 from vidrestore.run.file import build_stages, restore_file
 from vidrestore.server.errors import error_kind, error_text
 from vidrestore.server.jobs import Job, JobStore, request_config
@@ -52,12 +53,16 @@ class Runner:
         workers: int = 1,
         queue_size: int = 8,
         build: Callable[[Config, ModelStore, RunStats], Any] | None = None,
+        allow_downloads: bool = False,
     ) -> None:
+        """``allow_downloads``: a request may name a model the server does not have, and it is
+        fetched; without it, only the server's own models are ever downloaded (at start)."""
 
         self.jobs = store
         self.config = config
         self.models = models
         self.build = build or build_stages
+        self.allow_downloads = allow_downloads
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self.cancels: dict[str, threading.Event] = {}
         self.running: dict[str, RunStats] = {}
@@ -138,11 +143,19 @@ class Runner:
         key = json.dumps(config_to_dict(config), sort_keys=True)
         if key not in cache:
             stats = RunStats()
-            cache[key] = (self.build(config, self.models, stats), stats)
+            cache[key] = (self.build(config, self._store_for(config), stats), stats)
             while len(cache) > 3:
                 cache.popitem(last=False)
         cache.move_to_end(key)
         return cache[key]  # type: ignore[no-any-return]
+
+    def _store_for(self, config: Config) -> ModelStore:
+        """The model store a request's configuration loads from: one that never downloads, when the
+        request names a model the server's own configuration does not use (and downloads are not allowed)."""
+        extra = set(models_for(config)) - set(models_for(self.config))
+        if not extra or self.allow_downloads or not self.models.fetch_missing:
+            return self.models
+        return ModelStore(self.models.root, self.models.registry, fetch_missing=False)
 
     def _work(self) -> None:
         cache: OrderedDict[str, Any] = OrderedDict()
