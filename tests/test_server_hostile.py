@@ -295,3 +295,52 @@ def test_a_killed_jobs_part_file_is_swept_at_start(tmp_path: Path, weights: Weig
         assert not part.exists()
     finally:
         server.stop()
+
+
+def test_slow_clients_over_the_cap_are_closed_and_the_server_keeps_answering(tmp_path: Path, weights: Weights) -> None:
+    """More connections than the cap, half sending nothing and half trickling an unfinished head: after
+    the head timeout they are closed, health answers within a second, the server's open files are back
+    where they were, and the log stays short."""
+    import socket
+
+    server = start_server(tmp_path / "data", weights, "--max-connections", "20", "--header-timeout", "2")
+    try:
+        proc = psutil.Process(server.proc.pid)
+        assert server.json("GET", "/v1/health")[0] == 200
+        baseline = proc.num_fds()
+        host, port = server.url.removeprefix("http://").split(":")
+        held = []
+        for k in range(40):  # bounded: twice the cap
+            s = socket.create_connection((host, int(port)), timeout=5)
+            if k % 2:
+                s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            held.append(s)
+        trickle_until = time.monotonic() + 3
+        while time.monotonic() < trickle_until:  # bounded: 3 s of a byte per connection every 0.5 s
+            for s in held[1::2]:
+                try:
+                    s.sendall(b"a")
+                except OSError:
+                    pass
+            time.sleep(0.5)
+        closed = 0
+        for s in held:
+            s.settimeout(2)
+            try:
+                closed += s.recv(1024) == b""
+            except (TimeoutError, OSError):
+                closed += 1  # reset by the server counts as closed too
+        assert closed == len(held)
+        t0 = time.monotonic()
+        status, body = server.json("GET", "/v1/health")
+        assert status == 200 and time.monotonic() - t0 < 1, body
+        for s in held:
+            s.close()
+        deadline = time.monotonic() + 5
+        while proc.num_fds() > baseline + 2 and time.monotonic() < deadline:  # bounded
+            time.sleep(0.1)
+        assert proc.num_fds() <= baseline + 2
+    finally:
+        server.stop()
+    log = server.proc.stderr.read() if server.proc.stderr else ""
+    assert len(log.splitlines()) < 100, log[-2000:]

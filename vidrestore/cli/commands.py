@@ -202,6 +202,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from vidrestore.server.app import ServerSettings, create_app
+        from vidrestore.server.connections import QuietRepeats, head_timeout_protocol
     except ImportError as exc:
         raise ConfigError("vidrestore serve needs the serve extra: pip install 'vidrestore[serve]'") from exc
     config = config_from(args)
@@ -235,13 +236,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     if not getattr(args, "quiet", False):
         sys.stderr.write(f"serving on http://{shown}:{args.port} (data in {data}); Ctrl-C stops\n")
+    quiet = QuietRepeats()  # "Exceeded concurrency limit." and accept errors: once a minute, not per connection
+    for name in ("uvicorn.error", "uvicorn", "asyncio"):
+        logging.getLogger(name).addFilter(quiet)
     uvicorn.run(
         app,
         host=args.host,
         port=args.port,
         log_level="warning",
         access_log=False,
-        limit_concurrency=max(1, args.max_connections),  # beyond it: 503, and the accept loop stays quiet
+        http=head_timeout_protocol(args.header_timeout),  # a request head not in within N s: closed
+        limit_concurrency=max(1, args.max_connections),  # beyond it: 503
         timeout_keep_alive=5,  # an idle kept-alive connection is closed after 5 s
         timeout_graceful_shutdown=20,  # SIGTERM: running requests get 20 s, then the server exits
     )

@@ -224,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-output-pixels", type=int, default=100_000_000, metavar="N", help="larger outputs (after scale) get 413"
     )
     sv.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="a connection whose request head has not arrived in S seconds is closed",
+    )
+    sv.add_argument(
         "--max-connections", type=int, default=200, metavar="N", help="open connections at most; more get 503"
     )
     sv.add_argument(
