@@ -344,3 +344,31 @@ def test_slow_clients_over_the_cap_are_closed_and_the_server_keeps_answering(tmp
         server.stop()
     log = server.proc.stderr.read() if server.proc.stderr else ""
     assert len(log.splitlines()) < 100, log[-2000:]
+
+
+def test_a_malformed_range_is_ignored_and_an_unsatisfiable_one_answered_in_json(server: Server) -> None:
+    status, _, answer = server.upload("/v1/files", png(astronaut()[:40, :40]))
+    path = "/v1/files/" + json.loads(answer)["id"]
+    status, _, whole = raw(server, "GET", path)
+    assert status == 200
+    for bad in ("bytes=abc", "bytes=5-2x", "items=0-10", "bytes="):
+        status, _, body = raw(server, "GET", path, headers={"Range": bad})
+        assert status == 200 and body == whole, bad  # ignored, per the HTTP spec
+    status, headers, body = raw(server, "GET", path, headers={"Range": "bytes=0-9"})
+    assert status == 206 and body == whole[:10]
+    status, headers, body = raw(server, "GET", path, headers={"Range": f"bytes={len(whole) + 10}-"})
+    assert status == 416 and kind(body) == "range" and headers["content-type"] == "application/json"
+
+
+def test_edits_naming_a_stored_file_neither_read_nor_copy_it(server: Server) -> None:
+    """The finding: four 80-byte /v1/edit calls naming one stored file added 1.3 GB (each read and
+    copied it whole). A stored file is now used where it is."""
+    status, _, answer = server.upload("/v1/files", png(astronaut()[:96, :96]))
+    url = json.loads(answer)["url"]
+    files = server.data / "files"
+    before = {f.name for f in files.iterdir()}
+    for _ in range(4):  # bounded
+        status, body = server.json("POST", "/v1/edit", {"operation": "restore", "image_url": url, "blend": 0.5})
+        assert status == 200, body
+    added = {f.name for f in files.iterdir()} - before
+    assert len(added) == 4  # the four results, and no copy of the input

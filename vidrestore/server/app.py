@@ -34,7 +34,7 @@ from vidrestore.models.store import ModelStore
 from vidrestore.server.errors import ApiError, error_kind, error_text, install_handlers
 from vidrestore.server.guard import Guard
 from vidrestore.server.jobs import DONE, Job, JobStore, new_id, request_config
-from vidrestore.server.uploads import UploadLimit, Uploads, form_upload, store_upload
+from vidrestore.server.uploads import IMAGE_SUFFIXES, UploadLimit, Uploads, form_upload, store_upload
 from vidrestore.server.worker import Runner
 
 __all__ = ["ServerSettings", "create_app"]
@@ -239,9 +239,15 @@ def create_app(settings: ServerSettings) -> Any:
             raise ApiError(400, "input", "image_url is required")
         params = {k: v for k, v in body.items() if k not in ("operation", "image_url", "scale")}
         config = operation_config(str(operation), body.get("scale"), params)
-        content = await asyncio.to_thread(files.image_bytes, url, request.url.netloc)
         why = "image_url must point at an image (videos go to /v1/jobs)"
-        src, created = await asyncio.to_thread(files.save_for, io.BytesIO(content), "image", why)
+        own = files.own(url, request.url.netloc)
+        if own is not None:  # one of this server's files: used where it is, never read whole or copied
+            if own.suffix not in IMAGE_SUFFIXES:
+                raise ApiError(400, "input", why)
+            src, created = own, False
+        else:
+            content = await asyncio.to_thread(files.image_bytes, url)
+            src, created = await asyncio.to_thread(files.save_for, io.BytesIO(content), "image", why)
         out = await run_image(src, config, created)
         return {"output_url": f"{base_url(request)}/v1/files/{out.stem}"}
 

@@ -1,5 +1,6 @@
 """Local means local: a server on a loopback address answers only requests that name a loopback
-host and come from no foreign web page, and no response is sniffed into another type.
+host and come from no foreign web page; no response is sniffed into another type; a malformed
+``Range`` header is ignored (as the HTTP spec says) and an unsatisfiable one answered in JSON.
 
 A web page the user visits can make the browser send requests to ``http://127.0.0.1:8000``
 (a cross-origin form POST needs no permission), and DNS rebinding can make a foreign name
@@ -10,6 +11,7 @@ page, not one given with ``--allow-origin``) is refused before any work.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -22,6 +24,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+_RANGE = re.compile(r"\s*bytes\s*=\s*(\d+-\d*|-\d+)(\s*,\s*(\d+-\d*|-\d+))*\s*", re.I)
 
 
 def _host_name(host: str) -> str:
@@ -54,13 +57,27 @@ class Guard:
             await send({"type": "http.response.start", "status": status, "headers": _headers()})
             await send({"type": "http.response.body", "body": error_body(kind, message)})
             return
+        if "range" in headers and not _RANGE.fullmatch(headers["range"]):
+            # a malformed Range header is ignored, as the HTTP spec says: the whole file is sent
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"range"]}
+        unsatisfiable = False
 
-        async def sniff_proof(message: Message) -> None:
+        async def checked(message: Message) -> None:
+            nonlocal unsatisfiable
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]
+                extra = [(b"x-content-type-options", b"nosniff")]
+                if message["status"] == 416:  # a range past the end: said in JSON, as every error is
+                    unsatisfiable = True
+                    body = error_body("range", "the requested range is not in the file")
+                    kept = [(k, v) for k, v in message.get("headers", []) if k.lower() == b"content-range"]
+                    extra += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+                    message["headers"] = kept
+                message["headers"] = [*message.get("headers", []), *extra]
+            elif message["type"] == "http.response.body" and unsatisfiable:
+                message = {**message, "body": error_body("range", "the requested range is not in the file")}
             await send(message)
 
-        await self.app(scope, receive, sniff_proof)
+        await self.app(scope, receive, checked)
 
     def _refusal(self, headers: dict[str, str]) -> tuple[int, str, str] | None:
         if not self.loopback:

@@ -20,7 +20,7 @@ from vidrestore.server.errors import ApiError, error_body
 from vidrestore.server.fetch import fetch_url
 from vidrestore.server.jobs import new_id
 
-__all__ = ["UploadLimit", "Uploads", "form_upload", "store_upload"]
+__all__ = ["IMAGE_SUFFIXES", "UploadLimit", "Uploads", "form_upload", "store_upload"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -28,6 +28,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _IMAGE_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
+IMAGE_SUFFIXES = frozenset(_IMAGE_FORMATS.values())  # what a stored image is named with
 _VIDEO_FORMATS = {"mov,mp4,m4a,3gp,3g2,mj2": ".mp4", "matroska,webm": ".mkv", "avi": ".avi", "mpegts": ".ts"}
 
 
@@ -166,8 +167,16 @@ class Uploads:
             raise ApiError(404, "not_found", "no such file")
         return found[0]
 
-    def image_bytes(self, url: str, own_host: str) -> bytes:
-        """An image named by ``url``: a data: URL, one of this server's files, or fetched (guarded)."""
+    def own(self, url: str, own_host: str) -> Path | None:
+        """The stored file ``url`` names, if it is one of this server's own ``/v1/files`` URLs."""
+        parts = urlsplit(url)
+        if parts.scheme in ("", "http", "https") and parts.netloc in ("", own_host):
+            if parts.path.startswith("/v1/files/"):
+                return self.path(parts.path.rsplit("/", 1)[-1])
+        return None
+
+    def image_bytes(self, url: str) -> bytes:
+        """An image named by ``url``: a data: URL, or fetched (guarded)."""
         if url.startswith("data:"):
             head, _, payload = url.partition(",")
             try:
@@ -177,9 +186,6 @@ class Uploads:
             if len(raw) > self.max_upload:
                 raise ApiError(413, "limit", "the image is larger than this server's limit")
             return raw
-        parts = urlsplit(url)
-        if parts.netloc in ("", own_host) and parts.path.startswith("/v1/files/"):
-            return self.path(parts.path.rsplit("/", 1)[-1]).read_bytes()
         return fetch_url(url, self.fetch_hosts, self.max_upload)
 
     def expire(self, before: float) -> None:
