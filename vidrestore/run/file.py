@@ -48,7 +48,6 @@ def build_stages(config: Config, store: ModelStore, stats: RunStats) -> FrameSta
     """The face stages for ``config`` (models loaded once here), or pass-through."""
     if config.detector.model == "none" and config.output.scale == 1:
         return _pass_through(stats)
-
     return build_face_stages(config, store, stats)
 
 
@@ -106,8 +105,15 @@ def guarded(frames: Iterator[Frame], stage: str, stats: RunStats) -> Generator[F
 
 
 def open_reader(
-    src: Path, config: Config, control: RunControl, copy_streams: bool = True, decode_video: bool = True
+    src: Path,
+    config: Config,
+    control: RunControl,
+    copy_streams: bool = True,
+    decode_video: bool = True,
+    seek_pts: int | None = None,
 ) -> VideoReader:
+    """The reader of ``src`` as ``config`` asks: ``copy_streams`` False reads the video alone (a
+    segment's render); ``seek_pts`` starts at the keyframe at or before that time."""
     return VideoReader(
         src,
         control,
@@ -115,8 +121,10 @@ def open_reader(
         threads=config.pipeline.decode_threads,
         copy_audio=copy_streams and config.output.audio,
         copy_subtitles=copy_streams and config.output.subtitles,
+        copy_other=copy_streams,
         strict=config.input.strict,
         decode_video=decode_video,
+        seek_pts=seek_pts,
     )
 
 

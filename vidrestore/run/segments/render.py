@@ -19,11 +19,10 @@ from vidrestore.config import Config
 from vidrestore.control import END, RunControl, Stopped
 from vidrestore.errors import PipelineError
 from vidrestore.io.atomic import AtomicTarget
-from vidrestore.io.reader import VideoReader
 from vidrestore.io.writer import VideoWriter
 from vidrestore.models.store import sha256_file
 from vidrestore.records import Frame
-from vidrestore.run.file import drive, guarded, record_damage
+from vidrestore.run.file import drive, guarded, open_reader, record_damage
 from vidrestore.run.segments.plan import WHOLE_HINT, Segment, warm_ahead
 from vidrestore.stats import RunStats
 
@@ -84,17 +83,7 @@ def render_segment(
     warm, ahead = warm_ahead(config)
     stats.source = str(src)
     read_control, write_control = RunControl(), RunControl()  # the reader is left before its end
-    reader = VideoReader(
-        src,
-        read_control,
-        queue_size=config.pipeline.queue_size,
-        threads=config.pipeline.decode_threads,
-        copy_audio=False,
-        copy_subtitles=False,
-        copy_other=False,
-        strict=config.input.strict,
-        seek_pts=seg.seek,
-    )
+    reader = open_reader(src, config, read_control, copy_streams=False, seek_pts=seg.seek)
     none: queue.Queue[Any] = queue.Queue()
     none.put(END)
 
