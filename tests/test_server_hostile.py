@@ -195,6 +195,7 @@ def test_with_models_that_fail_to_load_work_gets_503_at_once_and_sigterm_stops_i
     assert time.monotonic() - t0 < 25
 
 
+@pytest.mark.slow  # a server of its own, and seconds of waiting
 def test_sigterm_with_work_running_exits_within_the_drain_deadline(tmp_path: Path, weights: Weights) -> None:
     server = start_server(tmp_path / "data", weights)
     from testkit.clips import make_face_clip
@@ -211,6 +212,7 @@ def test_sigterm_with_work_running_exits_within_the_drain_deadline(tmp_path: Pat
     assert time.monotonic() - t0 < 30
 
 
+@pytest.mark.slow  # a server of its own, and seconds of waiting
 def test_expiry_survives_uploads_racing_it(tmp_path: Path, weights: Weights) -> None:
     """A tiny time-to-live: the expiry runs several times a second while uploads land; at the end
     every file older than the TTL is gone, so the thread kept going."""
@@ -285,6 +287,7 @@ def test_a_request_never_makes_the_server_download_a_model_unless_allowed(tmp_pa
         assert seen == expect, allowed
 
 
+@pytest.mark.slow  # a server of its own, and seconds of waiting
 def test_a_killed_jobs_part_file_is_swept_at_start(tmp_path: Path, weights: Weights) -> None:
     jobs = tmp_path / "data" / "jobs"
     jobs.mkdir(parents=True)
@@ -297,6 +300,7 @@ def test_a_killed_jobs_part_file_is_swept_at_start(tmp_path: Path, weights: Weig
         server.stop()
 
 
+@pytest.mark.slow  # a server of its own, and seconds of waiting
 def test_slow_clients_over_the_cap_are_closed_and_the_server_keeps_answering(tmp_path: Path, weights: Weights) -> None:
     """More connections than the cap, half sending nothing and half trickling an unfinished head: after
     the head timeout they are closed, health answers within a second, the server's open files are back
