@@ -376,3 +376,45 @@ def test_edits_naming_a_stored_file_neither_read_nor_copy_it(server: Server) -> 
         assert status == 200, body
     added = {f.name for f in files.iterdir()} - before
     assert len(added) == 4  # the four results, and no copy of the input
+
+
+def test_a_url_fetch_that_trickles_is_cut_off_at_its_total_deadline() -> None:
+    """Each read has a timeout, but a server sending a byte just inside it could hold a worker for
+    hours: the whole answer has a deadline too. (The guard would refuse 127.0.0.1 itself; this
+    calls the fetch below it, against a trickling server on loopback.)"""
+    import socket
+    import threading
+
+    from vidrestore.server.fetch import FetchRefused, _get
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+            for _ in range(100):  # bounded: at most 10 s
+                if stop.is_set():
+                    return
+                try:
+                    conn.sendall(b"x")
+                except OSError:
+                    return
+                time.sleep(0.1)
+
+    thread = threading.Thread(target=trickle)
+    thread.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(FetchRefused, match="longer than 1 s"):
+            _get("127.0.0.1", "http", "slow.example", port, "/x.png", 10_000_000, timeout=5, total=1.0)
+        assert time.monotonic() - t0 < 3
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()

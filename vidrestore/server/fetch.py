@@ -15,6 +15,7 @@ import http.client
 import ipaddress
 import socket
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -91,7 +92,12 @@ class _Answer:
     body: bytes
 
 
-def _get(address: str, scheme: str, host: str, port: int, path: str, limit: int, timeout: float) -> _Answer:
+def _get(
+    address: str, scheme: str, host: str, port: int, path: str, limit: int, timeout: float, total: float = 60.0
+) -> _Answer:
+    """One GET from ``address``: each read waits at most ``timeout`` seconds and the whole answer at most
+    ``total`` (a server that trickles a byte at a time cannot hold a worker for long)."""
+    deadline = time.monotonic() + total
     conn: http.client.HTTPConnection
     if scheme == "https":
         conn = _PinnedHTTPS(address, host, port, timeout)
@@ -101,8 +107,12 @@ def _get(address: str, scheme: str, host: str, port: int, path: str, limit: int,
         conn.request("GET", path, headers={"Host": host, "User-Agent": "vidrestore-serve"})
         r = conn.getresponse()
         location = r.getheader("Location")
-        body = r.read(limit + 1) if r.status == 200 else b""
-        return _Answer(r.status, location, body)
+        body = bytearray()
+        while r.status == 200 and len(body) <= limit and (chunk := r.read1(1 << 16)):
+            body += chunk
+            if time.monotonic() > deadline:
+                raise FetchRefused(f"image_url: {host} took longer than {total:g} s to send it")
+        return _Answer(r.status, location, bytes(body[: limit + 1]))
     except (OSError, http.client.HTTPException) as exc:
         raise FetchRefused(f"image_url: fetching from {host} failed ({exc})") from exc
     finally:
