@@ -418,3 +418,40 @@ def test_a_url_fetch_that_trickles_is_cut_off_at_its_total_deadline() -> None:
         stop.set()
         thread.join()
         listener.close()
+
+
+def test_a_new_blend_per_request_reuses_the_loaded_networks(
+    tmp_path: Path, weights: Weights, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The finding: a new ``blend`` per request reloaded every model (3.9 s against 0.9 s). The
+    worker keeps its networks by what they are; stages are rebuilt around them for the new knob."""
+    import vidrestore.stages.assemble as assemble
+    from vidrestore.config import load_config
+    from vidrestore.models.registry import DEFAULT_REGISTRY
+    from vidrestore.models.store import ModelStore
+    from vidrestore.server.jobs import JobStore
+    from vidrestore.server.worker import Runner
+
+    loads: list[str] = []
+    real = assemble.load_model
+    monkeypatch.setattr(
+        assemble, "load_model", lambda arch, path, device: loads.append(arch) or real(arch, path, device)
+    )
+    sets = [a for a in weights.sets() if "=" in a]
+    base = load_config(None, ["detector.model=centerface", "upscaler.below=0", *sets])
+    runner = Runner(JobStore(tmp_path / "j.db"), base, ModelStore(tmp_path / "w", DEFAULT_REGISTRY))
+    cache: OrderedDict[str, object] = OrderedDict()
+    first, _ = runner._stages(cache, base)
+    assert loads == ["gfpgan_v1_clean"]
+    half, _ = runner._stages(
+        cache, load_config(None, ["detector.model=centerface", "upscaler.below=0", *sets, "restorer.blend=0.5"])
+    )
+    assert loads == ["gfpgan_v1_clean"]  # no second load
+    assert half is not first and half.restore.blend == 0.5 and first.restore.blend == 1.0
+    assert half.restore.restorer.model is first.restore.restorer.model  # the same network
+    other = tmp_path / "other.pth"
+    other.write_bytes(Path(weights.gfpgan).read_bytes())  # another file: loaded on its own
+    runner._stages(
+        cache, load_config(None, ["detector.model=centerface", "upscaler.below=0", *sets, f"restorer.weights={other}"])
+    )
+    assert loads == ["gfpgan_v1_clean", "gfpgan_v1_clean"]

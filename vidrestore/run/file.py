@@ -24,7 +24,7 @@ from vidrestore.io.reader import VideoReader
 from vidrestore.io.writer import VideoWriter
 from vidrestore.models.store import ModelStore
 from vidrestore.records import Frame
-from vidrestore.stages.assemble import build_face_stages
+from vidrestore.stages.assemble import Loaded, build_face_stages
 from vidrestore.stats import RunStats
 
 __all__ = [
@@ -44,11 +44,11 @@ FrameStages = Callable[[Iterator[Frame]], Iterator[Frame]]
 """The face stages as one generator transform: frames in order in, the same frames out."""
 
 
-def build_stages(config: Config, store: ModelStore, stats: RunStats) -> FrameStages:
-    """The face stages for ``config`` (models loaded once here), or pass-through."""
+def build_stages(config: Config, store: ModelStore, stats: RunStats, loaded: Loaded | None = None) -> FrameStages:
+    """The face stages for ``config`` (models loaded once here, or taken from ``loaded``), or pass-through."""
     if config.detector.model == "none" and config.output.scale == 1:
         return _pass_through(stats)
-    return build_face_stages(config, store, stats)
+    return build_face_stages(config, store, stats, loaded)
 
 
 def _pass_through(stats: RunStats) -> FrameStages:

@@ -30,6 +30,8 @@ __all__ = ["Runner"]
 
 log = logging.getLogger(__name__)
 
+_LOADED = "\0loaded"  # a worker's cache entry for its loaded networks (no config's key looks like it)
+
 
 @dataclass
 class _ImageTask:
@@ -62,6 +64,7 @@ class Runner:
         self.config = config
         self.models = models
         self.build = build or build_stages
+        self._reuse = build is None  # our own builder takes the worker's loaded networks
         self.allow_downloads = allow_downloads
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self.cancels: dict[str, threading.Event] = {}
@@ -140,12 +143,22 @@ class Runner:
     # -- the workers ---------------------------------------------------------------
 
     def _stages(self, cache: OrderedDict[str, Any], config: Config) -> tuple[Any, RunStats]:
+        """The stages for ``config``: the last few built are kept whole, and their networks are kept by
+        what they are, so a request that changes only a knob (``blend``, ``fidelity``) builds its
+        stages again around the loaded networks instead of loading them again."""
         key = json.dumps(config_to_dict(config), sort_keys=True)
         if key not in cache:
             stats = RunStats()
-            cache[key] = (self.build(config, self._store_for(config), stats), stats)
-            while len(cache) > 3:
-                cache.popitem(last=False)
+            store = self._store_for(config)
+            if self._reuse:
+                loaded = cache.setdefault(_LOADED, {})
+                built = build_stages(config, store, stats, loaded)
+            else:
+                built = self.build(config, store, stats)
+            cache[key] = (built, stats)
+            while len(cache) > 4:  # three sets of stages, and the loaded networks
+                oldest = next(k for k in cache if k != _LOADED)
+                cache.pop(oldest)
         cache.move_to_end(key)
         return cache[key]  # type: ignore[no-any-return]
 

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -34,15 +34,37 @@ from vidrestore.stats import RunStats
 if TYPE_CHECKING:
     from vidrestore.stages.restore import RestoreStage
 
-__all__ = ["FaceStages", "build_detector", "build_face_stages"]
+__all__ = ["FaceStages", "Loaded", "build_detector", "build_face_stages"]
 
 log = logging.getLogger(__name__)
 
 
-def _load(store: ModelStore, name: str, local: str | None, key: str, placement: Placement):  # type: ignore[no-untyped-def]
+Loaded = dict[tuple[str, ...], Any]
+"""Networks already loaded, by what they are (architecture, file, its size and time, device, dtype):
+stages built again for other knobs (a request's ``blend``) reuse them instead of loading again."""
 
+_KEEP_LOADED = 8  # networks a Loaded cache holds at most (the oldest go first)
+
+
+def _load(store: ModelStore, name: str, local: str | None, key: str, placement: Placement, loaded: Loaded | None):  # type: ignore[no-untyped-def]
     path = store.resolve(name, local, key=key)
-    return load_model(store.spec(name).arch, path, placement.device)
+    arch = store.spec(name).arch
+    if loaded is None:
+        return load_model(arch, path, placement.device)
+    st = path.stat()
+    ident = (
+        arch,
+        str(path.resolve()),
+        str(st.st_size),
+        str(st.st_mtime_ns),
+        str(placement.device),
+        str(placement.dtype),
+    )
+    if ident not in loaded:
+        loaded[ident] = load_model(arch, path, placement.device)
+        while len(loaded) > _KEEP_LOADED:
+            loaded.pop(next(iter(loaded)))
+    return loaded[ident]
 
 
 def _temporal(config: Config) -> TemporalFusion:
@@ -65,11 +87,11 @@ def _licence_notice(store: ModelStore, name: str, licence: str) -> None:
         log.debug("cannot record that the %s licence was shown: %s", name, exc)
 
 
-def build_detector(config: Config, store: ModelStore, placement: Placement) -> Detector:
+def build_detector(config: Config, store: ModelStore, placement: Placement, loaded: Loaded | None = None) -> Detector:
     d = config.detector
     if d.model == "centerface":
         return CenterFaceDetector(size=d.size, threshold=d.threshold, min_face=d.min_face)
-    model = _load(store, d.model, d.weights, "detector.weights", placement)
+    model = _load(store, d.model, d.weights, "detector.weights", placement, loaded)
     dtype = placement.dtype if d.precision == "auto" else torch.float32
     return RetinaFaceDetector(
         model, placement.device, size=d.size, threshold=d.threshold, min_face=d.min_face, dtype=dtype
@@ -144,8 +166,11 @@ class FaceStages:
             stage.stats.frames_passed_through += 1
 
 
-def build_face_stages(config: Config, store: ModelStore, stats: RunStats | None = None) -> FaceStages:
-    """Load the models ``config`` names and wire the face stages."""
+def build_face_stages(
+    config: Config, store: ModelStore, stats: RunStats | None = None, loaded: Loaded | None = None
+) -> FaceStages:
+    """Load the models ``config`` names and wire the face stages (``loaded``: networks loaded before,
+    reused by what they are)."""
 
     r = config.restorer
     spec = store.spec(r.model) if r.model != "none" else None
@@ -153,18 +178,18 @@ def build_face_stages(config: Config, store: ModelStore, stats: RunStats | None 
         import_codeformer()  # exit 2 with the install command before anything is loaded or fetched
     placement = resolve_placement(config.device, config.precision)
     log.info("running the models on %s", placement)
-    detector = build_detector(config, store, placement) if config.detector.model != "none" else None
+    detector = build_detector(config, store, placement, loaded) if config.detector.model != "none" else None
     restore = None
     u = config.upscaler
     shared: Upscaler | None = None
     if u.model != "none" and (config.output.scale > 1 or (u.below > 0 and r.model != "none" and detector)):
-        shared = Upscaler(_load(store, u.model, u.weights, "upscaler.weights", placement), placement)
+        shared = Upscaler(_load(store, u.model, u.weights, "upscaler.weights", placement, loaded), placement)
     # On a CPU a batch of faces runs slower per face than one at a time (measured: 8.9 s against
     # 6.4 s per 512x512 face for GFPGAN v1.4 at batch 4 and 1 on 2 cores): batches pay on GPUs only.
     batch = r.batch_size or (8 if placement.device.type != "cpu" else 1)
     if r.model != "none" and detector is not None:
         assert spec is not None
-        model = _load(store, r.model, r.weights, "restorer.weights", placement)
+        model = _load(store, r.model, r.weights, "restorer.weights", placement, loaded)
         restorer = build_restorer(spec.arch, model, placement, fidelity=r.fidelity)
         if spec.extra is not None:
             _licence_notice(store, spec.name, spec.licence)
@@ -172,7 +197,7 @@ def build_face_stages(config: Config, store: ModelStore, stats: RunStats | None 
         parser = None
         if r.parsing_mask:
             parser = FaceParser(
-                _load(store, "parsenet", r.parsing_weights, "restorer.parsing_weights", placement),
+                _load(store, "parsenet", r.parsing_weights, "restorer.parsing_weights", placement, loaded),
                 placement,
                 size=r.parsing_size,
             )
