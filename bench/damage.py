@@ -37,8 +37,14 @@ from testkit.healthy import make_healthy
 from vidrestore.cli import main as cli_main
 
 # healthy files whose damaged copies join the corpus: containers and codecs its own clips lack
-FROM_HEALTHY = ("mpeg4-ac3-packed.avi", "mpeg2-mp2.mpg", "wmv2-wmav2.wmv", "theora-vorbis.ogv", "h264-aac.ts")
-FROM_HEALTHY += ("h264-mp3.flv",)
+FROM_HEALTHY = (
+    "mpeg4-ac3-packed.avi",
+    "mpeg2-mp2.mpg",
+    "wmv2-wmav2.wmv",
+    "theora-vorbis.ogv",
+    "h264-aac.ts",
+    "h264-mp3.flv",
+)
 
 
 def _run_cli(src: Path, dst: Path, report: Path) -> tuple[int, float, str]:

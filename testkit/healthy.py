@@ -23,7 +23,7 @@ from pathlib import Path
 
 import av
 
-__all__ = ["HEALTHY", "Healthy", "make_healthy", "pack_b_frames", "shorten_first_audio_packet", "strip_first_times"]
+__all__ = ["Healthy", "make_healthy", "pack_b_frames", "shorten_first_audio_packet", "strip_first_times"]
 
 SECONDS = 1.2  # 30 frames at 25 fps: enough for B-frames, keyframes and a few audio packets
 SIZE = "128x96"
@@ -301,9 +301,6 @@ def make_healthy(folder: Path) -> list[Healthy]:
         suffix = Path(name).suffix.lstrip(".")
         out.append(Healthy(path, suffix, suffix == "avi"))
     return out
-
-
-HEALTHY = tuple(s.name for s in SPECS)
 
 
 def strip_first_times(src: Path, dst: Path, count: int = 2) -> Path:

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import urllib.error
-from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -267,7 +266,7 @@ def test_a_request_never_makes_the_server_download_a_model_unless_allowed(tmp_pa
     from vidrestore.models.registry import DEFAULT_REGISTRY
     from vidrestore.models.store import ModelStore
     from vidrestore.server.jobs import JobStore
-    from vidrestore.server.worker import Runner
+    from vidrestore.server.worker import Runner, _Cache
 
     seen: list[bool] = []
 
@@ -280,7 +279,7 @@ def test_a_request_never_makes_the_server_download_a_model_unless_allowed(tmp_pa
     for allowed, expect in ((False, [True, True, False]), (True, [True, True, True])):
         seen.clear()
         runner = Runner(JobStore(tmp_path / f"{allowed}.db"), default, store, build=build, allow_downloads=allowed)
-        cache: OrderedDict[str, object] = OrderedDict()
+        cache = _Cache()
         runner._stages(cache, default)  # the server's own models: fetched at start
         runner._stages(cache, load_config(None, ["detector.model=centerface", "restorer.blend=0.5"]))
         runner._stages(cache, load_config(None, ["detector.model=centerface", "restorer.model=gfpgan-1.3"]))
@@ -430,7 +429,7 @@ def test_a_new_blend_per_request_reuses_the_loaded_networks(
     from vidrestore.models.registry import DEFAULT_REGISTRY
     from vidrestore.models.store import ModelStore
     from vidrestore.server.jobs import JobStore
-    from vidrestore.server.worker import Runner
+    from vidrestore.server.worker import Runner, _Cache
 
     loads: list[str] = []
     real = assemble.load_model
@@ -440,7 +439,7 @@ def test_a_new_blend_per_request_reuses_the_loaded_networks(
     sets = [a for a in weights.sets() if "=" in a]
     base = load_config(None, ["detector.model=centerface", "upscaler.below=0", *sets])
     runner = Runner(JobStore(tmp_path / "j.db"), base, ModelStore(tmp_path / "w", DEFAULT_REGISTRY))
-    cache: OrderedDict[str, object] = OrderedDict()
+    cache = _Cache()
     first, _ = runner._stages(cache, base)
     assert loads == ["gfpgan_v1_clean"]
     half, _ = runner._stages(

@@ -146,10 +146,10 @@ class VideoReader:
         self.repair = TimestampRepair(nominal, jump=max(16 * nominal, round(1 / tb)))
         self.clocks = {s.index: StreamClock(round(1 / (s.time_base or tb))) for s in self.copy_streams}
         self._orders = {s.index: InOrder(equal_ok=s.type == "subtitle") for s in self.copy_streams}
-        self._avi = "avi" in c.format.name.split(",")  # times count packets; an idx1 lists what should be there
-        # AVI stores no presentation times: frames of B-frame video (packed or not) come with their
-        # decode-order times, and putting them in order is the normal reading of the file, not a repair
-        self.timed_by_count = self._avi
+        # AVI: times count packets, and an idx1 lists what should be there. It stores no presentation
+        # times, so frames of B-frame video (packed or not) come with their decode-order times, and
+        # putting them in order is the normal reading of the file, not a repair
+        self.timed_by_count = "avi" in c.format.name.split(",")
         self.damage = DamageLog(self.path, {s.index: s.type for s in (v, *self.copy_streams)}, self.strict)
         ends = [float((v.start_time or 0) * tb) + duration_s] if duration_s else []
         if c.duration:
@@ -221,7 +221,7 @@ class VideoReader:
 
     def _check_avi(self, read: dict[int, tuple[int, int]]) -> bool:
         """AVI: what its index lists and was never read is damage; returns whether it ends early."""
-        return self._avi and avi_losses(self.path, read, self.damage, self.last_end_s, self._tolerance)
+        return self.timed_by_count and avi_losses(self.path, read, self.damage, self.last_end_s, self._tolerance)
 
     def _decode_packets(self, demux: ResumingDemuxer, deep: bool) -> None:
         read: dict[int, tuple[int, int]] = {}  # per stream: packets and bytes
@@ -281,7 +281,7 @@ class VideoReader:
         one earlier (audio out of sync): there a corrupt packet is kept, and only reported."""
         if not packet.is_corrupt:
             return True
-        keep = self._avi
+        keep = self.timed_by_count
         why = "flagged corrupt by the demuxer" + ("; kept, as AVI times count packets" if keep else "")
         self._mark(index, packet, why, skipped=0 if keep else 1)
         return keep

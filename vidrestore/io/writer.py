@@ -98,8 +98,8 @@ class VideoWriter:
         self._packets_done = False
         self._container: Any = None
         self._video: Any = None
-        self._fixed: Fraction | None = None
-        self._origin: int | None = None
+        self._fixed: Fraction | None = None  # MPEG-1/2: the standard rate its encoder counts frames at
+        self._origin: int | None = None  # then: the first frame's time (info.time_base), kept as it was
         self._out: dict[int, Any] = {}
         self._reencode: dict[int, tuple[Any, Any]] = {}
         self._thread: threading.Thread | None = None
@@ -140,7 +140,6 @@ class VideoWriter:
         cc = v.codec_context
         cc.time_base = 1 / fixed if fixed else info.time_base
         self._fixed = fixed
-        self._origin = None  # with a fixed rate: the first frame's time (info.time_base), set by the first
         cc.color_primaries, cc.color_trc = info.color_primaries, info.color_trc
         cc.colorspace = info.colorspace
         cc.color_range = info.color_range if info.color_range in (1, 2) else 1

@@ -113,6 +113,8 @@ def _get(
             if time.monotonic() > deadline:
                 raise FetchRefused(f"image_url: {host} took longer than {total:g} s to send it")
         return _Answer(r.status, location, bytes(body[: limit + 1]))
+    except FetchRefused:
+        raise  # already says why (the deadline); not a connection failure to wrap
     except (OSError, http.client.HTTPException) as exc:
         raise FetchRefused(f"image_url: fetching from {host} failed ({exc})") from exc
     finally:

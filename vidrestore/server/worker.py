@@ -24,13 +24,21 @@ from vidrestore.models.usage import models_for
 from vidrestore.run.file import build_stages, restore_file
 from vidrestore.server.errors import error_kind, error_text
 from vidrestore.server.jobs import Job, JobStore, request_config
+from vidrestore.stages.assemble import Loaded
 from vidrestore.stats import RunStats
 
 __all__ = ["Runner"]
 
 log = logging.getLogger(__name__)
 
-_LOADED = "\0loaded"  # a worker's cache entry for its loaded networks (no config's key looks like it)
+
+@dataclass
+class _Cache:
+    """One worker's: the last few sets of stages by configuration, and its loaded networks by what
+    they are (which outlive the stages built around them)."""
+
+    stages: OrderedDict[str, tuple[Any, RunStats]] = field(default_factory=OrderedDict)
+    loaded: Loaded = field(default_factory=dict)
 
 
 @dataclass
@@ -142,25 +150,24 @@ class Runner:
 
     # -- the workers ---------------------------------------------------------------
 
-    def _stages(self, cache: OrderedDict[str, Any], config: Config) -> tuple[Any, RunStats]:
+    def _stages(self, cache: _Cache, config: Config) -> tuple[Any, RunStats]:
         """The stages for ``config``: the last few built are kept whole, and their networks are kept by
         what they are, so a request that changes only a knob (``blend``, ``fidelity``) builds its
         stages again around the loaded networks instead of loading them again."""
         key = json.dumps(config_to_dict(config), sort_keys=True)
-        if key not in cache:
+        kept = cache.stages
+        if key not in kept:
             stats = RunStats()
             store = self._store_for(config)
             if self._reuse:
-                loaded = cache.setdefault(_LOADED, {})
-                built = build_stages(config, store, stats, loaded)
+                built = build_stages(config, store, stats, cache.loaded)
             else:
                 built = self.build(config, store, stats)
-            cache[key] = (built, stats)
-            while len(cache) > 4:  # three sets of stages, and the loaded networks
-                oldest = next(k for k in cache if k != _LOADED)
-                cache.pop(oldest)
-        cache.move_to_end(key)
-        return cache[key]  # type: ignore[no-any-return]
+            kept[key] = (built, stats)
+            while len(kept) > 3:
+                kept.popitem(last=False)
+        kept.move_to_end(key)
+        return kept[key]
 
     def _store_for(self, config: Config) -> ModelStore:
         """The model store a request's configuration loads from: one that never downloads, when the
@@ -171,7 +178,7 @@ class Runner:
         return ModelStore(self.models.root, self.models.registry, fetch_missing=False)
 
     def _work(self) -> None:
-        cache: OrderedDict[str, Any] = OrderedDict()
+        cache = _Cache()
         try:
             self._stages(cache, self.config)  # the default models, loaded before "ready"
 
@@ -217,12 +224,12 @@ class Runner:
                 break
             if isinstance(item, _ImageTask):
                 item.done.set_exception(self.load_error)
-        for job_id in [*self._backlog, *(j.id for j in self.jobs.with_state("queued"))]:
-            kind, text = error_kind(self.load_error), error_text(self.load_error)
-            self.jobs.update(job_id, state="failed", finished=time.time(), error_kind=kind, error_message=text)
+        kind, text = error_kind(self.load_error), error_text(self.load_error)
+        for job in self.jobs.with_state("queued"):  # the backlog's jobs are queued ones too
+            self.jobs.update(job.id, state="failed", finished=time.time(), error_kind=kind, error_message=text)
         self._backlog.clear()
 
-    def _image(self, cache: OrderedDict[str, Any], task: _ImageTask) -> None:
+    def _image(self, cache: _Cache, task: _ImageTask) -> None:
 
         try:
             stages, stats = self._stages(cache, task.config)
@@ -232,7 +239,7 @@ class Runner:
         except BaseException as exc:  # handed to the waiting request, which answers with it
             task.done.set_exception(exc)
 
-    def _video(self, cache: OrderedDict[str, Any], job_id: str) -> None:
+    def _video(self, cache: _Cache, job_id: str) -> None:
 
         job = self.jobs.get(job_id)
         cancel = self.cancels.get(job_id)
