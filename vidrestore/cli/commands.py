@@ -202,7 +202,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from vidrestore.server.app import ServerSettings, create_app
-        from vidrestore.server.connections import QuietRepeats, head_timeout_protocol
+        from vidrestore.server.connections import QuietRepeats, head_timeout_protocol, make_room
+        from vidrestore.server.uploads import BodyLimits
     except ImportError as exc:
         raise ConfigError("vidrestore serve needs the serve extra: pip install 'vidrestore[serve]'") from exc
     config = config_from(args)
@@ -222,7 +223,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         token=token,
         workers=max(1, args.workers),
         queue_size=max(1, args.queue),
-        max_upload=int(args.max_upload_mb * 2**20),
+        limits=BodyLimits(
+            max_upload=int(args.max_upload_mb * 2**20),
+            max_json=int(args.max_json_mb * 2**20),
+            idle=args.body_timeout,
+            max_uploads=max(1, args.max_uploads),
+        ),
         expire_seconds=args.expire_hours * 3600,
         fetch_hosts=tuple(args.fetch_host),
         public_url=args.public_url or f"http://{shown}:{args.port}",
@@ -233,6 +239,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_output_pixels=args.max_output_pixels,
         allow_downloads=args.allow_downloads,
     )
+    connections = make_room(max(1, args.max_connections))
+    if connections < args.max_connections:
+        sys.stderr.write(
+            f"vidrestore: warning: this system lets the server open {connections} connections, "
+            f"not {args.max_connections} (raise the hard limit with ulimit -Hn)\n"
+        )
     app = create_app(settings)
     if not getattr(args, "quiet", False):
         sys.stderr.write(f"serving on http://{shown}:{args.port} (data in {data}); Ctrl-C stops\n")
@@ -246,7 +258,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         log_level="warning",
         access_log=False,
         http=head_timeout_protocol(args.header_timeout),  # a request head not in within N s: closed
-        limit_concurrency=max(1, args.max_connections),  # beyond it: 503
+        limit_concurrency=connections,  # beyond it: 503
         timeout_keep_alive=5,  # an idle kept-alive connection is closed after 5 s
         timeout_graceful_shutdown=20,  # SIGTERM: running requests get 20 s, then the server exits
     )

@@ -219,6 +219,23 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--workers", type=int, default=1, metavar="N", help="device workers (each loads the models)")
     sv.add_argument("--queue", type=int, default=8, metavar="N", help="jobs and images waiting at most; more get 429")
     sv.add_argument("--max-upload-mb", type=float, default=512, metavar="MB", help="larger uploads get 413")
+    sv.add_argument(
+        "--max-json-mb",
+        type=float,
+        default=64,
+        metavar="MB",
+        help="larger JSON bodies get 413 (a data: URL image is at most 3/4 of this)",
+    )
+    sv.add_argument(
+        "--max-uploads", type=int, default=8, metavar="N", help="uploads streaming in at once at most; more get 429"
+    )
+    sv.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="a request body that stalls S seconds, or averages under 8 KiB/s after S seconds, gets 408",
+    )
     sv.add_argument("--max-pixels", type=int, default=50_000_000, metavar="N", help="larger input images get 413")
     sv.add_argument(
         "--max-output-pixels", type=int, default=100_000_000, metavar="N", help="larger outputs (after scale) get 413"
@@ -231,7 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a connection whose request head has not arrived in S seconds is closed",
     )
     sv.add_argument(
-        "--max-connections", type=int, default=200, metavar="N", help="open connections at most; more get 503"
+        "--max-connections",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="open connections at most (the open-file limit is raised to fit); more get 503",
     )
     sv.add_argument(
         "--public-url",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import io
 import json
 import logging
 import queue
@@ -34,10 +33,10 @@ from vidrestore.models.store import ModelStore
 from vidrestore.server.errors import ApiError, error_kind, error_text, install_handlers
 from vidrestore.server.guard import Guard
 from vidrestore.server.jobs import DONE, Job, JobStore, new_id, request_config
-from vidrestore.server.uploads import IMAGE_SUFFIXES, UploadLimit, Uploads, form_upload, store_upload
+from vidrestore.server.uploads import IMAGE_SUFFIXES, BodyLimits, UploadLimit, Uploads, form_upload, store_upload
 from vidrestore.server.worker import Runner
 
-__all__ = ["ServerSettings", "create_app"]
+__all__ = ["EventPace", "ServerSettings", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ class ServerSettings:
     token: str | None = None
     workers: int = 1
     queue_size: int = 8
-    max_upload: int = 512 << 20
+    limits: BodyLimits = field(default_factory=BodyLimits)  # request bodies: size, pace, uploads at once
     expire_seconds: float = 24 * 3600
     fetch_hosts: tuple[str, ...] = ()
     public_url: str | None = None  # what output URLs start with (--public-url, else the bound address)
@@ -67,7 +66,7 @@ class ServerSettings:
 def create_app(settings: ServerSettings) -> Any:
     """The FastAPI application (uvicorn serves it)."""
     data = settings.data
-    files = Uploads(data / "files", settings.max_upload, settings.fetch_hosts)
+    files = Uploads(data / "files", settings.limits.max_json * 3 // 4, settings.fetch_hosts)
     jobs_dir = data / "jobs"
     jobs_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore(data / "jobs.sqlite3")
@@ -246,8 +245,9 @@ def create_app(settings: ServerSettings) -> Any:
                 raise ApiError(400, "input", why)
             src, created = own, False
         else:
-            content = await asyncio.to_thread(files.image_bytes, url)
-            src, created = await asyncio.to_thread(files.save_for, io.BytesIO(content), "image", why)
+            content = await asyncio.to_thread(files.image_file, url)
+            with content:
+                src, created = await asyncio.to_thread(files.save_for, content, "image", why)
         out = await run_image(src, config, created)
         return {"output_url": f"{base_url(request)}/v1/files/{out.stem}"}
 
@@ -301,24 +301,19 @@ def create_app(settings: ServerSettings) -> Any:
         job_or_404(jid)
 
         async def events() -> AsyncIterator[bytes]:
-            last = None
-            quiet = 0.0
+            pace = EventPace()
             while not await request.is_disconnected():
                 job = store.get(jid)
                 if job is None:
                     yield b"event: deleted\ndata: {}\n\n"
                     return
                 now = json.dumps(runner.progress(job).public())
-                if now != last:
-                    yield f"data: {now}\n\n".encode()
-                    last, quiet = now, 0.0
-                elif quiet > 15:
-                    yield b": keep-alive\n\n"
-                    quiet = 0.0
+                said = pace.next(job.state, now, time.monotonic())
+                if said is not None:
+                    yield said
                 if job.state in DONE:
                     return
                 await asyncio.sleep(0.25)
-                quiet += 0.25
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
@@ -353,9 +348,31 @@ def create_app(settings: ServerSettings) -> Any:
     guarded = Guard(
         app, loopback=settings.loopback, allow_hosts=settings.allow_hosts, allow_origins=settings.allow_origins
     )
-    return UploadLimit(guarded, settings.max_upload)
+    return UploadLimit(guarded, settings.limits)
 
 
 def _no_paths(text: str) -> str:
     """``text`` with every absolute path shortened to its last part: health answers without a token."""
     return re.sub(r"(?<![\w.])/[^\s;,'\"()]+", lambda m: Path(m.group()).name or "/", text)
+
+
+class EventPace:
+    """When a job's event stream speaks: at once when the job's state changes, otherwise at most once
+    a second however often its progress moves (frames done, fps), and a keep-alive comment after 15 s
+    of silence so that proxies keep the stream open."""
+
+    def __init__(self, every: float = 1.0, keep_alive: float = 15.0) -> None:
+        self.every, self.keep_alive = every, keep_alive
+        self.state: str | None = None
+        self.last: str | None = None
+        self.at = float("-inf")
+
+    def next(self, state: str, body: str, now: float) -> bytes | None:
+        """What to send now for a job in ``state`` whose public record is ``body`` (None: nothing)."""
+        if state != self.state or (body != self.last and now - self.at >= self.every):
+            self.state, self.last, self.at = state, body, now
+            return f"data: {body}\n\n".encode()
+        if now - self.at >= self.keep_alive:
+            self.at = now
+            return b": keep-alive\n\n"
+        return None

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["QuietRepeats", "head_timeout_protocol"]
+__all__ = ["QuietRepeats", "head_timeout_protocol", "make_room"]
 
 
 def head_timeout_protocol(seconds: float) -> type[asyncio.Protocol]:
@@ -77,3 +78,20 @@ class QuietRepeats(logging.Filter):
             return False
         self._last[key] = now
         return True
+
+
+def make_room(connections: int, spare: int = 64) -> int:
+    """Raise this process's open-file limit (the soft one, up to the hard one) so that ``connections``
+    sockets fit beside the ``spare`` files the server itself opens; returns how many connections fit.
+    Many systems start processes at 1024 open files: a cap above that would fail at accept() instead
+    of answering 503, and a cap far below it lets a few hundred idle connections shut others out."""
+    if sys.platform == "win32":
+        return connections
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections + spare
+    if soft != resource.RLIM_INFINITY and soft < want:
+        soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return connections if soft == resource.RLIM_INFINITY else max(1, min(connections, soft - spare))

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 STATUS = {"input": 400, "config": 400, "model": 503, "output": 500, "pipeline": 500, "internal": 500}
 """An error's kind -> the HTTP status it is answered with."""
 
-_HTTP_KINDS = {404: "not_found", 405: "config", 413: "limit"}
+_HTTP_KINDS = {404: "not_found", 405: "config", 408: "limit", 413: "limit"}
 
 
 class ApiError(Exception):

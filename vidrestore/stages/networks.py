@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -191,22 +192,41 @@ class Upscaler:
         up: torch.Tensor = out[..., : h * self.scale, : w * self.scale].clamp(0, 1)  # NaN stays NaN: see finite()
         return up
 
-    def upscale_tiled(self, image: torch.Tensor, tile: int, pad: int = 16) -> torch.Tensor:
-        """Upscale one large ``(1, 3, H, W)`` image in overlapping tiles (bounded memory)."""
+    def upscale_tiled(
+        self,
+        image: torch.Tensor,
+        tile: int,
+        finish: Callable[[torch.Tensor], torch.Tensor],
+        factor: int | None = None,
+        pad: int = 16,
+    ) -> torch.Tensor:
+        """Upscale one large ``(1, 3, H, W)`` image ``factor`` times (default: the model's scale) in
+        overlapping tiles. Each tile is resized to ``factor`` (when the model's scale differs) and
+        handed to ``finish`` (``(1, 3, h, w)`` float -> ``(h, w, C)`` in the picture's own type) as it
+        comes, so only the finished picture is ever held whole: a few bytes per output pixel, not the
+        dozens that a float picture and its clamped, rounded copies cost."""
         _, _, h, w = image.shape
-        s = self.scale
-        out = torch.empty((1, 3, h * s, w * s), device=image.device)
+        s, f = self.scale, factor or self.scale
+        out: torch.Tensor | None = None
+        ok = torch.ones((), dtype=torch.bool, device=image.device)
         for y in range(0, h, tile):
             for x in range(0, w, tile):
                 y0, x0 = max(y - pad, 0), max(x - pad, 0)
                 y1, x1 = min(y + tile + pad, h), min(x + tile + pad, w)
                 up = self.upscale(image[:, :, y0:y1, x0:x1])
+                if f != s:  # the padding gives the resize the same neighbours as a whole-picture resize
+                    size = ((y1 - y0) * f, (x1 - x0) * f)
+                    up = F.interpolate(up, size=size, mode="bicubic", antialias=True, align_corners=False)
                 ty1, tx1 = min(y + tile, h), min(x + tile, w)
-                out[:, :, y * s : ty1 * s, x * s : tx1 * s] = up[
-                    :, :, (y - y0) * s : (ty1 - y0) * s, (x - x0) * s : (tx1 - x0) * s
-                ]
-        if not bool(finite(out).all()):  # one look per picture, not one per tile
+                part = up[:, :, (y - y0) * f : (ty1 - y0) * f, (x - x0) * f : (tx1 - x0) * f]
+                ok &= finite(part)[0]  # read once per picture, not once per tile
+                done = finish(part)
+                if out is None:
+                    out = torch.empty((h * f, w * f, done.shape[2]), dtype=done.dtype, device=done.device)
+                out[y * f : ty1 * f, x * f : tx1 * f] = done
+        if not bool(ok):
             raise NonFiniteOutput("the upscaler produced NaN/inf values")
+        assert out is not None
         return out
 
 

@@ -31,16 +31,16 @@ def upscale_image(
     HDR pictures are upscaled in their SDR view and mapped back. The picture moves through ``io``:
     up once, back once."""
     import torch
-    import torch.nn.functional as F
 
     full = 255.0 if image.dtype == np.uint8 else 65535.0
     view = view_for(color_trc)
+    as_type = torch.int32 if full > 255 else torch.uint8
+
+    def finish(up: torch.Tensor) -> torch.Tensor:
+        if view is not None:
+            up = view.to_signal(up)
+        return (up[0].clamp(0, 1) * full).round().permute(1, 2, 0).to(as_type)
+
     x = io.upload(image).permute(2, 0, 1)[None].float() / full
-    up = upscaler.upscale_tiled(x if view is None else view.to_view(x), tile)
-    if view is not None:
-        up = view.to_signal(up)
-    h, w = image.shape[:2]
-    if up.shape[2] != h * scale:
-        up = F.interpolate(up, size=(h * scale, w * scale), mode="bicubic", antialias=True, align_corners=False)
-    out = (up[0].clamp(0, 1) * full).round().permute(1, 2, 0).to(torch.int32 if full > 255 else torch.uint8)
+    out = upscaler.upscale_tiled(x if view is None else view.to_view(x), tile, finish, factor=scale)
     return io.download(out, image.dtype), float(scale)
