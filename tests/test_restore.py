@@ -272,6 +272,27 @@ def test_an_upscaler_that_needs_even_sides_gets_odd_crops_padded_and_cut_back(
     assert torch.equal(out, even[..., : 2 * h, : 2 * w])  # the padding only adds pixels that are cut off
 
 
+@pytest.mark.parametrize("factor", [4, 2])
+def test_a_picture_finished_tile_by_tile_matches_one_upscaled_whole(upscaler: Upscaler, factor: int) -> None:
+    """Tiles are resized and converted as they come (so a big picture never exists as floats): the
+    result is the whole-picture result, the x4 model resized to x2 included, within one level."""
+    import torch.nn.functional as F
+
+    image = torch.rand(1, 3, 70, 90)
+
+    def finish(t: torch.Tensor) -> torch.Tensor:
+        return (t[0].clamp(0, 1) * 255).round().permute(1, 2, 0).to(torch.uint8)
+
+    tiled = upscaler.upscale_tiled(image, 32, finish, factor=factor)
+    whole = upscaler.upscale(image)
+    if factor != upscaler.scale:
+        whole = F.interpolate(
+            whole, size=(70 * factor, 90 * factor), mode="bicubic", antialias=True, align_corners=False
+        )
+    assert tiled.shape == (70 * factor, 90 * factor, 3) and tiled.dtype == torch.uint8
+    assert (tiled.int() - finish(whole).int()).abs().max() <= 1
+
+
 def test_the_device_resident_path_gives_the_pixels_of_the_per_face_path(tmp_path: Path) -> None:
     """Against tests/data/restore-reference.npz, made by the earlier path (per-face uploads, paste-back
     on a host copy, ParseNet per frame): the same faces, and every other pixel bit for bit."""
