@@ -100,3 +100,22 @@ def test_damage_benchmark_runs_and_counts_against_ffmpeg(tmp_path: Path) -> None
     }
     assert data["totals"]["fewer_than_ffmpeg"] == 0
     assert data["totals"]["vidrestore"] >= data["totals"]["ffmpeg"]
+
+
+@pytest.mark.slow
+def test_engines_benchmark_runs_every_network_under_each_engine(tmp_path: Path) -> None:
+    data = _bench(
+        "bench.engines", tmp_path / "engines.json", "--small", "--engines", "eager,onnxruntime", "--repeats", "1"
+    )
+    rows = data["rows"]
+    assert {r["network"].split()[0] for r in rows} == {
+        "gfpgan-1.4",
+        "parsenet",
+        "realesr-general-x4v3",
+        "retinaface_resnet50",
+    }
+    for row in rows:
+        assert "error" not in row, row
+        assert row["seconds_per_unit"] > 0 and row["x_eager"] > 0
+        if row["engine"] == "onnxruntime":
+            assert row["agreement"] >= 45 if not row["network"].startswith("retinaface") else row["agreement"] < 0.5

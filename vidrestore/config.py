@@ -51,6 +51,7 @@ SmoothingMethod = Literal["centered", "none"]
 TemporalMethod = Literal["none", "flow-blend"]
 Overlap = Literal["auto", "on", "off"]
 DetectorPrecision = Literal["auto", "fp32"]
+EngineName = Literal["auto", "eager", "compile", "onnxruntime", "tensorrt"]
 
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -73,6 +74,7 @@ class DetectorConfig:
     threshold: float = _key(0.6, "minimum detection score", 0.0, 1.0)
     min_face: int = _key(8, "ignore faces smaller than this, in source pixels", 1, 100000)
     batch_size: int = _key(8, "frames per detector call", 1, 256)
+    engine: EngineName | None = _key(None, "how RetinaFace runs; null: the top-level engine")
     precision: DetectorPrecision = _key(
         "auto", "auto: RetinaFace runs in the restorer's precision (bf16 on CUDA); fp32: always full precision"
     )
@@ -86,6 +88,7 @@ class RestorerConfig:
         "gfpgan-1.4", "face restorer: gfpgan-1.4, gfpgan-1.3, gfpgan-1.2, restoreformer, codeformer (extra) or none"
     )
     weights: str | None = _key(None, "local weights file used as-is instead of the registry's")
+    engine: EngineName | None = _key(None, "how the restorer and the parsing model run; null: the top-level engine")
     blend: float = _key(1.0, "0 keeps the original face, 1 the fully restored one", 0.0, 1.0)
     fidelity: float = _key(
         0.5, "codeformer only (its w): 0 more invented detail, 1 more faithful to the input and steadier", 0.0, 1.0
@@ -106,6 +109,7 @@ class UpscalerConfig:
 
     model: UpscalerName = _key("realesr-general-x4v3", "upscaler for small faces")
     weights: str | None = _key(None, "local weights file used as-is instead of the registry's")
+    engine: EngineName | None = _key(None, "how the upscaler runs; null: the top-level engine")
     below: int = _key(96, "faces smaller than this (pixels, longest side) are upscaled first", 0, 4096)
     margin: float = _key(0.5, "crop margin around a small face, as a fraction of its size", 0.0, 4.0)
     tile: int = _key(512, "tile size for whole-frame upscaling (output.scale > 1)", 64, 4096)
@@ -200,6 +204,11 @@ class Config:
     device: str = _key("auto", "auto, cpu, cuda, cuda:N or mps")
     precision: Precision = _key("auto", "auto picks bf16/fp16 on CUDA where safe, fp32 elsewhere")
     weights_dir: str | None = _key(None, "model cache folder (default: VIDRESTORE_WEIGHTS or the user cache)")
+    engine: EngineName = _key(
+        "auto",
+        "how the networks run: eager (torch), compile (torch.compile), onnxruntime, tensorrt; "
+        "auto: onnxruntime on CPUs where installed, eager on GPUs",
+    )
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     restorer: RestorerConfig = field(default_factory=RestorerConfig)
     upscaler: UpscalerConfig = field(default_factory=UpscalerConfig)

@@ -94,8 +94,10 @@ def run_report(summary: Summary, config: Config, store: ModelStore) -> dict[str,
                 "source",
                 "temporal_files",
                 "segments",
+                "engines",
             )
         },
+        "engines": summary.stats.engines,
         "segments": summary.stats.segments,
         "temporal": {
             "method": config.temporal.method,

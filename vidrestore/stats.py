@@ -88,6 +88,7 @@ class RunStats:
     temporal_files: dict[str, TemporalFigures] = field(default_factory=dict)
 
     segments: list[dict[str, Any]] = field(default_factory=list)  # per segment: input, time, worker, retries
+    engines: dict[str, str] = field(default_factory=dict)  # per network role: the engine that ran it
 
     def take(self) -> RunStats:
         """A copy of what was counted so far; this one starts again from nothing (a worker's
@@ -107,6 +108,8 @@ class RunStats:
                     self.temporal_files.setdefault(src, TemporalFigures()).merge(figures, track_offset)
             elif key in ("source", "wall_seconds"):
                 continue
+            elif key == "engines":
+                self.engines.update(value)  # names, not counts
             elif isinstance(value, list):
                 mine.extend(value)
             elif isinstance(value, dict):

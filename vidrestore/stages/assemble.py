@@ -11,17 +11,20 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from vidrestore.config import Config
 from vidrestore.control import in_background
 from vidrestore.device import Placement, Transfers, resolve_placement
-from vidrestore.errors import ConfigError
+from vidrestore.errors import ConfigError, ModelError
 from vidrestore.models.compat import import_codeformer
+from vidrestore.models.engine import Engine, EngineMaker, NetShape, choose_engine, make_engine
 from vidrestore.models.loading import load_model
-from vidrestore.models.store import ModelStore
+from vidrestore.models.store import ModelStore, sha256_file
 from vidrestore.records import Frame
 from vidrestore.stages.detect import CenterFaceDetector, Detector, RetinaFaceDetector, detect_frames
 from vidrestore.stages.fuse import TemporalFusion
@@ -34,7 +37,7 @@ from vidrestore.stats import RunStats
 if TYPE_CHECKING:
     from vidrestore.stages.restore import RestoreStage
 
-__all__ = ["FaceStages", "Loaded", "build_detector", "build_face_stages"]
+__all__ = ["FaceStages", "Loaded", "build_detector", "build_face_stages", "engine_maker"]
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +49,14 @@ stages built again for other knobs (a request's ``blend``) reuse them instead of
 _KEEP_LOADED = 8  # networks a Loaded cache holds at most (the oldest go first)
 
 
-def _load(store: ModelStore, name: str, local: str | None, key: str, placement: Placement, loaded: Loaded | None):  # type: ignore[no-untyped-def]
+def _load_path(  # type: ignore[no-untyped-def]
+    store: ModelStore, name: str, local: str | None, key: str, placement: Placement, loaded: Loaded | None
+):
+    """The loaded network ``name`` (or the user's file ``local``) and the file it came from."""
     path = store.resolve(name, local, key=key)
     arch = store.spec(name).arch
     if loaded is None:
-        return load_model(arch, path, placement.device)
+        return load_model(arch, path, placement.device), path
     st = path.stat()
     ident = (
         arch,
@@ -64,7 +70,31 @@ def _load(store: ModelStore, name: str, local: str | None, key: str, placement: 
         loaded[ident] = load_model(arch, path, placement.device)
         while len(loaded) > _KEEP_LOADED:
             loaded.pop(next(iter(loaded)))
-    return loaded[ident]
+    return loaded[ident], path
+
+
+def engine_maker(
+    config: Config, chosen: str | None, path: Path, store: ModelStore, placement: Placement, stats: RunStats | None
+) -> EngineMaker:
+    """What builds the engines for the networks loaded from ``path``: the role's engine (``chosen``)
+    or the top-level one, ``auto`` resolved for the device; each engine that runs is recorded."""
+    asked = chosen or config.engine
+    kind = choose_engine(asked, placement.device)
+    sha = sha256_file(path) if kind in ("onnxruntime", "tensorrt") else ""
+
+    def make(role: str, module: nn.Module, shape: NetShape) -> Engine:
+        try:
+            engine = make_engine(kind, role, module, shape, placement, store.root / "engines", sha)
+        except ModelError as exc:
+            if asked != "auto":
+                raise  # the user asked for this engine: say why it cannot run
+            log.warning("%s (engine auto: it runs eagerly instead)", str(exc).splitlines()[0])
+            engine = make_engine("eager", role, module, shape, placement, store.root / "engines", sha)
+        if stats is not None:
+            stats.engines[role] = engine.name
+        return engine
+
+    return make
 
 
 def _temporal(config: Config) -> TemporalFusion:
@@ -87,14 +117,23 @@ def _licence_notice(store: ModelStore, name: str, licence: str) -> None:
         log.debug("cannot record that the %s licence was shown: %s", name, exc)
 
 
-def build_detector(config: Config, store: ModelStore, placement: Placement, loaded: Loaded | None = None) -> Detector:
+def build_detector(
+    config: Config,
+    store: ModelStore,
+    placement: Placement,
+    loaded: Loaded | None = None,
+    stats: RunStats | None = None,
+) -> Detector:
     d = config.detector
     if d.model == "centerface":
+        if stats is not None:
+            stats.engines["detector"] = "opencv"  # its ONNX file runs in OpenCV's DNN module, whatever the engine
         return CenterFaceDetector(size=d.size, threshold=d.threshold, min_face=d.min_face)
-    model = _load(store, d.model, d.weights, "detector.weights", placement, loaded)
+    model, path = _load_path(store, d.model, d.weights, "detector.weights", placement, loaded)
     dtype = placement.dtype if d.precision == "auto" else torch.float32
+    make = engine_maker(config, d.engine, path, store, placement, stats)
     return RetinaFaceDetector(
-        model, placement.device, size=d.size, threshold=d.threshold, min_face=d.min_face, dtype=dtype
+        model, placement.device, size=d.size, threshold=d.threshold, min_face=d.min_face, dtype=dtype, make=make
     )
 
 
@@ -178,29 +217,29 @@ def build_face_stages(
         import_codeformer()  # exit 2 with the install command before anything is loaded or fetched
     placement = resolve_placement(config.device, config.precision)
     log.info("running the models on %s", placement)
-    detector = build_detector(config, store, placement, loaded) if config.detector.model != "none" else None
+    detector = build_detector(config, store, placement, loaded, stats) if config.detector.model != "none" else None
     restore = None
     u = config.upscaler
     shared: Upscaler | None = None
     if u.model != "none" and (config.output.scale > 1 or (u.below > 0 and r.model != "none" and detector)):
-        shared = Upscaler(_load(store, u.model, u.weights, "upscaler.weights", placement, loaded), placement)
+        net, path = _load_path(store, u.model, u.weights, "upscaler.weights", placement, loaded)
+        shared = Upscaler(net, placement, engine_maker(config, u.engine, path, store, placement, stats))
     # On a CPU a batch of faces runs slower per face than one at a time (measured: 8.9 s against
     # 6.4 s per 512x512 face for GFPGAN v1.4 at batch 4 and 1 on 2 cores): batches pay on GPUs only.
     batch = r.batch_size or (8 if placement.device.type != "cpu" else 1)
     if r.model != "none" and detector is not None:
         assert spec is not None
-        model = _load(store, r.model, r.weights, "restorer.weights", placement, loaded)
-        restorer = build_restorer(spec.arch, model, placement, fidelity=r.fidelity)
+        model, path = _load_path(store, r.model, r.weights, "restorer.weights", placement, loaded)
+        make = engine_maker(config, r.engine, path, store, placement, stats)
+        restorer = build_restorer(spec.arch, model, placement, fidelity=r.fidelity, make=make)
         if spec.extra is not None:
             _licence_notice(store, spec.name, spec.licence)
         upscaler = shared if u.below > 0 else None
         parser = None
         if r.parsing_mask:
-            parser = FaceParser(
-                _load(store, "parsenet", r.parsing_weights, "restorer.parsing_weights", placement, loaded),
-                placement,
-                size=r.parsing_size,
-            )
+            net, path = _load_path(store, "parsenet", r.parsing_weights, "restorer.parsing_weights", placement, loaded)
+            make = engine_maker(config, r.engine, path, store, placement, stats)
+            parser = FaceParser(net, placement, size=r.parsing_size, make=make)
         restore = RestoreStage(
             restorer,
             placement.device,

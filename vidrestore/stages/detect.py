@@ -28,6 +28,7 @@ from torchvision.ops import nms
 from vidrestore.device import Transfers
 from vidrestore.errors import ModelError, PipelineError, VidrestoreError
 from vidrestore.models.compat import import_research_module
+from vidrestore.models.engine import EngineMaker, NetShape, eager_maker
 from vidrestore.records import Frame
 
 __all__ = [
@@ -202,9 +203,12 @@ class RetinaFaceDetector:
         min_face: int = 8,
         nms_iou: float = 0.4,
         dtype: torch.dtype = torch.float32,
+        make: EngineMaker = eager_maker,
     ) -> None:
         self.model = model.to(device, dtype)
         self.model.device = device  # type: ignore[assignment]  # facexlib keeps a device attribute
+        dims = {0: "batch", 2: "height", 3: "width"}
+        self.net = make("detector", self.model, NetShape((1, 3, 320, 320), dims, outputs=3))
         self.device, self.dtype = device, dtype
         self.size, self.threshold, self.min_face, self.nms_iou = size, threshold, min_face, nms_iou
         self.io = Transfers(device)  # the detection batches' uploads, counted
@@ -245,7 +249,7 @@ class RetinaFaceDetector:
         hn, wn = x.shape[2:]
         mean = torch.tensor(self._MEAN_BGR, device=self.device, dtype=x.dtype).view(1, 3, 1, 1)
         x = x.flip(1) - mean  # RGB -> BGR, as RetinaFace was trained
-        loc, conf, landm = (t.float() for t in self.model(x.to(self.dtype)))
+        loc, conf, landm = (t.float() for t in self.net(x.to(self.dtype)))
         priors = self._prior(hn, wn)[None]
         var = self.model.cfg["variance"]  # type: ignore[index]
         # decoded boxes and points are fractions of the picture: scale by the source size

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidrestore.device import Placement
+from vidrestore.models.engine import EngineMaker, NetShape, eager_maker
 
 __all__ = [
     "CodeFormerRestorer",
@@ -129,16 +130,32 @@ class GFPGANRestorer(_HalfRetry):
     noise instead of drawing new noise on every call, which flickers in video; RestoreFormer has
     no noise and ignores it)."""
 
-    def __init__(self, model: nn.Module, placement: Placement) -> None:
+    def __init__(self, model: nn.Module, placement: Placement, make: EngineMaker = eager_maker) -> None:
         size = int(2**model.log_size) if hasattr(model, "log_size") else 512  # type: ignore[operator]
         super().__init__(model, placement, RestorerNeeds(size=size))
+        self.net = make("restorer", _GFPGANCall(self.model), NetShape((1, 3, size, size)))
 
     @torch.inference_mode()
     def restore(self, faces: torch.Tensor, fp32: bool = False) -> torch.Tensor:
         model, dtype = self._pick(fp32)
-        out, _ = model((faces * 2 - 1).to(dtype), return_rgb=False, randomize_noise=False)
+        x = (faces * 2 - 1).to(dtype)
+        out = self.net(x) if model is self.model else _GFPGANCall(model)(x)  # the fp32 retry runs eagerly
+        assert isinstance(out, torch.Tensor)
         restored: torch.Tensor = (out.float().clamp(-1, 1) + 1) / 2  # NaN stays NaN: the stage looks for it
         return restored
+
+
+class _GFPGANCall(nn.Module):
+    """GFPGAN called as ``GFPGANer`` calls it, as a module of one input and one output (what an
+    engine exports or compiles)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(x, return_rgb=False, randomize_noise=False)[0]
+        return out
 
 
 class CodeFormerRestorer(_HalfRetry):
@@ -162,24 +179,28 @@ class CodeFormerRestorer(_HalfRetry):
         return restored
 
 
-def build_restorer(arch: str, model: nn.Module, placement: Placement, fidelity: float = 0.5) -> Restorer:
-    """The restorer for a loaded network of family ``arch``."""
+def build_restorer(
+    arch: str, model: nn.Module, placement: Placement, fidelity: float = 0.5, make: EngineMaker = eager_maker
+) -> Restorer:
+    """The restorer for a loaded network of family ``arch`` (CodeFormer runs eagerly whatever the
+    engine: its fidelity is a call argument, not an input an exported graph takes)."""
     if arch == "codeformer":
         return CodeFormerRestorer(model, placement, fidelity)
     if arch in ("gfpgan_v1_clean", "restoreformer"):
-        return GFPGANRestorer(model, placement)
+        return GFPGANRestorer(model, placement, make)
     raise ValueError(f"{arch} is not a face restorer")
 
 
 class Upscaler:
     """Real-ESRGAN (RRDBNet or SRVGGNetCompact): ``(N, 3, h, w)`` -> ``(N, 3, h*scale, w*scale)``."""
 
-    def __init__(self, model: nn.Module, placement: Placement) -> None:
+    def __init__(self, model: nn.Module, placement: Placement, make: EngineMaker = eager_maker) -> None:
         self.model = model.to(placement.device, placement.dtype)
         self.placement = placement
         self.scale = int(getattr(model, "scale", getattr(model, "upscale", 4)))
         # RRDBNet x2 and x1 fold 2x2 and 4x4 pixels into channels first: sides must be multiples of that
         self.multiple = {2: 2, 1: 4}.get(self.scale, 1) if hasattr(model, "conv_first") else 1
+        self.net = make("upscaler", self.model, NetShape((1, 3, 64, 64), {0: "batch", 2: "height", 3: "width"}))
 
     @torch.inference_mode()
     def upscale(self, images: torch.Tensor) -> torch.Tensor:
@@ -188,7 +209,9 @@ class Upscaler:
         pad_h, pad_w = -h % m, -w % m
         if pad_h or pad_w:  # pad by mirroring, then cut the upscaled padding off again
             images = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
-        out = self.model(images.to(self.placement.dtype)).float()
+        out = self.net(images.to(self.placement.dtype))
+        assert isinstance(out, torch.Tensor)
+        out = out.float()
         up: torch.Tensor = out[..., : h * self.scale, : w * self.scale].clamp(0, 1)  # NaN stays NaN: see finite()
         return up
 
@@ -241,6 +264,18 @@ def gaussian_blur(x: torch.Tensor, ksize: int, sigma: float) -> torch.Tensor:
     return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, ksize, 1), groups=c)
 
 
+class _FirstOutput(nn.Module):
+    """A network's first output only (ParseNet also gives a restored image nobody uses)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(x)[0]
+        return out
+
+
 # facexlib's ParseNet classes kept in the face mask (skin, brows, eyes, nose, mouth, lips, ...)
 _KEEP = np.array([0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 0, 0], dtype=np.float32)
 
@@ -254,11 +289,14 @@ class FaceParser:
     more than GFPGAN itself).
     """
 
-    def __init__(self, model: nn.Module, placement: Placement, size: int = 256) -> None:
+    def __init__(
+        self, model: nn.Module, placement: Placement, size: int = 256, make: EngineMaker = eager_maker
+    ) -> None:
         self.model = model.to(placement.device, placement.dtype)
         self.placement = placement
         self.size = size
         self.keep = torch.as_tensor(_KEEP, device=placement.device)
+        self.net = make("parser", _FirstOutput(self.model), NetShape((1, 3, size, size)))
 
     @torch.inference_mode()
     def masks(self, faces: torch.Tensor) -> torch.Tensor:
@@ -266,7 +304,9 @@ class FaceParser:
         s = faces.shape[-1]
         p = self.size
         x = faces if s == p else F.interpolate(faces, size=(p, p), mode="bilinear", antialias=True, align_corners=False)
-        logits = self.model(((x * 2) - 1).to(self.placement.dtype))[0].float()
+        out = self.net(((x * 2) - 1).to(self.placement.dtype))
+        assert isinstance(out, torch.Tensor)
+        logits = out.float()
         mask = self.keep[logits.argmax(dim=1)][:, None] * 255.0
         if p != 512:
             mask = F.interpolate(mask, size=(512, 512), mode="bilinear", align_corners=False)

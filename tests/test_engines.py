@@ -1,0 +1,197 @@
+"""Engines: ONNX Runtime and torch.compile (Inductor) against eager torch on the CPU, for every
+network the pipeline runs, on the real architectures with random weights loaded through the real
+loader; the export cache; and the engine a run used, in its report."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CliResult, Weights
+
+from testkit.clips import FaceClip, astronaut
+from testkit.weights import save_random_weights
+from vidrestore.device import Placement
+from vidrestore.errors import ConfigError
+from vidrestore.models import onnx as onnx_module
+from vidrestore.models.engine import EngineMaker, NetShape, choose_engine, make_engine
+from vidrestore.models.loading import load_model
+from vidrestore.models.store import sha256_file
+from vidrestore.stages.detect import RetinaFaceDetector
+from vidrestore.stages.networks import FaceParser, GFPGANRestorer, Upscaler
+
+CPU = Placement(torch.device("cpu"), torch.float32)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 1.0) -> float:
+    mse = float(((a.float() - b.float()) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
+
+
+def maker(kind: str, cache: Path, weights: Path) -> EngineMaker:
+    sha = sha256_file(weights)
+
+    def make(role: str, module: torch.nn.Module, shape: NetShape):  # type: ignore[no-untyped-def]
+        return make_engine(kind, role, module, shape, CPU, cache, sha)
+
+    return make
+
+
+def faces() -> torch.Tensor:
+    crop = torch.from_numpy(astronaut()[:256, 128:384].copy()).permute(2, 0, 1)[None].float() / 255
+    return torch.nn.functional.interpolate(crop, size=(512, 512), mode="bilinear").repeat(2, 1, 1, 1)
+
+
+ENGINES = ["onnxruntime", pytest.param("compile", marks=pytest.mark.slow)]  # Inductor compiles C++: minutes
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_the_restorer_and_the_parser_match_eager(kind: str, weights: Weights, tmp_path: Path) -> None:
+    """GFPGAN v1.4's architecture (small, random) and ParseNet: at least 45 dB against eager, at a
+    batch of two (the export's batch axis is dynamic)."""
+    model = load_model("gfpgan_v1_clean", weights.gfpgan)
+    eager = GFPGANRestorer(model, CPU).restore(faces())
+    other = GFPGANRestorer(model, CPU, maker(kind, tmp_path, weights.gfpgan))
+    assert other.net.name == kind
+    assert psnr(other.restore(faces()), eager) >= 45
+    parsenet = load_model("parsenet", weights.parsenet)
+    want = FaceParser(parsenet, CPU, size=128).masks(faces())
+    got = FaceParser(parsenet, CPU, size=128, make=maker(kind, tmp_path, weights.parsenet)).masks(faces())
+    assert psnr(got, want) >= 45
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+@pytest.mark.parametrize("arch", ["srvgg_compact", "rrdbnet_x2"])
+def test_the_upscalers_match_eager_at_any_crop_size(kind: str, arch: str, tmp_path: Path) -> None:
+    key = "params" if arch == "srvgg_compact" else "params_ema"
+    path = save_random_weights(arch, tmp_path / f"{arch}.pth", small=True, key=key)
+    model = load_model("rrdbnet" if arch.startswith("rrdbnet") else arch, path)
+    eager, other = Upscaler(model, CPU), Upscaler(model, CPU, maker(kind, tmp_path, path))
+    for h, w in ((40, 52), (33, 47)):  # height and width are dynamic too (and odd sides padded)
+        crop = torch.rand(1, 3, h, w)
+        assert psnr(other.upscale(crop), eager.upscale(crop)) >= 45
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_retinaface_finds_the_same_faces_within_half_a_pixel(kind: str, tmp_path: Path) -> None:
+    path = save_random_weights("retinaface_mobile", tmp_path / "det.pth", key=None, seed=3)
+    model = load_model("retinaface", path)
+    eager = RetinaFaceDetector(model, CPU.device, size=320)
+    other = RetinaFaceDetector(model, CPU.device, size=320, make=maker(kind, tmp_path, path))
+    pictures = [astronaut(), astronaut()[::-1].copy()]
+    want, got = eager.decoded(pictures), other.decoded(pictures)
+    top = torch.argsort(want[1][0], descending=True)[:200]
+    assert (want[0][0][top] - got[0][0][top]).abs().max() < 0.5  # boxes, source pixels
+    assert (want[2][0][top] - got[2][0][top]).abs().max() < 0.5  # points
+    assert (want[1] - got[1]).abs().max() < 1e-3  # scores
+
+
+# -- the cache ---------------------------------------------------------------------------------
+
+
+def _build(weights: Path, cache: Path) -> GFPGANRestorer:
+    return GFPGANRestorer(load_model("gfpgan_v1_clean", weights), CPU, maker("onnxruntime", cache, weights))
+
+
+def test_the_export_is_cached_by_weights_opset_and_exporter_and_verified_on_load(
+    weights: Weights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exports = onnx_module.EXPORTS
+    before = len(exports)
+    first = _build(weights.gfpgan, tmp_path)
+    assert len(exports) == before + 1
+    _build(weights.gfpgan, tmp_path)  # a second run: loaded, not exported again
+    assert len(exports) == before + 1
+    other = save_random_weights("gfpgan_v1_clean", tmp_path / "other.pth", small=True, scale=0.1, seed=5)
+    _build(other, tmp_path)  # another weights file: its own export
+    assert len(exports) == before + 2
+    monkeypatch.setattr(onnx_module, "OPSET", 18)  # another opset
+    _build(weights.gfpgan, tmp_path)
+    assert len(exports) == before + 3
+    monkeypatch.undo()
+    monkeypatch.setattr(onnx_module, "EXPORTER", "torch.onnx 99.0")  # another exporter version
+    _build(weights.gfpgan, tmp_path)
+    assert len(exports) == before + 4
+    monkeypatch.undo()
+    path = first.net.path  # type: ignore[attr-defined]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte changed: a corrupt cached file
+    path.write_bytes(bytes(data))
+    again = _build(weights.gfpgan, tmp_path)
+    assert len(exports) == before + 5 and exports[-1] == path  # rebuilt, never loaded
+    assert (
+        psnr(
+            again.restore(faces()), GFPGANRestorer(load_model("gfpgan_v1_clean", weights.gfpgan), CPU).restore(faces())
+        )
+        >= 45
+    )
+    path.write_bytes(b"")  # cut short
+    _build(weights.gfpgan, tmp_path)
+    assert len(exports) == before + 6
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]  # written whole or not at all
+
+
+# -- choosing, refusing, reporting ---------------------------------------------------------------
+
+
+def test_auto_is_onnxruntime_on_a_cpu_and_eager_on_a_gpu() -> None:
+    assert choose_engine("auto", torch.device("cpu")) == "onnxruntime"
+    assert choose_engine("auto", torch.device("cuda")) == "eager"
+    assert choose_engine("compile", torch.device("cpu")) == "compile"
+
+
+def test_tensorrt_without_a_gpu_is_a_clear_error(weights: Weights, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"tensorrt needs a CUDA GPU.*pip install 'vidrestore\[tensorrt\]'"):
+        _ = GFPGANRestorer(
+            load_model("gfpgan_v1_clean", weights.gfpgan), CPU, maker("tensorrt", tmp_path, weights.gfpgan)
+        )
+
+
+def test_the_cli_says_which_engine_ran_each_network_and_refuses_tensorrt_on_a_cpu(
+    weights: Weights, tmp_path: Path, cli: Callable[..., CliResult]
+) -> None:
+    from PIL import Image
+
+    src = tmp_path / "face.png"
+    Image.fromarray(astronaut()).save(src)
+    common = ["--detector", "centerface", *weights.sets(), "--weights-dir", str(tmp_path / "w"), "--offline"]
+    r = cli("restore", str(src), "-o", str(tmp_path / "out.png"), "--report", str(tmp_path / "r.json"), *common)
+    assert r.code == 0, r.err
+    assert json.loads((tmp_path / "r.json").read_text())["engines"] == {
+        "detector": "opencv",  # CenterFace: OpenCV's DNN module
+        "upscaler": "onnxruntime",
+        "restorer": "onnxruntime",
+    }
+    r = cli("restore", str(src), "-o", str(tmp_path / "t.png"), "--set", "restorer.engine=tensorrt", *common)
+    assert r.code == 2 and "pip install 'vidrestore[tensorrt]'" in r.err and "Traceback" not in r.err
+    assert len(r.err.strip().splitlines()) == 1 and not (tmp_path / "t.png").exists()
+
+
+def _frames(path: Path) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+@pytest.mark.parametrize("kind", ["onnxruntime", pytest.param("compile", marks=pytest.mark.slow)])
+def test_the_whole_pipeline_matches_eager_on_a_real_face_clip(
+    kind: str, weights: Weights, face_clip: FaceClip, tmp_path: Path, cli: Callable[..., CliResult]
+) -> None:
+    """Every frame of a real face clip, restored with the engine, within 40 dB of eager (lossless
+    output, so the codec adds nothing)."""
+    clip = face_clip.path
+    common = [*weights.sets(), "--detector", "centerface", "--weights-dir", str(tmp_path / "w"), "--offline"]
+    outs = {}
+    for engine in ("eager", kind):
+        out = tmp_path / f"{engine}.mkv"
+        r = cli("restore", str(clip), "-o", str(out), "--set", f"engine={engine}", "--crf", "0", *common)
+        assert r.code == 0, r.err
+        outs[engine] = _frames(out)
+    assert len(outs["eager"]) == len(outs[kind]) > 0
+    for a, b in zip(outs["eager"], outs[kind], strict=True):
+        assert psnr(torch.from_numpy(a), torch.from_numpy(b), 255.0) >= 40
