@@ -8,9 +8,10 @@ same call, a batch in and a batch (or a tuple of them) out, so the stages never 
 - ``compile``: ``torch.compile``; on CUDA with fixed batch sizes (1, 4, 8, 16, 32; a batch is
   padded up) so that CUDA graphs can be captured, and cuDNN's autotuner on.
 - ``tensorrt``: ONNX Runtime's TensorRT provider on the exported model (the ``tensorrt`` extra).
-- ``auto``: chosen by measurement (``python -m bench.engines``): ONNX Runtime on CPUs, where it
-  ran GFPGAN v1.4 faster than torch on the machine that measured it; eager on GPUs until a GPU
-  measurement says otherwise.
+- ``auto``: chosen per network by measurement (``python -m bench.engines``, :data:`CPU_AUTO`): on
+  CPUs ONNX Runtime for the restorer and the parsing model, where it was faster than torch, eager
+  for the upscaler and RetinaFace, where it was not; eager on GPUs until a GPU measurement says
+  otherwise.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from vidrestore.device import Placement
 from vidrestore.errors import ConfigError
 from vidrestore.models.onnx import OnnxEngine
 
-__all__ = ["BUCKETS", "Engine", "EngineMaker", "NetShape", "choose_engine", "eager_maker", "make_engine"]
+__all__ = ["BUCKETS", "CPU_AUTO", "Engine", "EngineMaker", "NetShape", "choose_engine", "eager_maker", "make_engine"]
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +108,20 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def choose_engine(kind: str, device: torch.device) -> str:
-    """The engine ``kind`` means on ``device`` (``auto`` resolved by measurement; see the module)."""
+# What ``auto`` runs each network with on a CPU, from ``python -m bench.engines`` (2 cores, torch
+# 2.14; bench/results/engines.json): ONNX Runtime ran GFPGAN v1.4 2.0x and ParseNet 1.05x faster
+# than eager torch; the upscaler was even (0.99x) and RetinaFace slower (0.95x), so they stay eager
+# (and skip an export). torch.compile was close to ONNX Runtime but compiles for minutes on a CPU.
+CPU_AUTO = {"restorer": "onnxruntime", "parser": "onnxruntime", "upscaler": "eager", "detector": "eager"}
+
+
+def choose_engine(kind: str, device: torch.device, role: str = "restorer") -> str:
+    """The engine ``kind`` means for the network in ``role`` on ``device`` (``auto``: by measurement,
+    see :data:`CPU_AUTO`; on GPUs eager until a GPU measurement says otherwise)."""
     if kind != "auto":
         return kind
     if device.type == "cpu" and _has("onnxruntime") and _has("onnx"):
-        return "onnxruntime"
+        return CPU_AUTO.get(role, "eager")
     return "eager"
 
 

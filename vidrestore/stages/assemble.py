@@ -79,17 +79,18 @@ def engine_maker(
     """What builds the engines for the networks loaded from ``path``: the role's engine (``chosen``)
     or the top-level one, ``auto`` resolved for the device; each engine that runs is recorded."""
     asked = chosen or config.engine
-    kind = choose_engine(asked, placement.device)
-    sha = sha256_file(path) if kind in ("onnxruntime", "tensorrt") else ""
+    folder = store.root / "engines"
 
     def make(role: str, module: nn.Module, shape: NetShape) -> Engine:
+        kind = choose_engine(asked, placement.device, role)
+        sha = sha256_file(path) if kind in ("onnxruntime", "tensorrt") else ""
         try:
-            engine = make_engine(kind, role, module, shape, placement, store.root / "engines", sha)
+            engine = make_engine(kind, role, module, shape, placement, folder, sha)
         except ModelError as exc:
             if asked != "auto":
                 raise  # the user asked for this engine: say why it cannot run
             log.warning("%s (engine auto: it runs eagerly instead)", str(exc).splitlines()[0])
-            engine = make_engine("eager", role, module, shape, placement, store.root / "engines", sha)
+            engine = make_engine("eager", role, module, shape, placement, folder, sha)
         if stats is not None:
             stats.engines[role] = engine.name
         return engine
