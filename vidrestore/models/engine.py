@@ -9,9 +9,8 @@ same call, a batch in and a batch (or a tuple of them) out, so the stages never 
   padded up) so that CUDA graphs can be captured, and cuDNN's autotuner on.
 - ``tensorrt``: ONNX Runtime's TensorRT provider on the exported model (the ``tensorrt`` extra).
 - ``auto``: chosen per network by measurement (``python -m bench.engines``, :data:`CPU_AUTO`): on
-  CPUs ONNX Runtime for the restorer and the parsing model, where it was faster than torch, eager
-  for the upscaler and RetinaFace, where it was not; eager on GPUs until a GPU measurement says
-  otherwise.
+  CPUs ONNX Runtime for the restorer, where it was clearly faster than torch, eager for the
+  others, where it was not; eager on GPUs until a GPU measurement says otherwise.
 """
 
 from __future__ import annotations
@@ -30,7 +29,17 @@ from vidrestore.device import Placement
 from vidrestore.errors import ConfigError
 from vidrestore.models.onnx import OnnxEngine
 
-__all__ = ["BUCKETS", "CPU_AUTO", "Engine", "EngineMaker", "NetShape", "choose_engine", "eager_maker", "make_engine"]
+__all__ = [
+    "BUCKETS",
+    "CLEAR_GAIN",
+    "CPU_AUTO",
+    "Engine",
+    "EngineMaker",
+    "NetShape",
+    "choose_engine",
+    "eager_maker",
+    "make_engine",
+]
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +118,13 @@ def _has(module: str) -> bool:
 
 
 # What ``auto`` runs each network with on a CPU, from ``python -m bench.engines`` (2 cores, torch
-# 2.14; bench/results/engines.json): ONNX Runtime ran GFPGAN v1.4 2.0x and ParseNet 1.05x faster
-# than eager torch; the upscaler was even (0.99x) and RetinaFace slower (0.95x), so they stay eager
-# (and skip an export). torch.compile was close to ONNX Runtime but compiles for minutes on a CPU.
-CPU_AUTO = {"restorer": "onnxruntime", "parser": "onnxruntime", "upscaler": "eager", "detector": "eager"}
+# 2.14; bench/results/engines.json): an engine other than torch only for a clear gain, 1.25x or
+# more, since runs on a shared machine differ by up to 15% per row. ONNX Runtime ran GFPGAN v1.4
+# 1.5x to 2.0x faster than eager torch; ParseNet 1.05x to 1.17x, the upscaler 0.99x to 1.0x and
+# RetinaFace 0.95x to 1.14x: those stay eager (and skip an export and a second copy of their
+# weights). torch.compile was close to ONNX Runtime but compiles for minutes on a CPU.
+CPU_AUTO = {"restorer": "onnxruntime", "parser": "eager", "upscaler": "eager", "detector": "eager"}
+CLEAR_GAIN = 1.25
 
 
 def choose_engine(kind: str, device: torch.device, role: str = "restorer") -> str:
