@@ -96,9 +96,7 @@ def test_offline_never_downloads_and_says_what_to_fetch(
     r = cli("restore", face_clip.path, "-o", tmp_path / "o.mp4", "--weights-dir", tmp_path / "c", *extra)
     assert r.code == 3
     assert_one_line_error(r.err)
-    assert (
-        "vidrestore models fetch retinaface_resnet50" in r.err and DEFAULT_REGISTRY["retinaface_resnet50"].url in r.err
-    )
+    assert "vidrestore models fetch retinaface_resnet50 gfpgan-1.4 parsenet realesr-general-x4v3" in r.err
 
 
 @pytest.mark.parametrize("source", [["--preset", "vhs"], ["--config", str(ROOT / "configs" / "vhs.yaml")]])
@@ -215,7 +213,7 @@ def test_ctrl_c_in_a_multi_file_run_names_the_finished_outputs(
     second = tmp_path / "second.mp4"
     second.write_bytes(face_clip.path.read_bytes())
     out = tmp_path / "out"
-    r = cli("restore", face_clip.path, second, "-o", out, "--detector", "none")
+    r = cli("restore", face_clip.path, second, "-o", f"{out}/", "--detector", "none")
     assert r.code == 130
     assert "1 output(s) were finished" in r.err and str(out / face_clip.path.name) in r.err
     assert sorted(p.name for p in out.iterdir()) == [face_clip.path.name]

@@ -5,7 +5,7 @@
     report       report
     work         stages/ and io/ (which never import each other)
     models       models/
-    base         records, errors, control, stats, config, presets, geometry, transfer, device
+    base         records, errors, control, stats, config, presets, geometry, transfer, device, progress
 
 The checks read the source (``ast``), so a planted upward import fails them without running it.
 """
@@ -20,7 +20,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "vidrestore"
 MAX_LINES = 400
-BASE = ("records", "errors", "control", "stats", "config", "presets", "geometry", "transfer", "device")
+BASE = ("records", "errors", "control", "stats", "config", "presets", "geometry", "transfer", "device", "progress")
 FRONT = ("cli", "api", "server", "inspection", "compare", "plot", "__main__")
 RUN_ORDER = {
     "file": 0,

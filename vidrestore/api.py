@@ -56,9 +56,7 @@ def restore(
     """
     config = config or Config()
     sources = [Path(source)] if isinstance(source, (str, Path)) else [Path(s) for s in source]
-    return restore_paths(
-        sources, Path(output), config, _store(config, store), progress=progress, resume=resume, ray=ray
-    )
+    return restore_paths(sources, output, config, _store(config, store), progress=progress, resume=resume, ray=ray)
 
 
 def restore_frames(

@@ -22,7 +22,7 @@ from vidrestore.records import Frame
 from vidrestore.run.file import open_reader, restore_file
 from vidrestore.stats import RunStats
 
-__all__ = ["compare_paths", "pair_images"]
+__all__ = ["compare_paths", "mismatches", "pair_images"]
 
 Layout = Literal["side", "split"]
 
@@ -47,6 +47,36 @@ def pair_images(original: np.ndarray, restored: np.ndarray, layout: Layout) -> n
     for x, text in labels:
         for colour, thick in ((0, 3), (top, 1)):
             cv2.putText(out, text, (x, int(24 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (colour,) * 3, thick)
+    return out
+
+
+def mismatches(original: Path, restored: Path, config: Config) -> list[str]:
+    """Why ``restored`` may not be a restoration of ``original``: a different size (other than the
+    2x or 4x of ``output.scale``), frame count or duration (by more than a frame). Empty when they match."""
+    out = []
+    if is_image(original) or is_image(restored):
+        sizes = [read_image(p).frame.image.shape[1::-1] for p in (original, restored)]
+        frames, seconds, frame_s = [1, 1], [0.0, 0.0], 1.0
+    else:
+        infos = []
+        for p in (original, restored):
+            reader = open_reader(p, config, RunControl(), copy_streams=False)
+            try:
+                infos.append(reader.info)
+            finally:
+                reader.close()
+        sizes = [(i.width, i.height) for i in infos]
+        frames = [i.frames for i in infos]
+        seconds = [i.duration_s or 0.0 for i in infos]
+        rate = infos[0].rate
+        frame_s = 1 / float(rate) if rate else 0.04
+    (w0, h0), (w1, h1) = sizes
+    if (w1, h1) not in [(w0 * k, h0 * k) for k in (1, 2, 4)]:
+        out.append(f"{restored} is {w1}x{h1} and {original} {w0}x{h0}: not the same picture at scale 1, 2 or 4")
+    if frames[0] and frames[1] and abs(frames[0] - frames[1]) > 1:
+        out.append(f"{restored} has {frames[1]} frames and {original} {frames[0]}")
+    if seconds[0] and seconds[1] and abs(seconds[0] - seconds[1]) > frame_s * 1.5:
+        out.append(f"{restored} lasts {seconds[1]:.2f} s and {original} {seconds[0]:.2f} s")
     return out
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,8 @@ from vidrestore.control import RunControl
 from vidrestore.io.images import is_image, read_image
 from vidrestore.io.reader import VideoReader
 from vidrestore.models.store import ModelStore
-from vidrestore.models.usage import models_for
+from vidrestore.models.usage import models_used
+from vidrestore.progress import speed
 from vidrestore.stats import RunStats
 
 __all__ = ["Summary", "dry_run", "run_report"]
@@ -24,12 +25,13 @@ class Summary:
 
     stats: RunStats
     outputs: list[Path]
+    created: list[Path] = field(default_factory=list)  # output folders that did not exist and were made
 
     def lines(self) -> list[str]:
         s = self.stats
         fps = s.frames / s.wall_seconds if s.wall_seconds > 0 else 0.0
         out = [
-            f"done: {s.files} file(s), {s.frames} frames in {s.wall_seconds:.1f} s ({fps:.1f} frames/s)",
+            f"done: {s.files} file(s), {s.frames} frames in {s.wall_seconds:.1f} s ({speed(fps)} frames/s)",
             f"faces: {s.faces_restored} restored, {s.faces_upscaled} upscaled first, {s.faces_filled} filled in, "
             f"{s.faces_failed} failed (kept original); {s.frames_passed_through} frames had no face",
         ]
@@ -65,6 +67,7 @@ class Summary:
                 "later frames and packets were shifted to carry on in sync"
             )
         out.extend(f"warning: {t}" for t in s.damage_lines)
+        out.extend(f"made the output folder {p} (it did not exist)" for p in self.created)
         return out
 
 
@@ -75,10 +78,7 @@ def run_report(summary: Summary, config: Config, store: ModelStore) -> dict[str,
     import av
     import torch
 
-    used = {}
-    for name in models_for(config):
-        spec = store.registry[name]
-        used[name] = {"sha256": spec.sha256, "path": str(store.path(name)), "url": spec.url}
+    used = {name: {**m, "path": m["file"]} for name, m in models_used(config, store).items()}
     return {
         "outputs": [str(p) for p in summary.outputs],
         "counts": {
@@ -140,7 +140,7 @@ def dry_run(inputs: list[Path], config: Config, store: ModelStore) -> list[str]:
             )
         finally:
             reader.close()
-    for name in models_for(config):
-        st = store.status(name)
-        lines.append(f"model {name}: {'present' if st.present else 'missing'} at {st.path}")
+    for name, m in models_used(config, store).items():
+        sha = f"sha256 {m['sha256']}" if m["sha256"] else "no checksum"
+        lines.append(f"model {name}: {'present' if m['present'] else 'missing'} at {m['file']} ({m['source']}, {sha})")
     return lines

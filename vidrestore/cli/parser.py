@@ -9,7 +9,7 @@ from typing import Any, NoReturn, get_args
 from vidrestore import __version__
 from vidrestore.config import Config, EncoderPreset, load_config
 from vidrestore.models.store import offline_requested
-from vidrestore.presets import preset_path
+from vidrestore.presets import list_presets, preset_path
 
 __all__ = ["build_parser", "config_from", "offline"]
 
@@ -60,7 +60,7 @@ def _common(debug_only: bool = False) -> _Parser:
             "--preset",
             metavar="NAME",
             default=argparse.SUPPRESS,
-            help="a shipped preset: video-call, screenshot, vhs, tiny-faces, quality (see 'vidrestore presets')",
+            help=f"a shipped preset: {', '.join(p.name for p in list_presets())} (see 'vidrestore presets')",
         )
         c.add_argument(
             "--set",

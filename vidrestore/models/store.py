@@ -113,7 +113,7 @@ class ModelStore:
             )
         return (
             f"model {spec.name} is missing: run 'vidrestore models fetch {spec.name}', "
-            f"or download {spec.url} and save it as {path}"
+            f"or download {spec.url} and save it as {path}, or load a file of your own as it is: --set {key}=PATH"
         )
 
     def resolve(self, name: str, local: str | None = None, key: str = "weights") -> Path:
@@ -137,11 +137,14 @@ class ModelStore:
             try:
                 return self.fetch(name, self.progress(name) if self.progress else None)
             except ModelError as exc:
-                raise ModelError(f"{exc}; to fetch it later: vidrestore models fetch {spec.name}") from exc
-        self._verify_cached(spec, path)
+                raise ModelError(
+                    f"{exc}; to fetch it later: vidrestore models fetch {spec.name}; "
+                    f"to load a file of your own as it is: --set {key}=PATH"
+                ) from exc
+        self._verify_cached(spec, path, key)
         return path
 
-    def _verify_cached(self, spec: ModelSpec, path: Path) -> None:
+    def _verify_cached(self, spec: ModelSpec, path: Path, key: str = "weights") -> None:
         """Check a cached file's checksum, once per (size, mtime) thanks to a small sidecar."""
         if spec.sha256 is None:
             return
@@ -157,7 +160,8 @@ class ModelStore:
         if actual != spec.sha256:
             raise ModelError(
                 f"{path} does not match the checksum of {spec.name} (sha256 {actual[:12]}..., "
-                f"expected {spec.sha256[:12]}...); delete it and run 'vidrestore models fetch {spec.name}'"
+                f"expected {spec.sha256[:12]}...); delete it and run 'vidrestore models fetch {spec.name}', "
+                f"or, if it is your own file, load it as it is (no checksum): --set {key}=PATH"
             )
         try:
             sidecar.write_text(json.dumps(stamp), encoding="utf-8")

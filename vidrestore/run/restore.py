@@ -6,6 +6,7 @@ input or another file, a codec the container cannot hold) happens before any mod
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,6 +18,8 @@ from vidrestore.io.atomic import check_target
 from vidrestore.io.encoders import plan_output
 from vidrestore.io.images import IMAGE_SUFFIXES, is_image
 from vidrestore.models.store import ModelStore
+from vidrestore.models.usage import check_present
+from vidrestore.progress import Progress
 from vidrestore.report import Summary
 from vidrestore.run.file import FrameStages, build_stages
 from vidrestore.run.local import run_local
@@ -35,11 +38,12 @@ class Interrupted(KeyboardInterrupt):
         self.finished = finished
 
 
-def expand_inputs(inputs: Iterable[Path], output: Path) -> list[tuple[Path, Path]]:
-    """Pair each input file with its output path (folders expand to their media files)."""
+def expand_inputs(inputs: Iterable[Path], output: Path, into_folder: bool = False) -> list[tuple[Path, Path]]:
+    """Pair each input file with its output path (folders expand to their media files; several
+    inputs, or ``into_folder``, put each output in the folder ``output`` under its input's name)."""
     pairs: list[tuple[Path, Path]] = []
     inputs = list(inputs)
-    as_folder = len(inputs) > 1 or any(p.is_dir() for p in inputs)
+    as_folder = into_folder or len(inputs) > 1 or any(p.is_dir() for p in inputs)
     for src in inputs:
         if src.is_dir():
             files = sorted(
@@ -66,31 +70,21 @@ VIDEO_SUFFIXES = frozenset(
 
 def restore_paths(
     inputs: list[Path],
-    output: Path,
+    output: Path | str,
     config: Config,
     store: ModelStore,
     progress: bool = False,
     resume: Resume = "auto",
     ray: bool = False,
 ) -> Summary:
-    """Restore every input (files or folders) into ``output``; return what was done.
+    """Restore every input (files or folders) into ``output`` (a folder when it exists as one, or
+    when the string ends in ``/``; several inputs need one); return what was done.
 
-    Videos longer than twice ``pipeline.segment_seconds`` run as segments (resumable: see
-    :mod:`vidrestore.run.segments`); every input feeds one queue of tasks, run by
-    ``pipeline.workers`` local workers, or by a Ray cluster with ``ray``."""
-    pairs = expand_inputs(inputs, output)
-    if len(pairs) > 1 or any(p.is_dir() for p in inputs):
-        if output.exists() and not output.is_dir():
-            raise OutputError(f"{output}: several inputs need an output folder, and this is a file")
-    sources = [s for s, _ in pairs]
-    for src, dst in pairs:  # refuse before any work or model loading, not after the first file
-        if not src.exists():
-            raise InputError(f"{src}: no such file")
-        if dst.parent.is_dir():
-            check_target(dst, sources, config.output.overwrite)
-        if not is_image(src):
-            o = config.output
-            plan_output(dst.suffix, o.codec, o.crf, o.preset)
+        Videos longer than twice ``pipeline.segment_seconds`` run as segments (resumable: see
+        :mod:`vidrestore.run.segments`); every input feeds one queue of tasks, run by
+        ``pipeline.workers`` local workers, or by a Ray cluster with ``ray``."""
+    pairs, created = _plan_outputs(inputs, output, config)
+    check_present(config, store)  # offline: every missing model named at once, before any loads
     stats = RunStats()
     first: tuple[FrameStages, RunStats] | None = None
     if not ray:  # the models load (or fail) before any work starts
@@ -103,9 +97,7 @@ def restore_paths(
         _, tasks = plan_work(pairs, config, store, resume)
         frames = sum(t.frames for t in tasks)
         if progress and frames:
-            from tqdm import tqdm
-
-            bar = tqdm(total=frames, unit="frame", desc="segments", leave=False)
+            bar = Progress("segments", frames)
         update = bar.update if bar is not None else None
         if ray:
             from vidrestore.run.ray import run_ray  # the ray extra, only when asked for
@@ -121,7 +113,46 @@ def restore_paths(
         if bar is not None:
             bar.close()
     stats.wall_seconds = time.perf_counter() - start
-    return Summary(stats, _in_order(done.outputs, pairs))
+    return Summary(stats, _in_order(done.outputs, pairs), created)
+
+
+def _plan_outputs(inputs: list[Path], output: Path | str, config: Config) -> tuple[list[tuple[Path, Path]], list[Path]]:
+    """Each input's output, every refusal that needs no model made now (before any model loads, and
+    naming the paths as the user typed them), and the output folders that had to be made."""
+    typed = str(output)
+    out = Path(output)
+    meant_folder = typed.endswith(("/", os.sep))
+    several = len(inputs) > 1 or any(p.is_dir() for p in inputs)
+    if (several or meant_folder) and out.exists() and not out.is_dir():
+        raise OutputError(f"{typed}: several inputs need an output folder, and this is a file")
+    if several and not out.is_dir() and not meant_folder:
+        raise OutputError(
+            f"{typed}: several inputs need an output folder: an existing one, or a path ending in '/' to make one"
+        )
+    for src in inputs:
+        if not src.exists():
+            raise InputError(f"{src}: no such file")
+    pairs = expand_inputs(inputs, out, into_folder=meant_folder or out.is_dir())
+    sources = [s for s, _ in pairs]
+    for src, dst in pairs:  # refuse before any work or model loading, not after the first file
+        if is_image(src):
+            if dst.suffix.lower() not in IMAGE_SUFFIXES:
+                kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+                raise OutputError(f"{dst}: {src.name} is an image, so its output must be one too ({kinds})")
+        else:
+            if dst.suffix.lower() in IMAGE_SUFFIXES:
+                raise OutputError(f"{dst}: {src.name} is a video, so its output must be one too (.mp4, .mkv, ...)")
+            o = config.output
+            plan_output(dst.suffix, o.codec, o.crf, o.preset)
+        if dst.parent.is_dir():
+            check_target(dst, sources, config.output.overwrite)
+    created = []
+    for parent in sorted({dst.parent for _, dst in pairs}):
+        missing = [p for p in (parent, *parent.parents) if not p.exists()]
+        if missing:
+            parent.mkdir(parents=True, exist_ok=True)
+            created.append(missing[-1])  # the outermost folder that was made
+    return pairs, sorted(set(created))
 
 
 def _in_order(outputs: list[Path], pairs: list[tuple[Path, Path]]) -> list[Path]:
