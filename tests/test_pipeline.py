@@ -196,7 +196,7 @@ def test_several_inputs_go_to_a_folder(cli: Cli, face_clip: FaceClip, tmp_path: 
     second = tmp_path / "second.mp4"
     second.write_bytes(face_clip.path.read_bytes())
     out = tmp_path / "out"
-    r = cli("restore", face_clip.path, second, "-o", out, "--detector", "none")
+    r = cli("restore", face_clip.path, second, "-o", f"{out}/", "--detector", "none")
     assert r.code == 0, r.err
     assert sorted(p.name for p in out.iterdir()) == ["face.mp4", "second.mp4"]
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from vidrestore.config import Config
 from vidrestore.errors import ModelError
+from vidrestore.models.compat import import_codeformer
 from vidrestore.models.store import ModelStore, sha256_file
 
 __all__ = ["check_present", "model_identity", "models_for", "models_used"]
@@ -84,14 +85,18 @@ def models_used(config: Config, store: ModelStore) -> dict[str, dict[str, Any]]:
 
 def check_present(config: Config, store: ModelStore) -> None:
     """Offline (nothing will be fetched): every missing model named at once, with the command that
-    fetches them all and the keys that load files of one's own instead."""
+    fetches them all and the keys that load files of one's own instead. An extra the restorer needs
+    (CodeFormer's) is asked for first: without it no file would help."""
+    if config.detector.model != "none" and config.restorer.model == "codeformer":
+        import_codeformer()  # exit 2 with the install command
     if store.fetch_missing:
         return
     missing = [(name, key) for name, key, local in _uses(config) if not local and not store.path(name).is_file()]
     if len(missing) > 1:
         names = " ".join(n for n, _ in missing)
+        urls = ", ".join(store.registry[n].url for n, _ in missing)
         keys = ", ".join(f"{k}=PATH" for _, k in missing)
         raise ModelError(
             f"{len(missing)} models are missing from {store.root}: {names}; run 'vidrestore models fetch {names}', "
-            f"or load files of your own as they are: --set {keys}"
+            f"or download {urls} into it by hand, or load files of your own as they are: --set {keys}"
         )

@@ -122,10 +122,10 @@ def _plan_outputs(inputs: list[Path], output: Path | str, config: Config) -> tup
     typed = str(output)
     out = Path(output)
     meant_folder = typed.endswith(("/", os.sep))
-    several = len(inputs) > 1 or any(p.is_dir() for p in inputs)
-    if (several or meant_folder) and out.exists() and not out.is_dir():
+    several, folders = len(inputs) > 1, any(p.is_dir() for p in inputs)
+    if (several or folders or meant_folder) and out.exists() and not out.is_dir():
         raise OutputError(f"{typed}: several inputs need an output folder, and this is a file")
-    if several and not out.is_dir() and not meant_folder:
+    if several and not out.is_dir() and not meant_folder:  # -o x.mp4 once quietly made a folder x.mp4/
         raise OutputError(
             f"{typed}: several inputs need an output folder: an existing one, or a path ending in '/' to make one"
         )
