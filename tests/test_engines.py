@@ -203,3 +203,22 @@ def test_the_whole_pipeline_matches_eager_on_a_real_face_clip(
     assert len(outs["eager"]) == len(outs[kind]) > 0
     for a, b in zip(outs["eager"], outs[kind], strict=True):
         assert psnr(torch.from_numpy(a), torch.from_numpy(b), 255.0) >= 40
+
+
+def test_stages_built_again_for_another_knob_reuse_the_exported_engine(weights: Weights, tmp_path: Path) -> None:
+    """A server request with its own blend builds its stages again: the ONNX Runtime session (and
+    its copy of the weights) is kept with the loaded networks, not made again."""
+    from vidrestore.config import load_config
+    from vidrestore.models.store import ModelStore
+    from vidrestore.stages.assemble import build_face_stages
+
+    store = ModelStore(tmp_path / "w")
+    sets = [f"restorer.weights={weights.gfpgan}", "restorer.parsing_mask=false", "detector.model=centerface"]
+    loaded: dict[tuple[str, ...], object] = {}
+    first = build_face_stages(load_config(None, [*sets, "upscaler.below=0"]), store, loaded=loaded)
+    again = build_face_stages(
+        load_config(None, [*sets, "upscaler.below=0", "restorer.blend=0.5"]), store, loaded=loaded
+    )
+    assert first.restore is not None and again.restore is not None
+    assert first.restore.restorer.net.name == "onnxruntime"  # type: ignore[attr-defined]
+    assert again.restore.restorer.net is first.restore.restorer.net  # type: ignore[attr-defined]

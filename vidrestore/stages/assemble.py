@@ -46,7 +46,7 @@ Loaded = dict[tuple[str, ...], Any]
 """Networks already loaded, by what they are (architecture, file, its size and time, device, dtype):
 stages built again for other knobs (a request's ``blend``) reuse them instead of loading again."""
 
-_KEEP_LOADED = 8  # networks a Loaded cache holds at most (the oldest go first)
+_KEEP_LOADED = 12  # networks and engines a Loaded cache holds at most (the oldest go first)
 
 
 def _load_path(  # type: ignore[no-untyped-def]
@@ -74,15 +74,40 @@ def _load_path(  # type: ignore[no-untyped-def]
 
 
 def engine_maker(
-    config: Config, chosen: str | None, path: Path, store: ModelStore, placement: Placement, stats: RunStats | None
+    config: Config,
+    chosen: str | None,
+    path: Path,
+    store: ModelStore,
+    placement: Placement,
+    stats: RunStats | None,
+    loaded: Loaded | None = None,
 ) -> EngineMaker:
     """What builds the engines for the networks loaded from ``path``: the role's engine (``chosen``)
-    or the top-level one, ``auto`` resolved for the device; each engine that runs is recorded."""
+    or the top-level one, ``auto`` resolved for the device; each engine that runs is recorded. With
+    ``loaded``, an exported network's engine (its session, its weights) is kept there too, so stages
+    built again for another knob (a server request's ``blend``) reuse it."""
     asked = chosen or config.engine
     folder = store.root / "engines"
 
     def make(role: str, module: nn.Module, shape: NetShape) -> Engine:
         kind = choose_engine(asked, placement.device, role)
+        st = path.stat()
+        key = ("engine", kind, role, str(path.resolve()), str(st.st_size), str(st.st_mtime_ns), str(placement))
+        if kind != "eager" and loaded is not None and key in loaded:
+            kept: Engine = loaded[key]
+            if stats is not None:
+                stats.engines[role] = kept.name
+            return kept
+        engine = _new_engine(kind, asked, role, module, shape)
+        if kind != "eager" and loaded is not None:
+            loaded[key] = engine
+            while len(loaded) > _KEEP_LOADED:
+                loaded.pop(next(iter(loaded)))
+        if stats is not None:
+            stats.engines[role] = engine.name
+        return engine
+
+    def _new_engine(kind: str, asked: str, role: str, module: nn.Module, shape: NetShape) -> Engine:
         sha = sha256_file(path) if kind in ("onnxruntime", "tensorrt") else ""
         try:
             engine = make_engine(kind, role, module, shape, placement, folder, sha)
@@ -91,8 +116,6 @@ def engine_maker(
                 raise  # the user asked for this engine: say why it cannot run
             log.warning("%s (engine auto: it runs eagerly instead)", str(exc).splitlines()[0])
             engine = make_engine("eager", role, module, shape, placement, folder, sha)
-        if stats is not None:
-            stats.engines[role] = engine.name
         return engine
 
     return make
@@ -132,7 +155,7 @@ def build_detector(
         return CenterFaceDetector(size=d.size, threshold=d.threshold, min_face=d.min_face)
     model, path = _load_path(store, d.model, d.weights, "detector.weights", placement, loaded)
     dtype = placement.dtype if d.precision == "auto" else torch.float32
-    make = engine_maker(config, d.engine, path, store, placement, stats)
+    make = engine_maker(config, d.engine, path, store, placement, stats, loaded)
     return RetinaFaceDetector(
         model, placement.device, size=d.size, threshold=d.threshold, min_face=d.min_face, dtype=dtype, make=make
     )
@@ -224,14 +247,14 @@ def build_face_stages(
     shared: Upscaler | None = None
     if u.model != "none" and (config.output.scale > 1 or (u.below > 0 and r.model != "none" and detector)):
         net, path = _load_path(store, u.model, u.weights, "upscaler.weights", placement, loaded)
-        shared = Upscaler(net, placement, engine_maker(config, u.engine, path, store, placement, stats))
+        shared = Upscaler(net, placement, engine_maker(config, u.engine, path, store, placement, stats, loaded))
     # On a CPU a batch of faces runs slower per face than one at a time (measured: 8.9 s against
     # 6.4 s per 512x512 face for GFPGAN v1.4 at batch 4 and 1 on 2 cores): batches pay on GPUs only.
     batch = r.batch_size or (8 if placement.device.type != "cpu" else 1)
     if r.model != "none" and detector is not None:
         assert spec is not None
         model, path = _load_path(store, r.model, r.weights, "restorer.weights", placement, loaded)
-        make = engine_maker(config, r.engine, path, store, placement, stats)
+        make = engine_maker(config, r.engine, path, store, placement, stats, loaded)
         restorer = build_restorer(spec.arch, model, placement, fidelity=r.fidelity, make=make)
         if spec.extra is not None:
             _licence_notice(store, spec.name, spec.licence)
@@ -239,7 +262,7 @@ def build_face_stages(
         parser = None
         if r.parsing_mask:
             net, path = _load_path(store, "parsenet", r.parsing_weights, "restorer.parsing_weights", placement, loaded)
-            make = engine_maker(config, r.engine, path, store, placement, stats)
+            make = engine_maker(config, r.engine, path, store, placement, stats, loaded)
             parser = FaceParser(net, placement, size=r.parsing_size, make=make)
         restore = RestoreStage(
             restorer,
