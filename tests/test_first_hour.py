@@ -240,3 +240,26 @@ def test_an_image_pair_of_another_size_warns(cli: Cli, tmp_path: Path) -> None:
     Image.fromarray(np.zeros((256, 256, 3), np.uint8)).save(big)  # 2x: what --scale 2 makes
     r = cli("compare", a, big, "-o", tmp_path / "d.png")
     assert "warning" not in r.err
+
+
+def test_models_list_says_which_engine_each_network_runs_in_here(cli: Cli) -> None:
+    out = cli("models", "list").out.splitlines()
+    card = out[out.index(next(ln for ln in out if ln.startswith("gfpgan-1.4"))) + 1]
+    assert card.endswith("engine on cpu: onnxruntime")  # auto, as measured on CPUs
+    card = out[out.index(next(ln for ln in out if ln.startswith("realesr-general-x4v3"))) + 1]
+    assert card.endswith("engine on cpu: eager")
+
+
+def test_a_reader_that_stops_early_is_no_error() -> None:
+    """``vidrestore models list | head -1``: the pipe closes under the writer; that is not a crash.
+    Here the reading end is closed before anything is written, so the first write meets it."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "vidrestore", "models", "list"], stdout=write, stderr=subprocess.PIPE, timeout=60
+        )
+    finally:
+        os.close(write)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0 and "error" not in err, err

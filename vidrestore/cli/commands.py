@@ -48,6 +48,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
     store = _store(args)
     action = args.models_command
     if action == "list":
+        from vidrestore.device import resolve_placement
+        from vidrestore.models.engine import choose_engine
+
+        config = config_from(args)
+        device = resolve_placement(config.device, config.precision).device
         _out(f"weights folder: {store.root}")
         _out(f"{'name':24} {'role':9} {'status':8} {'size':>9}  {'licence':24} path")
         for name in store.registry:
@@ -62,6 +67,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
             if spec.extra is not None:
                 card += f"; needs {CODEFORMER_INSTALL if spec.extra == 'codeformer' else spec.extra}"
                 card += f" ({'installed' if _has_extra(spec.arch) else 'not installed'}); {spec.licence}"
+            asked = {"restorer": config.restorer.engine, "parser": config.restorer.engine}.get(spec.role)
+            asked = asked or {"upscaler": config.upscaler.engine, "detector": config.detector.engine}.get(spec.role)
+            engine = "eager (its fidelity is a call argument)" if spec.arch == "codeformer" else None
+            card += f"; engine on {device}: {engine or choose_engine(asked or config.engine, device, spec.role)}"
             _out(card)
         _out_centerface()
         return 0

@@ -8,6 +8,7 @@ Expected errors print one line on stderr; ``--debug`` adds the traceback.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -50,6 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         sys.stderr.write(f"vidrestore: error: {exc}\n")
         return exc.exit_code
+    except BrokenPipeError:
+        # stdout's reader went away (``vidrestore models list | head``): what it read is all it wanted.
+        # Point stdout at nothing so that the interpreter's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt as exc:
         finished = getattr(exc, "finished", [])
         done = (
