@@ -222,3 +222,28 @@ def test_stages_built_again_for_another_knob_reuse_the_exported_engine(weights: 
     assert first.restore is not None and again.restore is not None
     assert first.restore.restorer.net.name == "onnxruntime"  # type: ignore[attr-defined]
     assert again.restore.restorer.net is first.restore.restorer.net  # type: ignore[attr-defined]
+
+
+def test_the_cache_key_of_a_verified_release_is_not_hashed_again(
+    weights: Weights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registered model the store has verified carries a stamp of its sha256: the engine's cache
+    key reads it instead of hashing hundreds of megabytes again on every run; a file changed since
+    its stamp is hashed."""
+    import os
+
+    from vidrestore.models import store as store_module
+    from vidrestore.models.registry import ModelRegistry, ModelSpec
+
+    path = tmp_path / "w" / "toy.pth"
+    path.parent.mkdir()
+    path.write_bytes(weights.gfpgan.read_bytes())
+    sha = sha256_file(path)
+    spec = ModelSpec("toy", "restorer", "gfpgan_v1_clean", "toy.pth", "https://example.invalid/toy.pth", sha, 1.0, "")
+    store_module.ModelStore(tmp_path / "w", ModelRegistry([spec])).resolve("toy")  # verified: stamped
+    hashed: list[Path] = []
+    real = store_module.sha256_file
+    monkeypatch.setattr(store_module, "sha256_file", lambda p: hashed.append(p) or real(p))
+    assert store_module.known_sha256(path) == sha and hashed == []
+    os.utime(path, ns=(1, 1))  # touched since: the stamp no longer speaks for it
+    assert store_module.known_sha256(path) == sha and hashed == [path]

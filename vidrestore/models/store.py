@@ -28,7 +28,7 @@ import platformdirs
 from vidrestore.errors import ModelError
 from vidrestore.models.registry import DEFAULT_REGISTRY, ModelRegistry, ModelSpec
 
-__all__ = ["ModelStatus", "ModelStore", "default_weights_dir", "sha256_file"]
+__all__ = ["ModelStatus", "ModelStore", "default_weights_dir", "known_sha256", "sha256_file"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,30 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.verified")
+
+
+def _stamped_sha256(path: Path) -> str | None:
+    """The sha256 a verified stamp beside ``path`` records, if the stamp is for the file as it is now
+    (same size and modification time); None when there is no such stamp."""
+    stat = path.stat()
+    try:
+        stamp = json.loads(_stamp_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # no stamp yet, or an unreadable one
+    if not isinstance(stamp, dict) or (stamp.get("size"), stamp.get("mtime_ns")) != (stat.st_size, stat.st_mtime_ns):
+        return None
+    sha = stamp.get("sha256")
+    return sha if isinstance(sha, str) else None
+
+
+def known_sha256(path: Path) -> str:
+    """``path``'s sha256: the one its verified stamp records when the cache checked the file as it is
+    now (so a registered model is not hashed again), else hashed here."""
+    return _stamped_sha256(path) or sha256_file(path)
 
 
 def offline_requested() -> bool:
@@ -148,14 +172,11 @@ class ModelStore:
         """Check a cached file's checksum, once per (size, mtime) thanks to a small sidecar."""
         if spec.sha256 is None:
             return
+        if _stamped_sha256(path) == spec.sha256:
+            return
         stat = path.stat()
         stamp = {"sha256": spec.sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        sidecar = path.with_name(f".{path.name}.verified")
-        try:
-            if json.loads(sidecar.read_text(encoding="utf-8")) == stamp:
-                return
-        except (OSError, ValueError):
-            pass  # no stamp yet or an unreadable one: hash the file below
+        sidecar = _stamp_path(path)
         actual = sha256_file(path)
         if actual != spec.sha256:
             raise ModelError(

@@ -24,7 +24,7 @@ from vidrestore.errors import ConfigError, ModelError
 from vidrestore.models.compat import import_codeformer
 from vidrestore.models.engine import Engine, EngineMaker, NetShape, choose_engine, make_engine
 from vidrestore.models.loading import load_model
-from vidrestore.models.store import ModelStore, sha256_file
+from vidrestore.models.store import ModelStore, known_sha256
 from vidrestore.records import Frame
 from vidrestore.stages.detect import CenterFaceDetector, Detector, RetinaFaceDetector, detect_frames
 from vidrestore.stages.fuse import TemporalFusion
@@ -108,7 +108,7 @@ def engine_maker(
         return engine
 
     def _new_engine(kind: str, asked: str, role: str, module: nn.Module, shape: NetShape) -> Engine:
-        sha = sha256_file(path) if kind in ("onnxruntime", "tensorrt") else ""
+        sha = known_sha256(path) if kind in ("onnxruntime", "tensorrt") else ""
         try:
             engine = make_engine(kind, role, module, shape, placement, folder, sha)
         except ModelError as exc:
