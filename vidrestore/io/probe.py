@@ -14,7 +14,7 @@ from av.stream import Disposition
 
 from vidrestore.errors import InputError
 
-__all__ = ["StreamInfo", "VideoInfo", "bit_depth", "is_cover_art", "main_video_stream", "open_input"]
+__all__ = ["StreamInfo", "VideoInfo", "bit_depth", "frame_count", "is_cover_art", "main_video_stream", "open_input"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,14 @@ class StreamInfo:
     kind: str
     codec: str
     language: str | None
+
+
+def frame_count(frames: int | None, seconds: float | None, rate: Fraction | None) -> int:
+    """A video's frame count as its header states it, else its duration times its rate (MKV, WebM
+    and TS keep no count); 0 when neither is known."""
+    if frames:
+        return int(frames)
+    return round(seconds * float(rate)) if seconds and rate else 0
 
 
 def open_input(path: Path) -> Any:

@@ -20,6 +20,7 @@ from vidrestore.control import END, RunControl, Stopped
 from vidrestore.errors import PipelineError, VidrestoreError
 from vidrestore.io.atomic import AtomicTarget
 from vidrestore.io.images import is_image, read_image, write_image
+from vidrestore.io.probe import frame_count
 from vidrestore.io.reader import VideoReader
 from vidrestore.io.writer import VideoWriter
 from vidrestore.models.store import ModelStore
@@ -241,5 +242,4 @@ def _progress_bar(reader: VideoReader, src: Path, enabled: bool) -> Progress | N
     if not enabled:
         return None
     info = reader.info
-    total = info.frames or (round(info.duration_s * float(info.rate)) if info.duration_s and info.rate else None)
-    return Progress(src.name, total or None)
+    return Progress(src.name, frame_count(info.frames, info.duration_s, info.rate) or None)

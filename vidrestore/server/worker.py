@@ -18,7 +18,7 @@ from typing import Any
 from vidrestore.config import Config, config_to_dict
 from vidrestore.device import resolve_placement
 from vidrestore.errors import ModelError, VidrestoreError
-from vidrestore.io.probe import main_video_stream, open_input
+from vidrestore.io.probe import frame_count, main_video_stream, open_input
 from vidrestore.models.store import ModelStore
 from vidrestore.models.usage import models_for
 from vidrestore.run.file import build_stages, restore_file
@@ -287,10 +287,7 @@ def _frames_in(path: Path) -> int:
             v = main_video_stream(c.streams.video)
             if v is None:
                 return 0
-            if v.frames:
-                return int(v.frames)
-            rate = v.average_rate or v.guessed_rate
             seconds = float(v.duration * v.time_base) if v.duration and v.time_base else (c.duration or 0) / 1e6
-            return round(seconds * float(rate)) if rate else 0
+            return frame_count(v.frames, seconds, v.average_rate or v.guessed_rate)
     except VidrestoreError:
         return 0
