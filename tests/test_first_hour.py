@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from conftest import CliResult, Weights, assert_one_line_error
+import pytest
+from conftest import CliResult, Weights, assert_one_line_error, run_subprocess
 from PIL import Image
 
 from testkit.clips import FaceClip, astronaut, make_face_clip
@@ -43,21 +44,7 @@ def test_an_image_to_a_video_output_is_refused_at_once_naming_the_path_typed(tmp
     """The finding: refused after 79 s of model loading and work, naming a hidden temp file."""
     src = _image(tmp_path)
     t0 = time.monotonic()
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vidrestore",
-            "restore",
-            str(src),
-            "-o",
-            str(tmp_path / "shot.mp4"),
-            *_unloadable(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = run_subprocess("restore", src, "-o", tmp_path / "shot.mp4", *_unloadable(tmp_path), timeout=60)
     took = time.monotonic() - t0
     assert r.returncode == 2, r.stderr  # an output error, not the model error (3) the weights would give
     assert_one_line_error(r.stderr)
@@ -125,11 +112,12 @@ def test_progress_without_a_terminal_is_a_plain_line_every_few_seconds(tmp_path:
     assert re.match(r"long\.mkv: \d+/(59|60|61) frames \(\d+%\), [\d.]+ frames/s, ETA \d+:\d\d$", early[0].strip())
 
 
-def test_quiet_silences_progress(tmp_path: Path, weights: Weights, face_clip: FaceClip) -> None:
-    args = [sys.executable, "-m", "vidrestore", "restore", str(face_clip.path), "-o", str(tmp_path / "o.mp4"), "-q"]
-    args += ["--detector", "centerface", *weights.sets(), "--set", "upscaler.below=0"]
-    env = {**os.environ, "VIDRESTORE_PROGRESS_SECONDS": "0.01"}
-    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+def test_quiet_silences_progress(
+    tmp_path: Path, weights: Weights, face_clip: FaceClip, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VIDRESTORE_PROGRESS_SECONDS", "0.01")
+    args = ["--detector", "centerface", *weights.sets(), "--set", "upscaler.below=0"]
+    r = run_subprocess("restore", face_clip.path, "-o", tmp_path / "o.mp4", "-q", *args)
     assert r.returncode == 0 and r.stderr == ""
 
 
