@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,28 +49,32 @@ stages built again for other knobs (a request's ``blend``) reuse them instead of
 _KEEP_LOADED = 12  # networks and engines a Loaded cache holds at most (the oldest go first)
 
 
+def _kept(loaded: Loaded | None, key: tuple[str, ...], build: Callable[[], Any]) -> Any:
+    """What ``loaded`` keeps under ``key``, built (and kept, the oldest going past
+    ``_KEEP_LOADED``) when it is not there yet; built anew each time without ``loaded``."""
+    if loaded is None:
+        return build()
+    if key not in loaded:
+        loaded[key] = build()
+        while len(loaded) > _KEEP_LOADED:
+            loaded.pop(next(iter(loaded)))
+    return loaded[key]
+
+
+def _file_ident(path: Path) -> tuple[str, str, str]:
+    """A file as a cache key: where it is, its size and its modification time."""
+    st = path.stat()
+    return str(path.resolve()), str(st.st_size), str(st.st_mtime_ns)
+
+
 def _load_path(  # type: ignore[no-untyped-def]
     store: ModelStore, name: str, local: str | None, key: str, placement: Placement, loaded: Loaded | None
 ):
     """The loaded network ``name`` (or the user's file ``local``) and the file it came from."""
     path = store.resolve(name, local, key=key)
     arch = store.spec(name).arch
-    if loaded is None:
-        return load_model(arch, path, placement.device), path
-    st = path.stat()
-    ident = (
-        arch,
-        str(path.resolve()),
-        str(st.st_size),
-        str(st.st_mtime_ns),
-        str(placement.device),
-        str(placement.dtype),
-    )
-    if ident not in loaded:
-        loaded[ident] = load_model(arch, path, placement.device)
-        while len(loaded) > _KEEP_LOADED:
-            loaded.pop(next(iter(loaded)))
-    return loaded[ident], path
+    ident = (arch, *_file_ident(path), str(placement.device), str(placement.dtype))
+    return _kept(loaded, ident, lambda: load_model(arch, path, placement.device)), path
 
 
 def engine_maker(
@@ -91,31 +95,23 @@ def engine_maker(
 
     def make(role: str, module: nn.Module, shape: NetShape) -> Engine:
         kind = choose_engine(asked, placement.device, role)
-        st = path.stat()
-        key = ("engine", kind, role, str(path.resolve()), str(st.st_size), str(st.st_mtime_ns), str(placement))
-        if kind != "eager" and loaded is not None and key in loaded:
-            kept: Engine = loaded[key]
-            if stats is not None:
-                stats.engines[role] = kept.name
-            return kept
-        engine = _new_engine(kind, asked, role, module, shape)
-        if kind != "eager" and loaded is not None:
-            loaded[key] = engine
-            while len(loaded) > _KEEP_LOADED:
-                loaded.pop(next(iter(loaded)))
+
+        def build() -> Engine:
+            sha = known_sha256(path) if kind in ("onnxruntime", "tensorrt") else ""
+            try:
+                return make_engine(kind, role, module, shape, placement, folder, sha)
+            except ModelError as exc:
+                if asked != "auto":
+                    raise  # the user asked for this engine: say why it cannot run
+                log.warning("%s (engine auto: it runs eagerly instead)", str(exc).splitlines()[0])
+                return make_engine("eager", role, module, shape, placement, folder, sha)
+
+        if kind == "eager":  # a wrapper of the module itself: nothing worth keeping
+            engine = build()
+        else:
+            engine = _kept(loaded, ("engine", kind, role, *_file_ident(path), str(placement)), build)
         if stats is not None:
             stats.engines[role] = engine.name
-        return engine
-
-    def _new_engine(kind: str, asked: str, role: str, module: nn.Module, shape: NetShape) -> Engine:
-        sha = known_sha256(path) if kind in ("onnxruntime", "tensorrt") else ""
-        try:
-            engine = make_engine(kind, role, module, shape, placement, folder, sha)
-        except ModelError as exc:
-            if asked != "auto":
-                raise  # the user asked for this engine: say why it cannot run
-            log.warning("%s (engine auto: it runs eagerly instead)", str(exc).splitlines()[0])
-            engine = make_engine("eager", role, module, shape, placement, folder, sha)
         return engine
 
     return make
