@@ -160,10 +160,7 @@ async def _refuse(
 
 class _BodyRefused(StarletteHTTPException):
     """Raised from the body stream (too large, too slow); answered by the app's handler (or the
-    middleware), always closing the connection."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(status, message, {"Connection": "close"})
+    middleware). Whoever answers, :class:`UploadLimit` closes the connection with the answer."""
 
 
 def _kind_of(path: Path) -> tuple[str, str]:
