@@ -195,9 +195,14 @@ def encoder_options(codec: str, crf: int, preset: str) -> dict[str, str]:
     if preset not in _X26X_PRESETS:
         raise OutputError(f"output.preset = {preset!r} is not one of {', '.join(_X26X_PRESETS)}")
     if codec in ("libx264", "libx265"):
-        opts = {"crf": str(crf), "preset": preset}
+        # crf 0 is lossless: x264 at 8 bits only (its > 8-bit crf 0 is qp 12); qp 0 and x265's own
+        # lossless mode are lossless at every depth
+        if crf == 0:
+            opts = {"qp": "0", "preset": preset} if codec == "libx264" else {"preset": preset}
+        else:
+            opts = {"crf": str(crf), "preset": preset}
         if codec == "libx265":
-            opts["x265-params"] = "log-level=error"
+            opts["x265-params"] = "log-level=error" + (":lossless=1" if crf == 0 else "")
         return opts
     if codec == "libsvtav1":
         return {"crf": str(crf), "preset": _SVT_PRESET[preset]}
