@@ -107,18 +107,18 @@ def _store():  # type: ignore[no-untyped-def]
 def test_error_in_the_restore_stage_stops_cleanly(
     cli: Cli, face_clip: FaceClip, weights: Weights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vidrestore.stages.restore import RestoreStage
+    from vidrestore.stages.picture import PlanesPicture
 
-    real = RestoreStage._paste
+    real = PlanesPicture.composite
     calls = {"n": 0}
 
-    def broken(self: RestoreStage, image: np.ndarray, jobs: list, view: object) -> np.ndarray:  # type: ignore[type-arg]
+    def broken(self: PlanesPicture, faces: list, view: object) -> None:  # type: ignore[type-arg]
         calls["n"] += 1
         if calls["n"] == 5:
             raise ValueError("simulated bug in paste-back")
-        return real(self, image, jobs, view)  # type: ignore[arg-type]
+        real(self, faces, view)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(RestoreStage, "_paste", broken)
+    monkeypatch.setattr(PlanesPicture, "composite", broken)
     before = threading.active_count()
     out = tmp_path / "never.mp4"
     r = cli(

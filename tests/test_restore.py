@@ -20,6 +20,7 @@ from vidrestore.models.loading import load_model
 from vidrestore.records import Face, Frame
 from vidrestore.stages.detect import CenterFaceDetector, RetinaFaceDetector
 from vidrestore.stages.networks import FaceParser, GFPGANRestorer, Upscaler
+from vidrestore.stages.picture import RgbPicture
 from vidrestore.stages.restore import RestoreStage
 
 CPU = Placement(torch.device("cpu"), torch.float32)
@@ -394,19 +395,24 @@ def test_small_faces_of_one_crop_size_are_upscaled_in_one_batch_with_the_same_pi
 def test_network_output_is_looked_at_once_per_group_not_per_batch(
     restorer: GFPGANRestorer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Reading a flag back waits for the device: the group's flags are read together."""
+    """Reading back waits for the device: per group of frames the host looks twice, once at the
+    restorer's flags (all batches together) and once at the finished pictures (all frames together),
+    never per batch, face or frame. Counted by Transfers, which every read goes through."""
     import vidrestore.stages.restore as restore_module
 
     reads: list[int] = []
     real = restore_module._not_finite
-    monkeypatch.setattr(restore_module, "_not_finite", lambda flags: reads.append(len(flags)) or real(flags))
+    monkeypatch.setattr(restore_module, "_not_finite", lambda flags, io: reads.append(len(flags)) or real(flags, io))
     counting = Scripted(restorer, lambda faces, fp32, n: None)
     img = astronaut()
     three = (face_of(img, 0), face_of(img, 1), face_of(img, 2))
     stage = RestoreStage(counting, CPU.device, batch_size=2)  # type: ignore[arg-type]
-    list(stage.run(iter([frame_with(img, three, 0), frame_with(img, three, 1)])))
-    assert counting.calls == 4 and reads == [2, 2]  # each group: two batches, one read
-    assert stage.stats.faces_restored == 6
+    frames = [frame_with(img, three, i) for i in range(4)]
+    list(stage.run(iter(frames)))  # each frame is a group (its 3 faces fill a batch of 2)
+    assert reads == [2, 2, 2, 2]  # each group: two batches, one read of their flags
+    assert stage.io.readbacks == 2 * 4  # + one wait for the group's pictures
+    assert stage.io.downloads == 4 and stage.io.uploads == 4  # each picture crossed once each way
+    assert stage.stats.faces_restored == 12
 
 
 def test_an_upscaler_giving_nan_leaves_that_face_to_be_restored_from_the_frame(
@@ -493,7 +499,7 @@ def test_a_picture_uploaded_for_detection_is_restored_in_place_without_a_second_
 ) -> None:
     img = astronaut()
     face = face_of(img)
-    held = torch.from_numpy(img.copy())  # what RetinaFace's batch upload hands on (on the CPU: a copy)
+    held = RgbPicture(torch.from_numpy(img.copy()), img.dtype)  # what a detection upload hands on
     frames = [Frame(0, 0, Fraction(1, 25), img, faces=(face,), on_device=held), frame_with(img, (face,), 1)]
     stage = RestoreStage(restorer, CPU.device, batch_size=1)
     shared, uploaded = list(stage.run(iter(frames)))

@@ -214,3 +214,18 @@ def test_compare_plot_needs_a_report_with_figures(cli: Cli, face_clip: FaceClip,
     r = cli("compare", face_clip.path, face_clip.path)
     assert r.code == 2
     assert not plot.exists()
+
+
+def test_the_flow_threads_give_the_serial_output_bit_for_bit(runs: dict[str, object]) -> None:
+    """The flows run on a pool, started as soon as the faces are aligned; the result is the serial one."""
+    clip: GroundTruthClip = runs["clip"]  # type: ignore[assignment]
+    serial_stats, pooled_stats = RunStats(), RunStats()
+    serial = restore_clip(clip, TemporalFusion(strength=0.6, threads=0), serial_stats)
+    pooled_fusion = TemporalFusion(strength=0.6, threads=3)
+    pooled = restore_clip(clip, pooled_fusion, pooled_stats)
+    assert pooled_fusion._pool is not None  # the pool did the work
+    pooled_fusion.close()
+    assert len(serial) == len(pooled) == len(clip.input)
+    for a, b in zip(serial, pooled, strict=True):
+        assert np.array_equal(a, b)
+    assert serial_stats.flicker == pooled_stats.flicker and serial_stats.flicker["pairs"] > 0

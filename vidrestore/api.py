@@ -84,4 +84,4 @@ def restore_frames(
             yield Frame(index=i, pts=i, time_base=Fraction(tb), image=np.ascontiguousarray(image), duration=1)
 
     for frame in stages(as_frames()):
-        yield frame.image
+        yield frame.rgb()

@@ -89,7 +89,7 @@ def compare_paths(original: Path, restored: Path, dst: Path, config: Config, lay
     def pair(frames: Iterator[Frame]) -> Iterator[Frame]:
         if is_image(restored):
             yield from (
-                replace(f, image=pair_images(f.image, read_image(restored).frame.image, layout)) for f in frames
+                replace(f, image=pair_images(f.rgb(), read_image(restored).frame.rgb(), layout)) for f in frames
             )
             return
         control = RunControl()
@@ -100,7 +100,8 @@ def compare_paths(original: Path, restored: Path, dst: Path, config: Config, lay
                 mate = next(other, None)
                 if mate is None:
                     raise InputError(f"{restored} has fewer frames than {original} (from frame {frame.index})")
-                yield replace(frame, image=pair_images(frame.image, _as(mate.image, frame.image), layout))
+                picture = frame.rgb()
+                yield replace(frame, image=pair_images(picture, _as(mate.rgb(), picture), layout))
         finally:
             reader.close()
         if control.error is not None:

@@ -143,6 +143,9 @@ class TemporalConfig:
         2.0, "forward-backward flow error (px of the 512 crop) that marks a pixel occluded", 0.1, 64
     )
     change: float = _key(0.06, "the input's own change (0-1) that marks a pixel as moving: it is not blended", 0.0, 1.0)
+    flow_threads: int = _key(
+        2, "threads that work out the flow while the restorer runs (same output as 0: in the restore thread)", 0, 32
+    )
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,7 @@ class OutputConfig:
     """The written file."""
 
     codec: VideoCodec = _key("auto", "video encoder; auto: the output container's usual one (see the README)")
-    crf: int = _key(18, "constant rate factor (lower is better quality)", 0, 63)
+    crf: int = _key(18, "constant rate factor (lower is better quality; 0: lossless with x264/x265)", 0, 63)
     preset: EncoderPreset = _key("medium", "encoder speed preset (x264 names; mapped for the other encoders)")
     audio: bool = _key(True, "copy audio tracks; false drops them on purpose")
     subtitles: bool = _key(True, "copy subtitle tracks")
@@ -182,6 +185,9 @@ class PipelineConfig:
         60.0, "cut videos longer than twice this into keyframe-aligned segments (resumable); 0: whole files", 0, 1e6
     )
     workers: int = _key(1, "segment pipelines run at once (each loads its own models)", 1, 64)
+    planes: bool = _key(
+        True, "keep YUV frames in their decoded planes (untouched outside faces); false: RGB through swscale"
+    )
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vidrestore.colour import PlaneFormat
 from vidrestore.errors import ConfigError
+from vidrestore.records import Planes
 
-__all__ = ["Placement", "Transfers", "resolve_placement"]
+__all__ = ["Arriving", "Placement", "Transfers", "resolve_placement"]
 
 
 @dataclass(frozen=True)
@@ -67,20 +69,38 @@ def resolve_placement(device: str, precision: str) -> Placement:
     return Placement(dev, torch.float16 if precision == "fp16" else torch.bfloat16)
 
 
+class Arriving:
+    """A device result on its way to the host: :meth:`get` waits for it (in whichever thread asks),
+    without making the host wait for everything else queued on the device."""
+
+    def __init__(self, host: np.ndarray, event: torch.cuda.Event | None) -> None:
+        self.host, self.event = host, event
+
+    def get(self) -> np.ndarray:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host
+
+
 class Transfers:
     """The one place pictures move between the host and the device, and the count of each move.
 
-    Convention: host pictures are ``(H, W, 3)`` numpy arrays, uint8 or uint16; on the device they
+    Convention: host RGB pictures are ``(H, W, 3)`` numpy arrays, uint8 or uint16; on the device they
     are ``(H, W, 3)`` tensors, uint8, or int32 for 16-bit pictures (CUDA has little uint16
-    support), written in place by paste-back. On a CUDA device uploads go through pinned memory
-    without blocking the host. On the CPU an "upload" is the private copy paste-back writes into,
-    so the decoded picture stays as it was.
+    support), written in place by paste-back. Planes travel as they are (int16 for deeper formats).
+    On a CUDA device uploads and downloads go through pinned memory without blocking the host; the
+    host waits once (:meth:`wait`, :meth:`read`), and ``readbacks`` counts those waits. On the CPU an
+    "upload" is the private copy paste-back writes into, so the decoded picture stays as it was.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.uploads = 0
         self.downloads = 0
+        self.readbacks = 0  # times the host waited for the device's results (one per group, ideally)
+        self.reads_later = 0  # results copied back without the host waiting (Arriving)
+        self.bytes_up = 0
+        self.bytes_down = 0
 
     def upload(self, image: np.ndarray) -> torch.Tensor:
         """One picture: a batch of one."""
@@ -91,18 +111,78 @@ class Transfers:
         straight into pinned memory on a CUDA device, copied without blocking; counted per picture."""
         self.uploads += len(images)
         deep = images[0].dtype == np.uint16
-        dtype = torch.int32 if deep else torch.uint8
+        return self._up(images, torch.int32 if deep else torch.uint8)
+
+    def _up(self, arrays: list[np.ndarray], dtype: torch.dtype) -> torch.Tensor:
+        """Arrays of one shape stacked into one (pinned, on CUDA) host tensor and sent without blocking."""
         pinned = self.device.type == "cuda"
-        host = torch.empty((len(images), *images[0].shape), dtype=dtype, pin_memory=pinned)
+        host = torch.empty((len(arrays), *arrays[0].shape), dtype=dtype, pin_memory=pinned)
         view = host.numpy()
-        for i, image in enumerate(images):
-            view[i] = image
+        for i, a in enumerate(arrays):
+            view[i] = a if a.dtype != np.uint16 or dtype != torch.int16 else a.view(np.int16)
+        self.bytes_up += host.numel() * host.element_size()
         if self.device.type == "cpu":
             return host
         return host.to(self.device, non_blocking=pinned)
 
+    def upload_planes(self, pictures: list[Planes]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pictures held as planes, of one format and size: ``(N, H, W)`` luma and ``(N, Hc, Wc)``
+        chroma tensors, uint8, or int16 for deeper formats (code values up to 15 bits fit)."""
+        self.uploads += len(pictures)
+        dtype = torch.uint8 if pictures[0].format.bits == 8 else torch.int16
+        y = self._up([p.y for p in pictures], dtype)
+        u = self._up([p.u for p in pictures], dtype)
+        v = self._up([p.v for p in pictures], dtype)
+        return y, u, v
+
     def download(self, picture: torch.Tensor, dtype: np.dtype) -> np.ndarray:  # type: ignore[type-arg]
         """A device picture back on the host, once, as ``dtype`` (the input's)."""
         self.downloads += 1
-        out = picture.cpu().numpy()
+        out = self._down(picture)
         return out if out.dtype == dtype else out.astype(dtype)
+
+    def download_planes(self, y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, fmt: PlaneFormat) -> Planes:
+        """Device planes back on the host as :class:`Planes` of ``fmt``."""
+        self.downloads += 1
+        host = [self._down(p) for p in (y, u, v)]
+        if fmt.bits > 8:
+            host = [h.view(np.uint16) for h in host]
+        return Planes(host[0], host[1], host[2], fmt)
+
+    def _down(self, t: torch.Tensor) -> np.ndarray:
+        """A copy started towards pinned host memory without waiting: valid after :meth:`wait`."""
+        self.bytes_down += t.numel() * t.element_size()
+        if t.device.type == "cpu":
+            return t.numpy()
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        self._waiting = True
+        return host.numpy()
+
+    _waiting = False
+
+    def read_later(self, t: torch.Tensor) -> Arriving:
+        """A small device result copied to the host without waiting: for a worker thread to take (the
+        fusion's flow threads take the grey crops this way), or for after the group's wait."""
+        self.reads_later += 1
+        out = self._down(t)
+        if t.device.type != "cuda":
+            return Arriving(out, None)
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(t.device))
+        return Arriving(out, event)
+
+    def read(self, t: torch.Tensor) -> np.ndarray:
+        """A small device result (flags, detections) on the host: one readback."""
+        self.readbacks += 1
+        out = self._down(t)
+        self.wait(counted=False)
+        return out
+
+    def wait(self, counted: bool = True) -> None:
+        """Wait once for every copy started since the last wait: the host's one look at a group."""
+        if counted:
+            self.readbacks += 1
+        if self._waiting and self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+        self._waiting = False

@@ -53,7 +53,8 @@ def annotate(frame: Frame) -> Frame:
     import cv2
     import numpy as np
 
-    img = np.ascontiguousarray(frame.image if frame.image.dtype == np.uint8 else (frame.image >> 8).astype(np.uint8))
+    rgb = frame.rgb()
+    img = np.ascontiguousarray(rgb if rgb.dtype == np.uint8 else (rgb >> 8).astype(np.uint8))
     thick = max(1, round(max(img.shape[:2]) / 500))
     for face in frame.faces:
         colour = (160, 160, 160) if face.interpolated else (0, 220, 0)

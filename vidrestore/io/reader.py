@@ -28,11 +28,11 @@ from vidrestore.errors import InputError
 from vidrestore.io.avi import avi_losses
 from vidrestore.io.damage import DamageLog, ErrorLocator
 from vidrestore.io.demux import InOrder, ResumingDemuxer
-from vidrestore.io.pixels import to_rgb
+from vidrestore.io.pixels import planes_of, to_rgb
 from vidrestore.io.probe import StreamInfo, VideoInfo, bit_depth, main_video_stream, open_input
 from vidrestore.io.tail import decode_after
 from vidrestore.io.timestamps import StreamClock, TimestampRepair
-from vidrestore.records import Frame
+from vidrestore.records import Frame, Planes
 from vidrestore.transfer import view_for
 
 __all__ = ["VideoReader"]
@@ -73,14 +73,17 @@ class VideoReader:
         strict: bool = False,
         seek_pts: int | None = None,
         decode_video: bool = True,
+        planes: bool = True,
     ) -> None:
         """``copy_other``: copy data tracks, other video tracks and attachments too; ``seek_pts``:
         start at the video keyframe at or before this time (video time base) instead of the start;
-        ``decode_video`` False: demux only, for the copied streams (no frames come out)."""
+        ``decode_video`` False: demux only, for the copied streams (no frames come out); ``planes``: hand
+        on planar YUV pictures as their planes (else every picture is made RGB by swscale)."""
         self.path = path
         self.strict = strict
         self.seek_pts = seek_pts
         self.decode_video = decode_video
+        self.keep_planes = planes
         self.copy_other = copy_other
         self.control = control
         self.container = open_input(path)
@@ -162,7 +165,7 @@ class VideoReader:
         self._last_key: int | None = None  # the latest keyframe packet's decode time (dts, else pts)
         self._cut_short = False  # the file holds fewer frames than its header states (AVI)
         self._errors = ErrorLocator()
-        self._pending: deque[tuple[np.ndarray, int]] = deque()  # decoded pictures waiting for their time
+        self._pending: deque[tuple[np.ndarray | Planes, int]] = deque()  # decoded pictures waiting for their time
 
     def stream_infos(self) -> list[StreamInfo]:
         out = []
@@ -316,7 +319,8 @@ class VideoReader:
     def _emit(self, frame: av.VideoFrame, deep: bool) -> None:
         if self.decoded == 0 and not self._pending:
             self.info = replace(self.info, rotation=int(frame.rotation or 0), hdr=self._hdr_side_data(frame))
-        self._pending.append((to_rgb(frame, deep), int(frame.duration or 0)))
+        picture = planes_of(frame) if self.keep_planes else None
+        self._pending.append((to_rgb(frame, deep) if picture is None else picture, int(frame.duration or 0)))
         pts = frame.pts if frame.pts is not None else frame.dts
         if pts is not None:
             self._last_pts = pts if self._last_pts is None else max(self._last_pts, pts)

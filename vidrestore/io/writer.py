@@ -34,7 +34,7 @@ from vidrestore.io.encoders import (
     plan_output,
     video_encoder_opens,
 )
-from vidrestore.io.pixels import SWS_COLORSPACE, SWS_FLAGS
+from vidrestore.io.pixels import SWS_COLORSPACE, SWS_FLAGS, encoder_frame
 from vidrestore.io.probe import VideoInfo, is_cover_art
 from vidrestore.records import Frame
 
@@ -159,7 +159,6 @@ class VideoWriter:
         }
         if (cs := SWS_COLORSPACE.get(info.colorspace)) is not None:
             self._reformat_args["dst_colorspace"] = cs
-        self._src_format = "rgb48le" if deep else "rgb24"
         self._add_others(c)
 
     def _open_copy(self) -> None:
@@ -319,8 +318,7 @@ class VideoWriter:
             self._container.mux(out.encode(None))
 
     def _encode(self, frame: Frame) -> None:
-        vf = av.VideoFrame.from_ndarray(frame.image, format=self._src_format)
-        vf = vf.reformat(**self._reformat_args)
+        vf = encoder_frame(frame.image, self._reformat_args)
         vf.pts = frame.pts
         vf.time_base = frame.time_base
         if frame.duration:

@@ -88,7 +88,7 @@ def _restore_image(src: Path, dst: Path, config: Config, stages: FrameStages, st
     target = AtomicTarget(dst, config.output.overwrite)
     with target as tmp:
         write_image(
-            tmp, frame.image, still.alpha, config.output.image_quality, still.icc_profile, fmt_suffix=dst.suffix
+            tmp, frame.rgb(), still.alpha, config.output.image_quality, still.icc_profile, fmt_suffix=dst.suffix
         )
         target.commit()
 
@@ -121,6 +121,7 @@ def open_reader(
         control,
         queue_size=config.pipeline.queue_size,
         threads=config.pipeline.decode_threads,
+        planes=config.pipeline.planes,
         copy_audio=copy_streams and config.output.audio,
         copy_subtitles=copy_streams and config.output.subtitles,
         copy_other=copy_streams,

@@ -14,13 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vidrestore.device import Transfers
 from vidrestore.geometry import compose, estimate_similarity, invert, map_points, transformed_bounds, warp_batch
 from vidrestore.records import Face, Frame
 from vidrestore.stages.networks import Upscaler, finite, not_finite
+from vidrestore.stages.picture import DevicePicture
 from vidrestore.stats import RunStats
-from vidrestore.transfer import SdrView, view_for
+from vidrestore.transfer import view_for
 
-__all__ = ["Job", "Plan", "align_faces", "buckets", "full_scale", "pad_stack", "plan_face", "to_float", "upscale_small"]
+__all__ = ["Job", "Plan", "align_faces", "buckets", "pad_stack", "plan_face", "upscale_small"]
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +56,6 @@ class Job:
     clip: tuple[int, int, int, int]  # paste only inside this frame box (the upscaled crop's, when upscaled)
     restored: torch.Tensor | None = None
     mask: torch.Tensor | None = None  # (1, S, S) in [0, 1]: where the restored face is pasted
-
-
-def full_scale(picture: torch.Tensor) -> float:
-    """The white level of a device picture's integer pixels."""
-    return 255.0 if picture.dtype == torch.uint8 else 65535.0
-
-
-def to_float(pixels: torch.Tensor, view: SdrView | None = None) -> torch.Tensor:
-    """``(h, w, 3)`` integer pixels of a device picture -> ``(3, h, w)`` floats in [0, 1]; HDR signals
-    in their SDR view."""
-    x = pixels.permute(2, 0, 1).float() / full_scale(pixels)
-    return x if view is None else view.to_view(x)
 
 
 def buckets(shapes: list[tuple[int, int]], waste: float = 2.0) -> list[list[int]]:
@@ -107,7 +97,7 @@ def plan_face(
 ) -> Plan | None:
     """Where the face's aligned crop comes from; None if it lies outside the picture. Raises
     ValueError if it cannot be aligned. ``scale``: the upscaler's (for faces under ``upscale_below``)."""
-    h, w = frame.image.shape[:2]
+    h, w = frame.size
     to_aligned = estimate_similarity(face.landmarks, template)
     crop = from_up = None
     if face.size < upscale_below:
@@ -125,7 +115,12 @@ def plan_face(
 
 
 def upscale_small(
-    upscaler: Upscaler, plans: list[Plan], pictures: dict[int, torch.Tensor], batch_size: int, stats: RunStats
+    upscaler: Upscaler,
+    plans: list[Plan],
+    pictures: dict[int, DevicePicture],
+    batch_size: int,
+    stats: RunStats,
+    io: Transfers,
 ) -> None:
     """Real-ESRGAN on the square crop around each small face (never the frame), crops of one size
     in one batch; a crop that comes out non-finite leaves its face to be aligned from the frame."""
@@ -143,13 +138,12 @@ def upscale_small(
             crops = []
             for p in batch:
                 assert p.crop is not None
-                x0, y0, x1, y1 = p.crop
-                crops.append(to_float(pictures[p.frame_pos][y0:y1, x0:x1], view_for(p.frame.color_trc)))
+                crops.append(pictures[p.frame_pos].rgb(p.crop, view_for(p.frame.color_trc)))
             up = upscaler.upscale(torch.stack(crops))
             for p, one in zip(batch, up, strict=True):
                 p.up = one
             flags.append((batch, finite(up)))
-    bad = not_finite(flags)  # one look per group, not one per call
+    bad = not_finite(flags, io)  # one look per group, not one per call
     stats.faces_upscaled += len(small) - len(bad)
     for p in bad:
         log.warning(
@@ -158,7 +152,7 @@ def upscale_small(
         p.crop, p.up = None, None
 
 
-def align_faces(plans: list[Plan], pictures: dict[int, torch.Tensor], size: int, scale: int) -> list[Job]:
+def align_faces(plans: list[Plan], pictures: dict[int, DevicePicture], size: int, scale: int) -> list[Job]:
     """Every face's aligned crop, from its frame region or its upscaled crop, in batched warps."""
     sources: list[torch.Tensor] = []
     matrices: list[np.ndarray] = []
@@ -169,11 +163,11 @@ def align_faces(plans: list[Plan], pictures: dict[int, torch.Tensor], size: int,
             source, matrix = p.up, p.from_up
             to_aligned, clip = compose(p.from_up, to_up(scale, p.crop)), p.crop
         else:
-            x0, y0, x1, y1 = p.box
-            source = to_float(pictures[p.frame_pos][y0:y1, x0:x1], view_for(p.frame.color_trc))
+            x0, y0 = p.box[:2]
+            source = pictures[p.frame_pos].rgb(p.box, view_for(p.frame.color_trc))
             matrix = compose(p.to_aligned, np.array([[1.0, 0, x0], [0, 1.0, y0]]))
             to_aligned = p.to_aligned
-            h, w = p.frame.image.shape[:2]
+            h, w = p.frame.size
             clip = (0, 0, w, h)
         sources.append(source)
         matrices.append(matrix)

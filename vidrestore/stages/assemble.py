@@ -121,7 +121,7 @@ def _temporal(config: Config) -> TemporalFusion:
     """Fusion as configured; with method none it only measures the flicker (strength 0)."""
     t = config.temporal
     strength = t.strength if t.method == "flow-blend" else 0.0
-    return TemporalFusion(strength=strength, occlusion=t.occlusion, change=t.change)
+    return TemporalFusion(strength=strength, occlusion=t.occlusion, change=t.change, threads=t.flow_threads)
 
 
 def _licence_notice(store: ModelStore, name: str, licence: str) -> None:
@@ -208,6 +208,8 @@ class FaceStages:
         finally:
             if background is not None:
                 background.close()  # now, not when garbage is collected: the detection thread stops with the run
+            if self.restore is not None and self.restore.temporal is not None:
+                self.restore.temporal.close()  # the flow threads stop with the run too
 
     def _upscale_frames(self, frames: Iterator[Frame]) -> Iterator[Frame]:
         """``output.scale`` 2 or 4: the whole frame through Real-ESRGAN (tiled), faces scaled with it."""
@@ -215,7 +217,7 @@ class FaceStages:
         o, tile = self.config.output, self.config.upscaler.tile
         for frame in frames:
             t0 = time.perf_counter()
-            image, factor = upscale_image(self.frame_upscaler, self.io, frame.image, o.scale, tile, frame.color_trc)
+            image, factor = upscale_image(self.frame_upscaler, self.io, frame.rgb(), o.scale, tile, frame.color_trc)
             faces = tuple(scale_face(f, factor) for f in frame.faces)
             self._time("upscale frame", time.perf_counter() - t0)
             yield replace(frame, image=image, faces=faces, on_device=None)  # the uploaded picture is the old one

@@ -24,11 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import nms
 
+from vidrestore.colour import PlaneFormat, yuv_to_rgb
 from vidrestore.device import Transfers
 from vidrestore.errors import ModelError, PipelineError, VidrestoreError
 from vidrestore.models.compat import centerface_file, import_research_module
 from vidrestore.models.engine import EngineMaker, NetShape, eager_maker
-from vidrestore.records import Frame
+from vidrestore.records import Frame, Planes
+from vidrestore.stages.picture import DevicePicture, PlanesPicture, RgbPicture, same_form, small_rgb
 
 __all__ = [
     "CenterFaceDetector",
@@ -52,7 +54,7 @@ class Detections:
     scores: np.ndarray  # (N,) float32
     landmarks: np.ndarray  # (N, 5, 2) float32
     thumb: np.ndarray | None = None  # the scene-cut thumbnail, (THUMB_H, THUMB_W) grey in [0, 1], where made here
-    picture: torch.Tensor | None = None  # the image as uploaded for detection, (H, W, 3) on the device
+    picture: DevicePicture | None = None  # the picture as uploaded for detection, on the device
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -62,31 +64,35 @@ class Detections:
         return Detections(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 5, 2), np.float32))
 
 
+Picture = np.ndarray | Planes  # a host picture: (H, W, 3) RGB uint8 / uint16, or decoded planes
+
+
 class Detector(Protocol):
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        """Faces in each ``(H, W, 3)`` RGB uint8/uint16 image."""
+    def detect(self, images: Sequence[Picture]) -> list[Detections]:
+        """Faces in each picture (all of one size and form)."""
         ...
 
 
 THUMB_W, THUMB_H = 64, 36
 
 
-def thumbnails(pictures: torch.Tensor, full: float = 255.0) -> np.ndarray:
+def thumbnails(pictures: torch.Tensor, full: float = 255.0) -> torch.Tensor:
     """Scene-cut thumbnails of ``(N, 3, h, w)`` RGB pictures (any dtype, values in ``[0, full]``):
-    ``(N, THUMB_H, THUMB_W)`` float32 grey in [0, 1], area-averaged on the pictures' device, read
-    back in one small copy."""
+    ``(N, THUMB_H, THUMB_W)`` float32 grey in [0, 1], area-averaged on the pictures' device (not read
+    back here)."""
     weights = torch.tensor([0.299, 0.587, 0.114], device=pictures.device).view(1, 3, 1, 1)
     grey = (pictures.float() * weights).sum(dim=1, keepdim=True) / full
-    small = F.adaptive_avg_pool2d(grey, (THUMB_H, THUMB_W))
-    out: np.ndarray = small[:, 0].cpu().numpy()
-    return out
+    return F.adaptive_avg_pool2d(grey, (THUMB_H, THUMB_W))[:, 0]
 
 
-def thumbnail(image: np.ndarray) -> np.ndarray:
-    """The scene-cut thumbnail of one host ``(H, W, 3)`` RGB picture (detectors that do not make one)."""
-    small = image if image.dtype == np.uint8 else (image >> 8).astype(np.uint8)
-    thumb = cv2.resize(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), (THUMB_W, THUMB_H), interpolation=cv2.INTER_AREA)
-    out: np.ndarray = thumb.astype(np.float32) / 255.0
+def thumbnail(image: Picture) -> np.ndarray:
+    """The scene-cut thumbnail of one host picture (for detectors that do not make one)."""
+    if isinstance(image, Planes):
+        small = cv2.cvtColor(small_rgb(image, THUMB_W, THUMB_H), cv2.COLOR_RGB2GRAY)
+    else:
+        rgb = image if image.dtype == np.uint8 else (image >> 8).astype(np.uint8)
+        small = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (THUMB_W, THUMB_H), interpolation=cv2.INTER_AREA)
+    out: np.ndarray = small.astype(np.float32) / 255.0
     return out
 
 
@@ -98,7 +104,7 @@ def working_scale(height: int, width: int, size: int) -> float:
 def _finish(
     boxes: torch.Tensor, scores: torch.Tensor, landmarks: torch.Tensor, min_face: int, nms_iou: float
 ) -> Detections:
-    """NMS, minimum size, sort by score; tensors are already in source pixels."""
+    """NMS, minimum size, sort by score; host tensors, already in source pixels."""
     if boxes.numel() == 0:
         return Detections.empty()
     keep = nms(boxes.float(), scores.float(), nms_iou)
@@ -132,14 +138,15 @@ class CenterFaceDetector:
         self.net = cv2.dnn.readNetFromONNX(str(path))
         self.size, self.threshold, self.min_face, self.nms_iou = size, threshold, min_face, nms_iou
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+    def detect(self, images: Sequence[Picture]) -> list[Detections]:
         if not images:
             return []
         h, w = images[0].shape[:2]
         s = working_scale(h, w, self.size)
         wn, hn = int(np.ceil(w * s / 32) * 32), int(np.ceil(h * s / 32) * 32)
         sx, sy = wn / w, hn / h
-        blob = cv2.dnn.blobFromImages([_to_uint8(im) for im in images], 1.0, (wn, hn), (0, 0, 0), swapRB=False)
+        small = [small_rgb(im, wn, hn) if isinstance(im, Planes) else _to_uint8(im) for im in images]
+        blob = cv2.dnn.blobFromImages(small, 1.0, (wn, hn), (0, 0, 0), swapRB=False)
         self.net.setInput(blob)
         heat, scale, offset, lms = self.net.forward(["537", "538", "539", "540"])
         return [self._decode(heat[i, 0], scale[i], offset[i], lms[i], sx, sy, wn, hn) for i in range(len(images))]
@@ -211,6 +218,7 @@ class RetinaFaceDetector:
         self.io = Transfers(device)  # the detection batches' uploads, counted
         self._utils = import_research_module("facexlib.detection.retinaface_utils")
         self._priors: dict[tuple[int, int], torch.Tensor] = {}
+        self._constants: dict[tuple[str, tuple[float, ...], torch.dtype], torch.Tensor] = {}
 
     def _prior(self, h: int, w: int) -> torch.Tensor:
         if (h, w) not in self._priors:
@@ -233,38 +241,98 @@ class RetinaFaceDetector:
             x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
         return x
 
-    def decoded(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+    def _working_planes(self, y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, fmt: PlaneFormat) -> torch.Tensor:
+        """``(N, H, W)`` luma and ``(N, Hc, Wc)`` chroma -> RGB at the working size, values 0..255: each
+        plane shrunk to that size first, so only the detector's small input is ever converted."""
+        h, w = y.shape[1:]
+        s = working_scale(h, w, self.size)
+        size = (round(h * s), round(w * s))
+        cpu = y.device.type == "cpu"
+        dtype = torch.float32 if cpu else self.dtype
+
+        def shrink(p: torch.Tensor) -> torch.Tensor:
+            if cpu and p.dtype == torch.uint8:  # PyTorch's uint8 resize (CPU only; fast)
+                return F.interpolate(p, size=size, mode="bilinear", antialias=True, align_corners=False).to(dtype)
+            return F.interpolate(p.to(dtype), size=size, mode="bilinear", antialias=True, align_corners=False)
+
+        luma = shrink(y[:, None])[:, 0]
+        chroma = shrink(torch.stack([u, v], dim=1))
+        at = PlaneFormat(fmt.name, fmt.bits, 1, 1, fmt.matrix, fmt.full_range)
+        return yuv_to_rgb(luma.float(), chroma[:, 0].float(), chroma[:, 1].float(), at) * 255.0
+
+    def _upload(self, images: Sequence[Picture]) -> tuple[torch.Tensor, list[DevicePicture]]:
+        """Pictures of one size and form -> the working-size RGB batch, and each picture on the device."""
+        first = images[0]
+        if isinstance(first, Planes):
+            planes = [im for im in images if isinstance(im, Planes)]
+            y, u, v = self.io.upload_planes(planes)
+            held: list[DevicePicture] = [PlanesPicture(y[b], u[b], v[b], first.format) for b in range(len(planes))]
+            return self._working_planes(y, u, v, first.format), held
+        rgb = [im for im in images if isinstance(im, np.ndarray)]
+        # uploaded outside inference mode: paste-back writes the restored faces into these pictures later
+        batch = self.io.upload_batch(rgb)
+        h, w = batch.shape[1:3]
+        x = self._working(batch.permute(0, 3, 1, 2), working_scale(h, w, self.size))  # channels-last view
+        return x, [RgbPicture(batch[b], first.dtype) for b in range(len(rgb))]
+
+    def decoded(self, images: Sequence[Picture]) -> tuple[torch.Tensor, ...]:
         """Every prior's box ``(N, P, 4)``, face score ``(N, P)`` and points ``(N, P, 10)`` in source
         pixels (fp32, on the device, before thresholds and NMS), and the scene-cut thumbnails."""
-        return self._decoded(self.io.upload_batch(list(images)))
+        x, _ = self._upload(images)
+        return self._decoded(x, *images[0].shape[:2])
 
     @torch.inference_mode()
-    def _decoded(self, uploaded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
-        h, w = uploaded.shape[1:3]
-        x = self._working(uploaded.permute(0, 3, 1, 2), working_scale(h, w, self.size))  # channels-last view
+    def _decoded(self, x: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, ...]:
         thumbs = thumbnails(x)
         hn, wn = x.shape[2:]
-        mean = torch.tensor(self._MEAN_BGR, device=self.device, dtype=x.dtype).view(1, 3, 1, 1)
+        mean = self._constant("mean", self._MEAN_BGR, x.dtype).view(1, 3, 1, 1)
         x = x.flip(1) - mean  # RGB -> BGR, as RetinaFace was trained
         loc, conf, landm = (t.float() for t in self.net(x.to(self.dtype)))
         priors = self._prior(hn, wn)[None]
         var = self.model.cfg["variance"]  # type: ignore[index]
         # decoded boxes and points are fractions of the picture: scale by the source size
-        boxes = self._utils.batched_decode(loc, priors, var) * torch.tensor([w, h] * 2, device=self.device)
-        points = self._utils.batched_decode_landm(landm, priors, var) * torch.tensor([w, h] * 5, device=self.device)
+        boxes = self._utils.batched_decode(loc, priors, var) * self._constant("box", (w, h) * 2, torch.float32)
+        points = self._utils.batched_decode_landm(landm, priors, var) * self._constant("pts", (w, h) * 5, torch.float32)
         return boxes, conf[:, :, 1], points, thumbs
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+    def _constant(self, name: str, values: tuple[float, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A small constant tensor on the device, made once (each new one is an upload)."""
+        key = (name, values, dtype)
+        if key not in self._constants:
+            self._constants[key] = torch.tensor(values, device=self.device, dtype=dtype)
+        return self._constants[key]
+
+    # at most this many candidates per picture are read back (a crowd of 50 faces gives ~1,000)
+    CANDIDATES = 2048
+
+    def detect(self, images: Sequence[Picture]) -> list[Detections]:
+        """The faces of a batch: the best-scoring candidates of every picture and the thumbnails come
+        back in one read; thresholds, NMS and sorting then run on the host (a few hundred boxes)."""
         if not images:
             return []
-        # uploaded outside inference mode: paste-back writes the restored faces into these pictures later
-        batch = self.io.upload_batch(list(images))
-        boxes, scores, points, thumbs = self._decoded(batch)
+        x, held = self._upload(images)
+        boxes, scores, points, thumbs = self._decoded(x, *images[0].shape[:2])
+        with torch.inference_mode():
+            k = min(self.CANDIDATES, scores.shape[1])
+            top, order = scores.topk(k, dim=1)
+            picked = torch.cat([boxes.gather(1, order[..., None].expand(-1, -1, 4)), top[..., None]], dim=2)
+            picked = torch.cat([picked, points.gather(1, order[..., None].expand(-1, -1, 10))], dim=2)
+            n = len(images)
+            flat = torch.cat([picked.reshape(n, -1), thumbs.reshape(n, -1).float()], dim=1)
+        host = self.io.read(flat)
         out = []
-        for b in range(len(images)):
-            keep = scores[b] > self.threshold
-            found = _finish(boxes[b][keep], scores[b][keep], points[b][keep], self.min_face, self.nms_iou)
-            out.append(replace(found, thumb=thumbs[b], picture=batch[b]))
+        for b in range(n):
+            cand = host[b, : k * 15].reshape(k, 15)
+            keep = cand[:, 4] > self.threshold
+            if keep.all() and k < scores.shape[1]:
+                log.debug("more than %d face candidates in one picture; NMS over all of them", k)
+                keep_all = scores[b] > self.threshold
+                cand = torch.cat([boxes[b][keep_all], scores[b][keep_all, None], points[b][keep_all]], 1).cpu().numpy()
+                keep = np.ones(len(cand), bool)
+            c = torch.from_numpy(np.ascontiguousarray(cand[keep]))
+            found = _finish(c[:, :4], c[:, 4], c[:, 5:], self.min_face, self.nms_iou)
+            thumb = host[b, k * 15 :].reshape(THUMB_H, THUMB_W)
+            out.append(replace(found, thumb=thumb, picture=held[b]))
         return out
 
 
@@ -291,8 +359,8 @@ def detect_frames(
 
     def flush() -> Iterator[tuple[Frame, Detections]]:
         t0 = time.perf_counter()
-        k = (held[0].rotation // 90) % 4
-        images = [np.ascontiguousarray(np.rot90(f.image, k)) if k else f.image for f in held]
+        k = (held[0].rotation // 90) % 4  # turned pictures are made RGB on the host first
+        images = [np.ascontiguousarray(np.rot90(f.rgb(), k)) for f in held] if k else [f.image for f in held]
         try:
             found = detector.detect(images)
         except (VidrestoreError, KeyboardInterrupt):
@@ -300,7 +368,7 @@ def detect_frames(
         except Exception as exc:  # name the frames being detected: detection may run ahead of the output
             raise PipelineError.during("detect", exc, held[0].index, held[-1].index, "detecting") from exc
         if k:  # the uploaded pictures are turned ones: not the frames' own
-            h, w = held[0].image.shape[:2]
+            h, w = held[0].size
             found = [replace(_unrotate(d, k, h, w), picture=None) for d in found]
         found = [d if d.thumb is not None else replace(d, thumb=thumbnail(f.image)) for f, d in zip(held, found)]
         timer("detect", time.perf_counter() - t0)
@@ -308,7 +376,7 @@ def detect_frames(
             yield (f if d.picture is None else replace(f, on_device=d.picture)), replace(d, picture=None)
 
     for frame in frames:
-        if held and (frame.image.shape != held[0].image.shape or frame.rotation != held[0].rotation):
+        if held and (not same_form(frame.image, held[0].image) or frame.rotation != held[0].rotation):
             yield from flush()
             held = []
         held.append(frame)

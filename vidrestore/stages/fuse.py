@@ -11,18 +11,26 @@ is, so nothing ghosts. A track's history starts afresh at its first frame, after
 tracker ends tracks at scene cuts, so a cut is a new track) and at a filled-in frame.
 
 The flow is OpenCV's DIS flow on small grey crops (no download, on the CPU); the warp and blend
-run on the device. It streams: nothing is held beyond the previous fused crop per track.
+run on the device. It streams: nothing is held beyond the previous fused crop per track. The flows
+of a group are started on a small thread pool as soon as its faces are aligned (:meth:`prepare`),
+so they are computed while the restorer runs; each is the same function of the same two crops as
+the serial one, so the output is identical, bit for bit (a test holds it to that).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from vidrestore.device import Arriving, Transfers
 
 __all__ = ["Flicker", "PairFigures", "TemporalFusion"]
 
@@ -85,10 +93,12 @@ class TemporalFusion:
         change: float = 0.06,
         flow_size: int = 128,
         measure_every: int = 8,
+        threads: int = 2,
     ):
         """``strength`` 0 blends nothing and only measures (:attr:`flicker`), on one pair of
         consecutive frames in ``measure_every`` (the flow runs on the CPU: measuring every pair
-        would slow a GPU run down)."""
+        would slow a GPU run down). ``threads``: the flow's thread pool (0: the flows run in the
+        caller's thread when the faces are fused)."""
         if not 0 <= strength < 1:
             raise ValueError("temporal.strength must be in [0, 1)")
         self.flicker = Flicker()
@@ -103,7 +113,18 @@ class TemporalFusion:
         n = flow_size
         self._xy = np.meshgrid(np.arange(n, dtype=np.float32), np.arange(n, dtype=np.float32))
         self._grids: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # type: ignore[attr-defined]
+        self._unread: list[tuple[list[tuple[int, int]], Arriving]] = []
+        self._local = threading.local()  # a DIS object per thread: one is not safe to share
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None  # started by the first prepare, stopped by close
+        # per face (track, frame) prepared ahead: its grey crop, the previous grey it was paired with, the flow
+        self._ready: dict[tuple[int, int], tuple[np.ndarray, np.ndarray | None, Future[Any] | None]] = {}
+
+    def close(self) -> None:
+        """Stop the flow threads (after a run's last group; the next prepare starts them again)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def reset(self, track_id: int) -> None:
         self._tracks.pop(track_id, None)
@@ -111,29 +132,44 @@ class TemporalFusion:
     def clear(self) -> None:
         """Forget every track (a new file starts)."""
         self._tracks.clear()
+        self._ready.clear()
 
     def forget_before(self, frame_index: int) -> None:
         """Drop the history of tracks not seen since before ``frame_index`` (ended tracks)."""
         for tid in [t for t, s in self._tracks.items() if s.frame_index < frame_index - 1]:
             del self._tracks[tid]
+        for key in [k for k in self._ready if k[1] < frame_index]:
+            del self._ready[key]
 
     def take_figures(self) -> list[PairFigures]:
-        """The pairs measured since the last call."""
+        """The pairs measured since the last call (after the group's wait, their copies are in)."""
+        self._take_unread()
         out, self.measured = self.measured, []
         return out
 
-    def _greys(self, aligned: list[torch.Tensor]) -> list[np.ndarray]:
-        """The crops small and grey, in one batch and one copy to the host."""
+    def _small(self, aligned: list[torch.Tensor]) -> torch.Tensor:
+        """The crops small and grey, in one batch, on their device."""
         n = self.flow_size
         small = F.interpolate(torch.stack(aligned).float(), size=(n, n), mode="area")
         luma = 0.299 * small[:, 0] + 0.587 * small[:, 1] + 0.114 * small[:, 2]
-        return list((luma.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
+        return (luma.clamp(0, 1) * 255).round().to(torch.uint8)
+
+    def _greys(self, aligned: list[torch.Tensor]) -> list[np.ndarray]:
+        """The crops small and grey, in one copy to the host."""
+        return list(self._small(aligned).cpu().numpy())
+
+    def _dis(self) -> Any:
+        dis = getattr(self._local, "dis", None)
+        if dis is None:
+            dis = self._local.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # type: ignore[attr-defined]
+        return dis
 
     def weights(self, prev: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Flow from ``cur`` to ``prev`` (where each pixel of the current crop was) and the blend
         weight per pixel (0 where the flow fails or the input changed), both at ``flow_size``."""
-        to_prev = self._dis.calc(cur, prev, None)
-        to_cur = self._dis.calc(prev, cur, None)
+        dis = self._dis()
+        to_prev = dis.calc(cur, prev, None)
+        to_cur = dis.calc(prev, cur, None)
         n = self.flow_size
         gx, gy = self._xy
         mx, my = gx + to_prev[..., 0], gy + to_prev[..., 1]
@@ -155,20 +191,54 @@ class TemporalFusion:
             self._grids[key] = torch.meshgrid(axis, axis, indexing="ij")  # type: ignore[assignment]
         return self._grids[key]
 
-    def _wanted(self, track_id: int, frame_index: int) -> bool:
-        """Whether this face takes part: always when fusing; when only measuring, the two frames
-        of one pair in ``measure_every``."""
+    def _takes_part(self, frame_index: int) -> bool:
+        """Always when fusing; when only measuring, the two frames of one pair in ``measure_every``."""
         every = self.measure_every
-        if self.strength == 0 and every > 1 and frame_index % every not in (0, every - 1):
+        return not (self.strength == 0 and every > 1 and frame_index % every not in (0, every - 1))
+
+    def _wanted(self, track_id: int, frame_index: int) -> bool:
+        if not self._takes_part(frame_index):
             self._tracks.pop(track_id, None)
             return False
         return True
+
+    def prepare(self, faces: list[tuple[int, int, torch.Tensor]], io: Transfers | None = None) -> None:
+        """``(track_id, frame_index, aligned)`` per face of a group, in frame order, as soon as they are
+        aligned: their grey crops are made and the flows to each track's previous crop started on the
+        pool. :meth:`fuse_group` then takes them; a face it fuses otherwise (a track reset between)
+        has its flow worked out again, so what is prepared never changes the result. Through ``io``
+        the grey crops come back without the caller waiting: the flow threads wait for them."""
+        if self.threads <= 0:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="vidrestore-flow")
+        todo = [(tid, index, aligned) for tid, index, aligned in faces if self._takes_part(index)]
+        if not todo:
+            return
+        small = self._small([a for _, _, a in todo])
+        arriving = io.read_later(small) if io is not None else Arriving(small.cpu().numpy(), None)
+        greys = list(arriving.host)  # views: filled when the copy is done, which the flow threads wait for
+        last = {tid: (s.frame_index, s.grey) for tid, s in self._tracks.items()}
+        for (tid, index, _), grey in zip(todo, greys, strict=True):
+            prev = last.get(tid)
+            if prev is not None and prev[0] == index - 1:
+                job = self._pool.submit(self._weights_arriving, arriving, prev[1], grey)
+                self._ready[(tid, index)] = (grey, prev[1], job)
+            else:
+                self._ready[(tid, index)] = (grey, None, None)
+            last[tid] = (index, grey)
+
+    def _weights_arriving(self, arriving: Arriving, prev: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        arriving.get()
+        return self.weights(prev, cur)
 
     def fuse(self, track_id: int, frame_index: int, aligned: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
         """One face: :meth:`fuse_group` of one."""
         return self.fuse_group([(track_id, frame_index, aligned, restored)])[0]
 
-    def fuse_group(self, faces: list[tuple[int, int, torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    def fuse_group(
+        self, faces: list[tuple[int, int, torch.Tensor, torch.Tensor]], io: Transfers | None = None
+    ) -> list[torch.Tensor]:
         """``(track_id, frame_index, aligned, restored)`` per face, in frame order -> the fused crops.
 
         The crops are made small and grey in one batch; the flow runs on the host; the warps and
@@ -177,30 +247,50 @@ class TemporalFusion:
         todo = [k for k, (tid, index, _, _) in enumerate(faces) if self._wanted(tid, index)]
         if not todo:
             return out
-        greys = self._greys([faces[k][2] for k in todo])
+        ready = [self._ready.pop((faces[k][0], faces[k][1]), None) for k in todo]
+        missing = [k for k, r in zip(todo, ready, strict=True) if r is None]
+        made = iter(self._greys([faces[k][2] for k in missing]) if missing else [])
         pending: list[tuple[int, int, torch.Tensor]] = []
-        for k, grey in zip(todo, greys, strict=True):
+        for k, prepared in zip(todo, ready, strict=True):
             tid, index, aligned, restored = faces[k]
+            grey = prepared[0] if prepared is not None else next(made)
             state = self._tracks.get(tid)
             if state is not None and state.frame_index == index - 1:
-                out[k], sums = self._blend(state, grey, aligned, restored)
+                flow = None  # the prepared flow, where it was made from this very pair
+                if prepared is not None and prepared[1] is state.grey and prepared[2] is not None:
+                    flow = prepared[2].result()
+                out[k], sums = self._blend(state, grey, aligned, restored, flow)
                 pending.append((tid, index, sums))
             self._tracks[tid] = _Track(index, grey, aligned, out[k], restored)
         if pending:
-            values = torch.stack([s for _, _, s in pending]).tolist()  # the group's one read-back
-            for (tid, index, _), (n, inp, per_frame, output) in zip(pending, values, strict=True):
+            sums = torch.stack([s for _, _, s in pending])
+            # the group's flicker figures: with ``io`` copied back without waiting, read by take_figures
+            arriving = io.read_later(sums) if io is not None else Arriving(sums.cpu().numpy(), None)
+            self._unread.append(([(tid, index) for tid, index, _ in pending], arriving))
+            if io is None:
+                self._take_unread()
+        return out
+
+    def _take_unread(self) -> None:
+        for keys, arriving in self._unread:
+            for (tid, index), (n, inp, per_frame, output) in zip(keys, arriving.get().tolist(), strict=True):
                 if n > 0:
                     pair = PairFigures(tid, index, inp / n * 255, per_frame / n * 255, output / n * 255)
                     self.flicker.add(pair)
                     self.measured.append(pair)
-        return out
+        self._unread.clear()
 
     def _blend(
-        self, state: _Track, grey: np.ndarray, aligned: torch.Tensor, restored: torch.Tensor
+        self,
+        state: _Track,
+        grey: np.ndarray,
+        aligned: torch.Tensor,
+        restored: torch.Tensor,
+        prepared: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The fused crop, and (still pixels, then the summed warping errors of input, per-frame
         and output over them) as a device tensor."""
-        flow, weight = self.weights(state.grey, grey)
+        flow, weight = prepared if prepared is not None else self.weights(state.grey, grey)
         size = restored.shape[-1]
         n = self.flow_size
         # where each current pixel was in the previous crop, as a grid_sample grid in [-1, 1]

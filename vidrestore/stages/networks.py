@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidrestore.device import Placement
+from vidrestore.device import Placement, Transfers
 from vidrestore.models.engine import EngineMaker, NetShape, eager_maker
 
 __all__ = [
@@ -87,12 +87,12 @@ def finite(x: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(x).flatten(1).all(dim=1)
 
 
-def not_finite(flags: list[tuple[list[T], torch.Tensor]]) -> list[T]:
+def not_finite(flags: list[tuple[list[T], torch.Tensor]], io: Transfers) -> list[T]:
     """The items (faces) whose network output was not finite: the batches' device flags (from
-    :func:`finite`), read back in one copy, since each read waits for the device."""
+    :func:`finite`), read back through ``io`` in one copy, since each read waits for the device."""
     if not flags:
         return []
-    ok = torch.cat([f for _, f in flags]).cpu().tolist()
+    ok = io.read(torch.cat([f for _, f in flags])).tolist()
     return [item for item, good in zip((i for batch, _ in flags for i in batch), ok, strict=True) if not good]
 
 

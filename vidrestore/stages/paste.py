@@ -1,20 +1,19 @@
-"""Paste-back: each restored face, with its mask, warped back into its own frame region and
-composited there, on the device. Every pixel outside a face's region is the decoded pixel, bit for bit.
+"""Paste-back: each restored face, with its mask, warped back into its own frame region, on the
+device, to be composited there by the picture (:mod:`.picture`), RGB or planes. Every pixel outside a
+face's region is the decoded pixel, bit for bit.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from vidrestore.geometry import compose, invert, transformed_bounds, warp_batch
-from vidrestore.stages.align import Job, buckets, full_scale
+from vidrestore.stages.align import Job, buckets
 from vidrestore.stages.networks import FaceParser
-from vidrestore.transfer import SdrView
+from vidrestore.stages.picture import DevicePicture, Pasted
 
-__all__ = ["Pasted", "composite", "feather_mask", "masks", "warp_back"]
+__all__ = ["feather_mask", "masks", "warp_back"]
 
 
 def feather_mask(size: int, device: torch.device) -> torch.Tensor:
@@ -32,18 +31,6 @@ def feather_mask(size: int, device: torch.device) -> torch.Tensor:
     return (line[:, None] * line[None, :])[None, None]
 
 
-@dataclass
-class Pasted:
-    """A restored face warped back onto its frame region, ready to composite."""
-
-    frame_pos: int
-    order: int
-    region: tuple[int, int, int, int]  # x0, y0, x1, y1 in the frame
-    pixels: torch.Tensor  # (3, h, w) in [0, 1]
-    alpha: torch.Tensor  # (1, h, w): the mask, warped
-    amount: float  # blend x the face's weight
-
-
 def masks(jobs: list[Job], parser: FaceParser | None, feather: torch.Tensor, batch_size: int) -> None:
     """The paste-back mask of every restored face: ParseNet once per batch, else the soft square."""
     for start in range(0, len(jobs), batch_size):
@@ -56,13 +43,13 @@ def masks(jobs: list[Job], parser: FaceParser | None, feather: torch.Tensor, bat
             job.mask = mask
 
 
-def warp_back(jobs: list[Job], pictures: dict[int, torch.Tensor], size: int, blend: float) -> list[Pasted]:
+def warp_back(jobs: list[Job], pictures: dict[int, DevicePicture], size: int, blend: float) -> list[Pasted]:
     """Each restored face and its mask, warped back onto its own frame region, in batched warps."""
     regions, backs, kept = [], [], []
     for job in jobs:
         if blend * job.face.weight <= 0 or job.restored is None or job.mask is None:
             continue
-        h, w = pictures[job.frame_pos].shape[:2]
+        h, w = pictures[job.frame_pos].size
         bx0, by0, bx1, by1 = transformed_bounds(invert(job.to_aligned), size, size, w, h)
         cx0, cy0, cx1, cy1 = job.clip
         x0, y0, x1, y1 = max(bx0, cx0), max(by0, cy0), min(bx1, cx1), min(by1, cy1)
@@ -85,15 +72,3 @@ def warp_back(jobs: list[Job], pictures: dict[int, torch.Tensor], size: int, ble
             out.append(Pasted(kept[i].frame_pos, i, regions[i], one[:3], one[3:], amount))
     out.sort(key=lambda p: p.order)  # overlapping faces are composited in the order they came
     return out
-
-
-def composite(picture: torch.Tensor, faces: list[Pasted], view: SdrView | None) -> None:
-    """Composite the warped faces into the device ``picture``, in place, each inside its own region."""
-    full = full_scale(picture)
-    for face in faces:
-        x0, y0, x1, y1 = face.region
-        face_px = face.pixels if view is None else view.to_signal(face.pixels)  # back from the SDR view
-        alpha = face.alpha.clamp(0, 1) * face.amount
-        region = picture[y0:y1, x0:x1].permute(2, 0, 1).float()
-        mixed = alpha * (face_px * full) + (1 - alpha) * region
-        picture[y0:y1, x0:x1] = mixed.round().clamp(0, full).permute(1, 2, 0).to(picture.dtype)

@@ -25,9 +25,10 @@ from vidrestore.stages.align import Job, Plan, align_faces, plan_face, upscale_s
 from vidrestore.stages.fuse import TemporalFusion
 from vidrestore.stages.networks import FaceParser, NonFiniteOutput, Restorer, Upscaler, finite
 from vidrestore.stages.networks import not_finite as _not_finite
-from vidrestore.stages.paste import Pasted, composite, feather_mask, masks, warp_back
+from vidrestore.stages.paste import feather_mask, masks, warp_back
+from vidrestore.stages.picture import DevicePicture, Pasted, PlanesPicture, RgbPicture, on_device
 from vidrestore.stats import RunStats
-from vidrestore.transfer import SdrView, view_for
+from vidrestore.transfer import view_for
 
 __all__ = ["RestoreStage"]
 
@@ -119,12 +120,14 @@ class RestoreStage:
         group = (frames[0].index, frames[-1].index)
         with _failures_name(*group):
             if self.upscaler is not None:
-                upscale_small(self.upscaler, plans, pictures, self.batch_size, self.stats)
+                upscale_small(self.upscaler, plans, pictures, self.batch_size, self.stats, self.io)
         t2 = time.perf_counter()
         self.timer("upscale faces", t2 - t1)
         with _failures_name(*group):
             scale = self.upscaler.scale if self.upscaler is not None else 1
             jobs = align_faces(plans, pictures, self.size, scale)
+        if self.temporal is not None:  # the fusion's flows start now, on their threads, while the restorer runs
+            self.temporal.prepare([(j.face.track_id, j.frame_index, j.aligned) for j in jobs], self.io)
         t3 = time.perf_counter()
         self.timer("align", t3 - t2 + t1 - t0)
         self._restore_all(jobs)
@@ -141,23 +144,29 @@ class RestoreStage:
             masks(done, self.parser, self.feather, self.batch_size)
             for pasted in warp_back(done, pictures, self.size, self.blend):
                 by_frame[pasted.frame_pos].append(pasted)
-        for pos, frame in enumerate(frames):
-            if pos not in by_frame:
-                yield frame if frame.on_device is None else replace(frame, on_device=None)
-                continue
+        images = {}
+        for pos, faces in by_frame.items():
+            frame = frames[pos]
             with _failures_name(frame.index):
-                self._paste(pictures[pos], by_frame[pos], view_for(frame.color_trc))
-                image = self.io.download(pictures.pop(pos), frame.image.dtype)
-            yield replace(frame, image=image, on_device=None)
+                pictures[pos].composite(faces, view_for(frame.color_trc))
+                images[pos] = pictures[pos].download(self.io)  # started; complete after the wait below
+        pictures.clear()
+        if images:
+            self.io.wait()  # the group's one look at the device's results
+        if self.temporal is not None:
+            self._flicker_figures()
         self.timer("mask + paste", time.perf_counter() - t2)
+        for pos, frame in enumerate(frames):
+            image = images.get(pos)
+            yield replace(frame, on_device=None) if image is None else replace(frame, image=image, on_device=None)
 
-    def _picture(self, frame: Frame) -> torch.Tensor:
+    def _picture(self, frame: Frame) -> DevicePicture:
         """The frame's picture on the device, written in place by paste-back: the one uploaded with
         its detection batch where there is one, else uploaded now."""
         held = frame.on_device
-        if held is not None and held.device.type == self.device.type and held.shape == frame.image.shape:
-            return held  # type: ignore[no-any-return]
-        return self.io.upload(frame.image)
+        if isinstance(held, (RgbPicture, PlanesPicture)) and held.size == frame.size:
+            return held
+        return on_device(frame.image, self.io)
 
     def _fuse(self, first_index: int, jobs: list[Job]) -> None:
         """Temporal fusion of the group, in frame order; a filled-in or failed face starts its track afresh."""
@@ -172,6 +181,10 @@ class RestoreStage:
             else:
                 group.append(job)
         self._fuse_now(group)
+
+    def _flicker_figures(self) -> None:
+        """The group's flicker figures into the run's stats: copied back with its pictures."""
+        assert self.temporal is not None
         figures, sums = self.stats.figures(), self.stats.flicker
         for pair in self.temporal.take_figures():
             values = (pair.input, pair.per_frame, pair.output)
@@ -184,7 +197,7 @@ class RestoreStage:
             return
         assert self.temporal is not None
         faces = [(j.face.track_id, j.frame_index, j.aligned, j.restored) for j in jobs if j.restored is not None]
-        for job, fused in zip(jobs, self.temporal.fuse_group(faces), strict=True):  # type: ignore[arg-type]
+        for job, fused in zip(jobs, self.temporal.fuse_group(faces, self.io), strict=True):  # type: ignore[arg-type]
             job.restored = fused
 
     def _jitter(self, jobs: list[Job]) -> None:
@@ -225,7 +238,7 @@ class RestoreStage:
             flags: list[tuple[list[Job], torch.Tensor]] = []
             for start in range(0, len(todo), self.batch_size):
                 self._restore(todo[start : start + self.batch_size], fp32, flags)
-            bad = _not_finite(flags)
+            bad = _not_finite(flags, self.io)
             for job in bad:
                 job.restored = None
             todo = bad
@@ -271,6 +284,3 @@ class RestoreStage:
         for job, restored in zip(jobs, out, strict=True):
             job.restored = restored
         flags.append((jobs, finite(out)))
-
-    def _paste(self, picture: torch.Tensor, faces: list[Pasted], view: SdrView | None) -> None:
-        composite(picture, faces, view)

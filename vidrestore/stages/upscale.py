@@ -43,4 +43,6 @@ def upscale_image(
 
     x = io.upload(image).permute(2, 0, 1)[None].float() / full
     out = upscaler.upscale_tiled(x if view is None else view.to_view(x), tile, finish, factor=scale)
-    return io.download(out, image.dtype), float(scale)
+    back = io.download(out, image.dtype)
+    io.wait()
+    return back, float(scale)
