@@ -34,7 +34,8 @@ def _raw(path: Path, pix_fmt: str) -> tuple[list[np.ndarray], int, int]:
     """Every frame's bytes as FFmpeg's own decoder gives them (the ffmpeg CLI, not vidrestore's reader)."""
     _need_ffmpeg()
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height", "-of", "json", path],
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height", "-of", "json"]
+        + [str(path)],
         capture_output=True,
         text=True,
         check=True,

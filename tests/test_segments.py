@@ -23,7 +23,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import CliResult, Weights
+from conftest import CliResult, Weights, assert_one_line_error
 from media import probe
 
 from testkit.clips import FaceClip, make_face_clip, write_clip
@@ -138,14 +138,32 @@ def test_a_segmented_run_equals_the_whole_file_run(
 
 
 @pytest.mark.slow
-def test_two_workers_give_the_same_output(
+def test_two_worker_threads_give_the_same_output(
     cli: Cli, clip: FaceClip, weights: Weights, whole: Path, tmp_path: Path
 ) -> None:
     out, report = tmp_path / "w2.mp4", tmp_path / "w2.json"
-    r = cli("restore", clip.path, "-o", out, *_args(weights, "--workers", "2"), "--report", report)
+    threads = ("--workers", "2", "--set", "pipeline.worker_kind=threads")
+    r = cli("restore", clip.path, "-o", out, *_args(weights, *threads), "--report", report)
     assert r.code == 0, r.err
     _same_as_whole(out, whole, clip)
     assert len({s["worker"] for s in _report(report)["segments"]}) == 2
+
+
+def test_two_worker_processes_give_what_one_worker_gives(cli: Cli, weights: Weights, tmp_path: Path) -> None:
+    """``workers: 2`` (spawned processes, the default kind) against ``workers: 1``, both in segments:
+    the same frames, times, audio bytes and pixels, bit for bit."""
+    short = make_face_clip(tmp_path / "short.mp4", frames=30, size=(192, 144), trajectory=_motion, gop=10)
+    one, two, report = tmp_path / "one.mp4", tmp_path / "two.mp4", tmp_path / "two.json"
+    cut = ("--segment-seconds", "0.4")  # three segments of 10 frames
+    assert cli("restore", short.path, "-o", one, *_args(weights, *cut)).code == 0
+    r = cli("restore", short.path, "-o", two, *_args(weights, *cut, "--workers", "2"), "--report", report)
+    assert r.code == 0, r.err
+    a, b = probe(one), probe(two)
+    assert a.frames == b.frames == 30 and a.pts == b.pts and a.audio == b.audio and a.audio
+    for x, y in zip(_frames(one), _frames(two), strict=True):
+        assert np.array_equal(x, y)
+    pids = {s["worker"].split(":")[1] for s in _report(report)["segments"]}
+    assert len(pids) == 2 and str(os.getpid()) not in pids  # two processes, neither this one
 
 
 @pytest.mark.slow
@@ -296,3 +314,34 @@ def test_the_join_keeps_what_a_whole_file_run_keeps(
     a, b, w = probe(src), probe(out), probe(whole)
     assert (b.frames, b.pts, b.audio, b.rotation) == (a.frames, a.pts, a.audio, a.rotation)
     assert (b.color, b.codec, b.pix_fmt, b.container_metadata) == (w.color, w.codec, w.pix_fmt, w.container_metadata)
+
+
+def test_a_worker_process_that_cannot_load_its_models_fails_the_run_in_one_line(
+    cli: Cli, clip: FaceClip, weights: Weights, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    out = tmp_path / "never.mp4"
+    r = cli("restore", clip.path, "-o", out, *_args(weights, "--workers", "2"), "--set", f"restorer.weights={bad}")
+    assert r.code == 3, r.err
+    assert_one_line_error(r.err)
+    assert "bad.pth" in r.err and not out.exists()
+
+
+def test_auto_workers_come_from_cores_and_gpu_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vidrestore.config import load_config
+    from vidrestore.run import local
+
+    auto = load_config(None, ["pipeline.workers=0", "device=auto"])
+    monkeypatch.setattr(local.torch.cuda, "is_available", lambda: False)
+    assert local.worker_count(auto, 10) == (
+        1,
+        "workers: 1 (auto: on the CPU one pipeline's networks already use every core)",
+    )
+    monkeypatch.setattr(local.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(local.torch.cuda, "mem_get_info", lambda: (20 << 30, 141 << 30))
+    monkeypatch.setattr(local.os, "cpu_count", lambda: 16)
+    n, why = local.worker_count(auto, 10)
+    assert n == 3 and why == "workers: 3 (auto: 16 cores, 20 GiB free on the GPU, 6 GiB each)"
+    assert local.worker_count(auto, 2)[0] == 2  # never more than the tasks
+    assert local.worker_count(load_config(None, ["pipeline.workers=4"]), 10) == (4, "")

@@ -44,6 +44,7 @@ __all__ = [
 DetectorName = Literal["retinaface_resnet50", "retinaface_mobile0.25", "centerface", "none"]
 RestorerName = Literal["gfpgan-1.4", "gfpgan-1.3", "gfpgan-1.2", "restoreformer", "codeformer", "none"]
 UpscalerName = Literal["realesr-general-x4v3", "realesrgan-x4plus", "realesrgan-x2plus", "none"]
+WorkerKind = Literal["processes", "threads"]
 VideoCodec = Literal["auto", "libx264", "libx265", "libsvtav1", "libvpx-vp9", "h264_nvenc", "hevc_nvenc"]
 EncoderPreset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
@@ -143,9 +144,7 @@ class TemporalConfig:
         2.0, "forward-backward flow error (px of the 512 crop) that marks a pixel occluded", 0.1, 64
     )
     change: float = _key(0.06, "the input's own change (0-1) that marks a pixel as moving: it is not blended", 0.0, 1.0)
-    flow_threads: int = _key(
-        2, "threads that work out the flow while the restorer runs (same output as 0: in the restore thread)", 0, 32
-    )
+    flow_threads: int = _key(2, "threads for the flow while the restorer runs (0: in the restore thread)", 0, 32)
 
 
 @dataclass(frozen=True)
@@ -184,10 +183,9 @@ class PipelineConfig:
     segment_seconds: float = _key(
         60.0, "cut videos longer than twice this into keyframe-aligned segments (resumable); 0: whole files", 0, 1e6
     )
-    workers: int = _key(1, "segment pipelines run at once (each loads its own models)", 1, 64)
-    planes: bool = _key(
-        True, "keep YUV frames in their decoded planes (untouched outside faces); false: RGB through swscale"
-    )
+    workers: int = _key(1, "segment pipelines at once, each with its own models and codecs; 0: auto", 0, 64)
+    worker_kind: WorkerKind = _key("processes", "several workers run as spawned processes, or as threads")
+    planes: bool = _key(True, "keep YUV frames as decoded (untouched outside faces); false: RGB via swscale")
 
 
 @dataclass(frozen=True)

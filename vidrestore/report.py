@@ -54,6 +54,7 @@ class Summary:
                 f"segments: {len(s.segments)} ({resumed} kept from an earlier run, {retried} retried) "
                 f"on {workers} worker(s)"
             )
+        out += s.notes
         if s.stage_seconds:
             out.append("time per stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in s.stage_seconds.items()))
         if s.timestamps_repaired:

@@ -149,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="pipeline.segment_seconds: cut videos longer than 2*S into resumable segments (0: whole files)",
     )
-    long.add_argument("--workers", type=int, metavar="N", help="pipeline.workers: segment pipelines run at once")
+    long.add_argument(
+        "--workers", type=int, metavar="N", help="pipeline.workers: segment pipelines run at once (0: auto)"
+    )
     again = long.add_mutually_exclusive_group()
     again.add_argument(
         "--resume",

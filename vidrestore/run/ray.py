@@ -17,19 +17,14 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from vidrestore.config import Config, config_to_dict, load_config
+from vidrestore.config import Config, config_to_dict
 from vidrestore.errors import ConfigError, PipelineError
-from vidrestore.models.registry import DEFAULT_REGISTRY
 from vidrestore.models.store import ModelStore
-from vidrestore.run.file import build_stages
-from vidrestore.run.segments.render import SegmentResult
-from vidrestore.run.tasks import Done, Task, TaskSpec, run_task
-from vidrestore.stats import RunStats
+from vidrestore.run.tasks import Done, SegmentActor, Task
 
-__all__ = ["RAY_INSTALL", "SegmentActor", "import_ray", "run_ray"]
+__all__ = ["RAY_INSTALL", "import_ray", "run_ray"]
 
 log = logging.getLogger(__name__)
 
@@ -43,43 +38,6 @@ def import_ray() -> Any:
     except ImportError as exc:
         raise ConfigError(f"--ray needs the ray extra: {RAY_INSTALL}") from exc
     return ray
-
-
-class SegmentActor:
-    """One worker on the cluster: the models loaded once, then one task after another."""
-
-    def __init__(self, config: dict[str, Any], weights_dir: str, offline: bool) -> None:
-        import json
-        import tempfile
-
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
-            json.dump(config, fh)  # JSON is YAML: the config goes through the one loader
-        self.config = load_config(fh.name)
-        Path(fh.name).unlink()
-        self.store = ModelStore(Path(weights_dir), DEFAULT_REGISTRY, fetch_missing=not offline)
-        self.stats = RunStats()
-        self.stages = build_stages(self.config, self.store, self.stats)
-        self._times: dict[str, list[int]] = {}
-
-    def pid(self) -> int:
-        import os
-
-        return os.getpid()
-
-    def run(self, task: dict[str, Any]) -> tuple[SegmentResult | None, RunStats]:
-        """One task (:meth:`TaskSpec.to_dict`) through :func:`run_task`, as a local worker runs it;
-        returns its result and counts."""
-        spec = TaskSpec.from_dict(task)
-        times = None
-        if spec.segment is not None and spec.folder is not None:
-            key = str(spec.folder)
-            if key not in self._times:  # each frame's time, written by the driver beside the segments
-                self._times = {key: spec.times()}
-            times = self._times[key]
-        result = run_task(spec, self.config, self.stages, self.stats, times=times)
-        if result is not None:
-            result.stats = RunStats()  # the counts travel once, beside the result
-        return result, self.stats.take()
 
 
 @dataclass

@@ -22,7 +22,7 @@ from vidrestore.models.usage import check_present
 from vidrestore.progress import Progress
 from vidrestore.report import Summary
 from vidrestore.run.file import FrameStages, build_stages
-from vidrestore.run.local import run_local
+from vidrestore.run.local import run_local, run_processes, worker_count
 from vidrestore.run.segments.manifest import Resume
 from vidrestore.run.tasks import Done, plan_work
 from vidrestore.stats import RunStats
@@ -87,7 +87,8 @@ def restore_paths(
     check_present(config, store)  # offline: every missing model named at once, before any loads
     stats = RunStats()
     first: tuple[FrameStages, RunStats] | None = None
-    if not ray:  # the models load (or fail) before any work starts
+    processes = config.pipeline.workers != 1 and config.pipeline.worker_kind == "processes"
+    if not ray and not processes:  # the models load (or fail) before any work starts (workers do their own)
         worker_stats = RunStats()
         first = (build_stages(config, store, worker_stats), worker_stats)
     start = time.perf_counter()
@@ -95,6 +96,9 @@ def restore_paths(
     bar: Any = None
     try:
         _, tasks = plan_work(pairs, config, store, resume)
+        workers, why = worker_count(config, len(tasks))
+        if why:
+            stats.notes.append(why)
         frames = sum(t.frames for t in tasks)
         if progress and frames:
             bar = Progress("segments", frames)
@@ -103,10 +107,11 @@ def restore_paths(
             from vidrestore.run.ray import run_ray  # the ray extra, only when asked for
 
             run_ray(tasks, config, store, done, update)
+        elif processes and workers > 1:
+            run_processes(tasks, config, store, done, update, workers)
         else:
-            run_local(
-                tasks, config, lambda st: build_stages(config, store, st), done, update, first, file_progress=progress
-            )
+            make = lambda st: build_stages(config, store, st)  # noqa: E731
+            run_local(tasks, config, make, done, update, first, file_progress=progress, workers=workers)
     except KeyboardInterrupt as exc:
         raise Interrupted(_in_order(done.outputs, pairs)) from exc
     finally:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -15,19 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vidrestore.config import Config
+from vidrestore.config import Config, load_config
 from vidrestore.io.atomic import check_target
 from vidrestore.io.images import is_image
+from vidrestore.models.registry import DEFAULT_REGISTRY
 from vidrestore.models.store import ModelStore
 from vidrestore.models.usage import model_identity
-from vidrestore.run.file import restore_file
+from vidrestore.run.file import build_stages, restore_file
 from vidrestore.run.segments.join import join_segments
 from vidrestore.run.segments.manifest import Manifest, Resume, open_manifest, remove_work
 from vidrestore.run.segments.plan import Plan, Segment, plan_segments, warm_ahead
 from vidrestore.run.segments.render import SegmentResult, render_segment
 from vidrestore.stats import RunStats
 
-__all__ = ["Done", "FileWork", "Task", "TaskSpec", "plan_work", "run_task"]
+__all__ = ["Done", "FileWork", "SegmentActor", "Task", "TaskSpec", "plan_work", "run_task"]
 
 log = logging.getLogger(__name__)
 
@@ -215,3 +218,36 @@ class Done:
             with self.lock:
                 self.stats.merge(joined)
                 self.outputs.append(w.dst)
+
+
+class SegmentActor:
+    """One worker in a process of its own (a Ray actor, or a spawned local worker process): the
+    models loaded once from plain settings, then one task after another."""
+
+    def __init__(self, config: dict[str, Any], weights_dir: str, offline: bool) -> None:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+            json.dump(config, fh)  # JSON is YAML: the config goes through the one loader
+        self.config = load_config(fh.name)
+        Path(fh.name).unlink()
+        self.store = ModelStore(Path(weights_dir), DEFAULT_REGISTRY, fetch_missing=not offline)
+        self.stats = RunStats()
+        self.stages = build_stages(self.config, self.store, self.stats)
+        self._times: dict[str, list[int]] = {}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, task: dict[str, Any]) -> tuple[SegmentResult | None, RunStats]:
+        """One task (:meth:`TaskSpec.to_dict`) through :func:`run_task`, as a local worker runs it;
+        returns its result and counts."""
+        spec = TaskSpec.from_dict(task)
+        times = None
+        if spec.segment is not None and spec.folder is not None:
+            key = str(spec.folder)
+            if key not in self._times:  # each frame's time, written by the driver beside the segments
+                self._times = {key: spec.times()}
+            times = self._times[key]
+        result = run_task(spec, self.config, self.stages, self.stats, times=times)
+        if result is not None:
+            result.stats = RunStats()  # the counts travel once, beside the result
+        return result, self.stats.take()

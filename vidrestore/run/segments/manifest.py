@@ -47,8 +47,9 @@ def config_hash(config: Config) -> str:
     d = config_to_dict(config)
     d.pop("cluster", None)
     d["output"].pop("overwrite", None)
-    for k in ("workers", "queue_size", "decode_threads", "encode_threads", "overlap"):
+    for k in ("workers", "worker_kind", "queue_size", "decode_threads", "encode_threads", "overlap"):
         d["pipeline"].pop(k, None)
+    d["temporal"].pop("flow_threads", None)  # the same pixels with any number of flow threads
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
