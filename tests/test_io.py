@@ -289,6 +289,36 @@ def test_unavailable_encoder_is_a_clear_error_and_nvenc_falls_back(cli: Cli, tmp
     assert probe(tmp_path / "n.mp4").codec == "h264"
 
 
+def test_nvdec_and_auto_nvenc_fall_back_to_software_with_one_line_each(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asked for on a machine without them: the run is the software one, and each fallback is said once."""
+    import torch
+
+    from vidrestore.io import probe as probe_module
+    from vidrestore.run import file as file_module
+
+    if torch.cuda.is_available():
+        pytest.skip("NVDEC and NVENC may really work here")
+    monkeypatch.setattr(probe_module, "_SAID", set())  # said once per process: this test's process too
+    src = tmp_path / "in.mp4"
+    write_clip(src, frames(5))
+    software, hardware = tmp_path / "s.mkv", tmp_path / "h.mkv"
+    assert cli("restore", src, "-o", software, "--detector", "none", "--set", "input.decoder=software").code == 0
+    monkeypatch.setattr(file_module, "_nvenc", lambda config: True)  # as on a CUDA machine with codec auto
+    r = cli("restore", src, "-o", hardware, "--detector", "none", "--set", "input.decoder=nvdec")
+    assert r.code == 0, r.err
+    lines = r.err.splitlines()
+    assert sum("NVDEC is not available here" in line and "decoding in software" in line for line in lines) == 1
+    assert sum("h264_nvenc cannot be opened here" in line for line in lines) == 1
+    assert probe(hardware).codec == "h264" and probe(hardware).frames == 5
+    with av.open(str(software)) as a, av.open(str(hardware)) as b:
+        for x, y in zip(a.decode(video=0), b.decode(video=0), strict=True):
+            assert np.array_equal(x.to_ndarray(), y.to_ndarray())
+    r = cli("restore", src, "-o", tmp_path / "again.mkv", "--detector", "none", "--set", "input.decoder=nvdec")
+    assert "NVDEC" not in r.err and "NVENC" not in r.err  # once per process
+
+
 def test_encoder_option_builders() -> None:
     assert encoder_options("libx264", 18, "medium") == {"crf": "18", "preset": "medium"}
     assert encoder_options("libsvtav1", 30, "slow") == {"crf": "30", "preset": "5"}

@@ -45,6 +45,7 @@ DetectorName = Literal["retinaface_resnet50", "retinaface_mobile0.25", "centerfa
 RestorerName = Literal["gfpgan-1.4", "gfpgan-1.3", "gfpgan-1.2", "restoreformer", "codeformer", "none"]
 UpscalerName = Literal["realesr-general-x4v3", "realesrgan-x4plus", "realesrgan-x2plus", "none"]
 WorkerKind = Literal["processes", "threads"]
+Decoder = Literal["auto", "software", "nvdec"]
 VideoCodec = Literal["auto", "libx264", "libx265", "libsvtav1", "libvpx-vp9", "h264_nvenc", "hevc_nvenc"]
 EncoderPreset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
@@ -168,6 +169,7 @@ class InputConfig:
     strict: bool = _key(
         False, "stop with exit 4 at the first damage in an input (default: read on past it and report it)"
     )
+    decoder: Decoder = _key("auto", "software, or nvdec (NVIDIA's decoder, else software); auto: nvdec on CUDA")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import av.error
 
 from vidrestore.config import EncoderPreset
 from vidrestore.errors import OutputError
+from vidrestore.io.probe import say_once
 
 __all__ = [
     "CONTAINERS",
@@ -25,6 +26,7 @@ __all__ = [
     "check_encoder",
     "check_rate",
     "encoder_options",
+    "nvenc_twin",
     "pick_pix_fmt",
     "plan_output",
     "video_encoder_opens",
@@ -317,3 +319,19 @@ def audio_encoder_opens(codec: str, source: Any) -> bool:
     except (av.error.FFmpegError, ValueError, TypeError, ZeroDivisionError):
         return False
     return True
+
+
+_NVENC = {"libx264": "h264_nvenc", "libx265": "hevc_nvenc"}
+
+
+def nvenc_twin(codec: str, width: int, height: int, deep: bool) -> tuple[str, str] | None:
+    """``codec: auto`` on a CUDA GPU: NVENC's twin of ``codec`` and its pixel format, if it opens
+    here; else None, said once. Never assumed: H100, H200 and A100 have no NVENC."""
+    nv = _NVENC.get(codec)
+    if nv is None:
+        return None
+    fmt = pick_pix_fmt(nv, 10 if deep else 8, width, height)
+    if video_encoder_opens(nv, width, height, fmt):
+        return nv, fmt
+    say_once("nvenc", f"{nv} cannot be opened here (this GPU has no NVENC); encoding with {codec}")
+    return None

@@ -3,6 +3,7 @@ other streams."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -10,11 +11,23 @@ from typing import Any
 
 import av
 import av.error
+from av.codec.hwaccel import HWAccel
 from av.stream import Disposition
 
 from vidrestore.errors import InputError
 
-__all__ = ["StreamInfo", "VideoInfo", "bit_depth", "frame_count", "is_cover_art", "main_video_stream", "open_input"]
+__all__ = [
+    "StreamInfo",
+    "VideoInfo",
+    "bit_depth",
+    "frame_count",
+    "is_cover_art",
+    "main_video_stream",
+    "open_input",
+    "say_once",
+]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,8 +73,26 @@ def frame_count(frames: int | None, seconds: float | None, rate: Fraction | None
     return round(seconds * float(rate)) if seconds and rate else 0
 
 
-def open_input(path: Path) -> Any:
-    """``av.open(path)`` with every failure turned into an :class:`InputError` (exit 4)."""
+_SAID: set[str] = set()  # the fallbacks said once per process, not once per file or segment
+
+
+def say_once(key: str, line: str) -> None:
+    """A warning line the first time ``key`` comes up in this process."""
+    if key not in _SAID:
+        _SAID.add(key)
+        log.warning("%s", line)
+
+
+def open_input(path: Path, nvdec: bool = False) -> Any:
+    """``av.open(path)`` with every failure turned into an :class:`InputError` (exit 4). ``nvdec``: decode
+    on the NVIDIA GPU's decoder through FFmpeg's CUDA hardware acceleration, frames handed back in
+    system memory (NV12 / P010); where that cannot start, software, said once."""
+    if nvdec and path.is_file():
+        try:
+            return av.open(str(path), mode="r", metadata_errors="replace", hwaccel=HWAccel("cuda"))
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            why = getattr(exc, "strerror", None) or exc
+            say_once("nvdec", f"NVDEC is not available here ({why}); decoding in software")
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():

@@ -74,11 +74,13 @@ class VideoReader:
         seek_pts: int | None = None,
         decode_video: bool = True,
         planes: bool = True,
+        nvdec: bool = False,
     ) -> None:
         """``copy_other``: copy data tracks, other video tracks and attachments too; ``seek_pts``:
         start at the video keyframe at or before this time (video time base) instead of the start;
         ``decode_video`` False: demux only, for the copied streams (no frames come out); ``planes``: hand
-        on planar YUV pictures as their planes (else every picture is made RGB by swscale)."""
+        on planar YUV pictures as their planes (else every picture is made RGB by swscale); ``nvdec``:
+        decode on an NVIDIA GPU's decoder where it starts (else software, said once)."""
         self.path = path
         self.strict = strict
         self.seek_pts = seek_pts
@@ -86,7 +88,7 @@ class VideoReader:
         self.keep_planes = planes
         self.copy_other = copy_other
         self.control = control
-        self.container = open_input(path)
+        self.container = open_input(path, nvdec=nvdec)
         try:
             self._setup(threads, copy_audio, copy_subtitles)
         except BaseException:

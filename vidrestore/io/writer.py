@@ -30,6 +30,7 @@ from vidrestore.io.encoders import (
     can_copy,
     check_encoder,
     check_rate,
+    nvenc_twin,
     pick_pix_fmt,
     plan_output,
     video_encoder_opens,
@@ -79,8 +80,11 @@ class VideoWriter:
         threads: int = 0,
         attachments: Sequence[Any] = (),
         template: Any = None,
+        nvenc: bool = False,
     ) -> None:
+        """``nvenc``: with ``codec: auto``, NVIDIA's encoder where this GPU has one (else the usual, said once)."""
         self.path = path
+        self.nvenc = nvenc
         self.template = template
         self._info = info
         self.copy_streams = copy_streams
@@ -125,6 +129,9 @@ class VideoWriter:
         check_encoder(codec)
         deep = first.image.dtype.itemsize > 1
         pix_fmt = pick_pix_fmt(codec, 10 if deep else 8, width, height)
+        if self.nvenc and (nv := nvenc_twin(codec, width, height, deep)) is not None:
+            codec, pix_fmt = nv
+            options = plan_output(self.path.suffix, codec, cfg.crf, cfg.preset, info.hdr).options
         if codec.endswith("_nvenc") and not video_encoder_opens(codec, width, height, pix_fmt):
             log.warning("%s cannot be opened here (no NVIDIA encoder); falling back to libx264", codec)
             codec = "libx264"

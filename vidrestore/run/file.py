@@ -15,6 +15,8 @@ from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from vidrestore.config import Config
 from vidrestore.control import END, RunControl, Stopped
 from vidrestore.errors import PipelineError, VidrestoreError
@@ -106,6 +108,17 @@ def guarded(frames: Iterator[Frame], stage: str, stats: RunStats) -> Generator[F
         raise PipelineError.during(stage, exc, last + 1) from exc
 
 
+def _nvdec(config: Config) -> bool:
+    """Whether to try NVIDIA's decoder: asked for, or auto with the networks on a CUDA GPU."""
+    d = config.input.decoder
+    return d == "nvdec" or (d == "auto" and config.device != "cpu" and torch.cuda.is_available())
+
+
+def _nvenc(config: Config) -> bool:
+    """Whether ``output.codec: auto`` tries NVIDIA's encoder first: with the networks on a CUDA GPU."""
+    return config.output.codec == "auto" and config.device != "cpu" and torch.cuda.is_available()
+
+
 def open_reader(
     src: Path,
     config: Config,
@@ -122,6 +135,7 @@ def open_reader(
         queue_size=config.pipeline.queue_size,
         threads=config.pipeline.decode_threads,
         planes=config.pipeline.planes,
+        nvdec=_nvdec(config),
         copy_audio=copy_streams and config.output.audio,
         copy_subtitles=copy_streams and config.output.subtitles,
         copy_other=copy_streams,
@@ -147,6 +161,7 @@ def writer_for(
         threads=config.pipeline.encode_threads,
         attachments=reader.attachments,
         template=template,
+        nvenc=_nvenc(config),
     )
 
 
