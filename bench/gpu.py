@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 # Dense peak TFLOP/s by device name and dtype (vendor data sheets, SXM parts). Unknown devices: no ratio.
 PEAKS = {
-    "H100": {"fp32": 67.0, "fp16": 989.0, "bf16": 989.0},
-    "H200": {"fp32": 67.0, "fp16": 989.0, "bf16": 989.0},
-    "A100": {"fp32": 19.5, "fp16": 312.0, "bf16": 312.0},
-    "L4": {"fp32": 30.3, "fp16": 121.0, "bf16": 121.0},
-    "RTX 4090": {"fp32": 82.6, "fp16": 165.0, "bf16": 165.0},
+    "H100": {"fp32": 67.0, "tf32": 494.7, "fp16": 989.0, "bf16": 989.0},
+    "H200": {"fp32": 67.0, "tf32": 494.7, "fp16": 989.0, "bf16": 989.0},
+    "A100": {"fp32": 19.5, "tf32": 156.0, "fp16": 312.0, "bf16": 312.0},
+    "L4": {"fp32": 30.3, "tf32": 60.0, "fp16": 121.0, "bf16": 121.0},
+    "RTX 4090": {"fp32": 82.6, "tf32": 82.6, "fp16": 165.0, "bf16": 165.0},
 }
 
 
@@ -128,10 +129,13 @@ def restorer_sweep(
                 continue
             faces_s = runs * batch / elapsed
             tflops = faces_s * flops / 1e12
-            peak = peak_for(device, precision)
+            # "fp32" convolutions run as TF32 on tensor cores (cuDNN's default): labelled and measured so
+            tf32 = precision == "fp32" and device.type == "cuda" and torch.backends.cudnn.allow_tf32
+            peak = peak_for(device, "tf32" if tf32 else precision)
             rows.append(
                 {
-                    "precision": precision,
+                    "precision": "tf32 (fp32 tensors; cuDNN's default)" if tf32 else precision,
+                    "peak_tflops": peak,
                     "batch": batch,
                     "faces_per_s": round(faces_s, 2),
                     "tflops": round(tflops, 2),
@@ -178,7 +182,7 @@ def make_clip(path: Path, faces: int, size: tuple[int, int], frames: int, face_p
             per_frame.append(ASTRONAUT_LANDMARKS @ m[:, :2].T + m[:, 2])
         images.append(canvas)
         truths.append(np.array(per_frame, dtype=np.float32))
-    write_clip(path, images, pts=list(range(frames)), rate=25, crf=23)
+    write_clip(path, images, pts=list(range(frames)), rate=25, crf=23, gop=25)  # a keyframe a second: segments
     return truths
 
 
@@ -276,9 +280,14 @@ def end_to_end(
     face_counts: list[int],
     presets: list[str],
     small: bool,
-) -> list[dict[str, Any]]:
+    workers: list[int],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The rows of frames/s with what limits each (syncs, bytes, CPU, GPU busy), and a profile of one
+    steady-state stretch with the implicit-sync check in error mode."""
+    from bench.limits import SyncCount, cpu_seconds, moved, profile_summary
     from testkit.weights import save_random_weights
     from vidrestore.config import load_config
+    from vidrestore.io.encoders import video_encoder_opens
     from vidrestore.models.store import ModelStore, default_weights_dir
     from vidrestore.run.file import build_stages, restore_file
     from vidrestore.stats import RunStats
@@ -299,81 +308,142 @@ def end_to_end(
     if small:
         base.append("restorer.parsing_mask=false")  # ParseNet has no small variant: seconds per face on a CPU
     rows: list[dict[str, Any]] = []
-    moved = [0]  # picture transfers counted so far (host <-> device), to report them per run
-    stages: Any = None
+    checks: dict[str, Any] = {}
+    tag = f"{size[0]}x{size[1]}"
 
-    def record(faces: int, sink: str, n: int, elapsed: float, busy: BusySampler, stats: RunStats | None) -> None:
-        row: dict[str, Any] = {
-            "size": f"{size[0]}x{size[1]}",
-            "faces": faces,
-            "sink": sink,
-            "frames": n,
-            "fps": round(n / elapsed, 2),
-            "gpu_busy": busy.share,
-        }
+    def measure(faces: int, sink: str, run: Callable[[], int], stages: Any, stats: RunStats | None) -> None:
+        """One row: ``run`` (returns frames) timed, with its syncs, bytes, waits and CPU seconds."""
+        counters = stages.counters() if stages is not None else []
+        before, cpu0 = moved(counters), cpu_seconds()
+        syncs = SyncCount(device)
+        with BusySampler(device) as busy, syncs.watching():
+            t0 = time.perf_counter()
+            n = run()
+            elapsed = time.perf_counter() - t0
+        after, cpu1 = moved(counters), cpu_seconds()
+        per = max(n, 1)
+        row: dict[str, Any] = {"size": tag, "faces": faces, "sink": sink, "frames": n, "fps": round(n / elapsed, 2)}
+        row["gpu_busy"] = busy.share
+        row["implicit_syncs_per_frame"] = round(syncs.count / per, 3) if device.type == "cuda" else None
+        row["waits_per_frame"] = round((after["readbacks"] - before["readbacks"]) / per, 3)
+        row["mb_per_frame"] = round(
+            (after["bytes_up"] + after["bytes_down"] - before["bytes_up"] - before["bytes_down"]) / per / 1e6, 2
+        )
+        row["cpu_s_per_frame"] = {k: round((cpu1[k] - cpu0[k]) / per, 4) for k in cpu0}
         if stats is not None:
             row["faces_restored"] = stats.faces_restored
-            total = sum(stages.transfers())
-            row["transfers_per_frame"] = round((total - moved[0]) / max(n, 1), 2)  # detection's uploads included
-            moved[0] = total
             row["stage_seconds"] = {k: round(v, 2) for k, v in stats.stage_seconds.items()}
         rows.append(row)
         print(f"  {faces} face(s), {sink}: {row['fps']} frames/s, GPU busy {row['gpu_busy']}", flush=True)
 
+    def fresh(stages: Any) -> RunStats:
+        stats = RunStats()
+        stages.stats, stages.restore.stats, stages.restore.timer = stats, stats, stats.add_time
+        return stats
+
+    clips: dict[int, Path] = {}
     for faces in face_counts:
-        clip = tmp / f"clip-{faces}.mp4"
+        clip = clips[faces] = tmp / f"clip-{faces}.mp4"
         truths = make_clip(clip, faces, size, frames, face_px=(0.25 if faces == 1 else 0.18) * size[1])
         config = load_config(None, base)
-        stats = RunStats()
-        stages = build_stages(config, store, stats)
+        stages = build_stages(config, store, RunStats())
         stages.detector = OracleDetector(stages.detector, truths)
-        _null_sink(clip, config, stages)  # warm-up: cuDNN autotuning, allocator
-        moved[0] = sum(stages.transfers())
-        stats = RunStats()
-        stages.stats = stats
         assert stages.restore is not None
-        stages.restore.stats, stages.restore.timer = stats, stats.add_time
-        with BusySampler(device) as busy:
-            t0 = time.perf_counter()
-            n = _null_sink(clip, config, stages)
-            elapsed = time.perf_counter() - t0
-        record(faces, "null", n, elapsed, busy, stats)
+        _null_sink(clip, config, stages)  # warm-up: cuDNN autotuning, allocator
+        stats = fresh(stages)
+        measure(faces, "null", partial(_null_sink, clip, config, stages), stages, stats)
+        if faces == face_counts[0]:
+            short = tmp / "short.mp4"
+            make_clip(short, faces, size, min(frames, 48), face_px=0.25 * size[1])
+            strict = SyncCount(device, strict=True)
+            with strict.watching():
+                _null_sink(short, config, stages)
+            checks["sync_debug_error_mode"] = strict.error or "no implicit sync"
+            checks["profile_48_frames"] = profile_summary(device, partial(_null_sink, short, config, stages))
         if stages.overlap:  # the same without detection on its own thread, side by side
             stages.overlap = False
-            stats = RunStats()
-            stages.stats, stages.restore.stats, stages.restore.timer = stats, stats, stats.add_time
-            with BusySampler(device) as busy:
-                t0 = time.perf_counter()
-                n = _null_sink(clip, config, stages)
-                elapsed = time.perf_counter() - t0
-            record(faces, "null, no overlap", n, elapsed, busy, stats)
+            stats = fresh(stages)
+            measure(faces, "null, no overlap", partial(_null_sink, clip, config, stages), stages, stats)
             stages.overlap = True
         for preset in presets if faces == face_counts[0] else presets[1:2]:
             cfg = load_config(None, [*base, "output.codec=libx264", f"output.preset={preset}"])
-            stats = RunStats()
-            stages.stats, stages.restore.stats, stages.restore.timer = stats, stats, stats.add_time
-            with BusySampler(device) as busy:
-                t0 = time.perf_counter()
-                restore_file(clip, tmp / "out.mp4", cfg, stages, stats)
-                elapsed = time.perf_counter() - t0
-            record(faces, f"libx264 {preset}", stats.frames, elapsed, busy, stats)
+            stats = fresh(stages)
+
+            def encode(cfg: Any = cfg, stats: RunStats = stats, clip: Path = clip) -> int:
+                restore_file(clip, tmp / "out.mp4", cfg, stages, stats)  # noqa: B023
+                return stats.frames
+
+            measure(faces, f"libx264 {preset}", encode, stages, stats)
+        if faces == face_counts[0] and video_encoder_opens("h264_nvenc", size[0], size[1], "yuv420p"):
+            cfg = load_config(None, [*base, "output.codec=h264_nvenc"])
+            stats = fresh(stages)
+
+            def nvenc(cfg: Any = cfg, stats: RunStats = stats, clip: Path = clip) -> int:
+                restore_file(clip, tmp / "nv.mp4", cfg, stages, stats)  # noqa: B023
+                return stats.frames
+
+            measure(faces, "h264_nvenc", nvenc, stages, stats)
+    rows += worker_rows(tmp, base, size, frames, workers, store)
     for preset in presets:  # the encoder's own ceiling: decode + encode, no face stages
         cfg = load_config(None, ["detector.model=none", "output.overwrite=true", f"output.preset={preset}"])
         stats = RunStats()
-        t0 = time.perf_counter()
-        restore_file(tmp / f"clip-{face_counts[0]}.mp4", tmp / "out.mp4", cfg, build_stages(cfg, store, stats), stats)
+        plain = build_stages(cfg, store, stats)
+
+        def alone(cfg: Any = cfg, stats: RunStats = stats, plain: Any = plain) -> int:
+            restore_file(clips[face_counts[0]], tmp / "out.mp4", cfg, plain, stats)
+            return stats.frames
+
+        measure(0, f"libx264 {preset}, encoder alone (no face stages)", alone, None, None)
+    cfg = load_config(None, ["detector.model=none"])
+    plain = build_stages(cfg, store, RunStats())
+    measure(
+        0, "null, decode alone (the I/O ceiling)", lambda: _null_sink(clips[face_counts[0]], cfg, plain), None, None
+    )
+    return rows, checks
+
+
+def worker_rows(
+    tmp: Path, base: list[str], size: tuple[int, int], frames: int, workers: list[int], store: Any
+) -> list[dict[str, Any]]:
+    """x264 veryfast with ``pipeline.workers`` processes on a clip cut in segments (one face). The
+    oracle detector cannot cross into the workers, and RetinaFace with random weights "finds" dozens
+    of faces: these rows detect with CenterFace (on each worker's CPU), which finds the real one."""
+    from bench.limits import cpu_seconds
+    from vidrestore.config import load_config
+    from vidrestore.run.restore import restore_paths
+
+    out: list[dict[str, Any]] = []
+    if not workers:
+        return out
+    clip = tmp / "long.mp4"
+    longer = frames * max(workers)
+    make_clip(clip, 1, size, longer, face_px=0.25 * size[1])
+    seconds = longer / 25 / (2 * max(workers))  # two segments per worker at the most
+    for n in workers:
+        cfg = load_config(
+            None,
+            [*base, "detector.model=centerface", "detector.weights=null", "detector.threshold=0.5",
+             "output.codec=libx264", "output.preset=veryfast", f"pipeline.workers={n}",
+             f"pipeline.segment_seconds={seconds}"],
+        )  # fmt: skip
+        cpu0, t0 = cpu_seconds(), time.perf_counter()
+        summary = restore_paths([clip], tmp / f"w{n}.mp4", cfg, store)
         elapsed = time.perf_counter() - t0
-        rows.append(
-            {
-                "size": f"{size[0]}x{size[1]}",
-                "faces": 0,
-                "sink": f"libx264 {preset}, encoder alone",
-                "frames": stats.frames,
-                "fps": round(stats.frames / elapsed, 2),
-            }
-        )
-        print(f"  encoder alone, libx264 {preset}: {rows[-1]['fps']} frames/s", flush=True)
-    return rows
+        cpu1 = cpu_seconds()
+        segs = summary.stats.segments
+        busy = sum(float(g["seconds"] or 0) for g in segs)
+        row = {
+            "size": f"{size[0]}x{size[1]}",
+            "faces": 1,
+            "sink": f"libx264 veryfast, workers={n} (processes)",
+            "frames": summary.stats.frames,
+            "fps": round(summary.stats.frames / elapsed, 2),  # start-up (each worker loads its models) included
+            "fps_steady": round(summary.stats.frames / busy * n, 2) if busy else None,
+            "cpu_s_per_frame": {k: round((cpu1[k] - cpu0[k]) / max(summary.stats.frames, 1), 4) for k in cpu0},
+        }
+        out.append(row)
+        print(f"  workers={n}: {row['fps']} frames/s ({row['fps_steady']} steady)", flush=True)
+    return out
 
 
 def result_path(out: Path | None, smoke: bool) -> Path:
@@ -400,13 +470,14 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.smoke:
         precisions, batches, seconds = ["fp32"], [1, 2], 0.0
-        size, frames, presets = (320, 240), 6, ["ultrafast", "veryfast"]
+        size, frames, presets, workers = (320, 240), 6, ["ultrafast", "veryfast"], [2]
     else:
         if device.type != "cuda":
             raise SystemExit("bench.gpu needs a CUDA device; use --smoke to check the script on a CPU")
         precisions = ["fp32", "bf16", "fp16"]
         batches, seconds = [1, 8, 32], 2.0
         size, frames, presets = (1920, 1080), args.frames, ["ultrafast", "veryfast", "medium"]
+        workers = [2, 4, 8]
     out = result_path(args.out, args.smoke)
     result: dict[str, Any] = {"machine": machine(), "smoke": args.smoke}
     with tempfile.TemporaryDirectory() as tmp:
@@ -415,8 +486,11 @@ def main() -> None:
         t0 = time.perf_counter()
         result["restorer"] = restorer_sweep(weights, device, precisions, batches, seconds)
         print(table(result["restorer"], ["precision", "batch", "faces_per_s", "tflops", "of_peak", "finite"]))
-        result["end_to_end"] = end_to_end(d, weights, device, size, frames, [1, 4], presets, args.smoke)
-        print(table(result["end_to_end"], ["size", "faces", "sink", "frames", "fps", "gpu_busy"]), flush=True)
+        rows, checks = end_to_end(d, weights, device, size, frames, [1, 4], presets, args.smoke, workers)
+        result["end_to_end"], result["checks"] = rows, checks
+        columns = ["size", "faces", "sink", "frames", "fps", "gpu_busy", "implicit_syncs_per_frame", "mb_per_frame"]
+        print(table(rows, columns), flush=True)
+        print(json.dumps(checks, indent=1), flush=True)
         result["seconds"] = round(time.perf_counter() - t0, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -104,6 +104,37 @@ def test_retinaface_uploads_each_batch_once_and_makes_the_scene_cut_thumbnails(t
         assert np.abs(d.thumb - thumbnail(img)).mean() < 0.01
 
 
+def test_retinaface_reads_a_batch_back_once_and_finds_the_same_in_planes(tmp_path: Path) -> None:
+    """One readback per batch (candidates and thumbnails together); a batch of planes gives what the
+    same pictures give in RGB; a picture with more candidates than are read back at once gets NMS over
+    all of them, as before."""
+    import av
+    import torch
+
+    from vidrestore.io.pixels import SWS_FLAGS, planes_of
+
+    det = _retinaface(tmp_path)
+    imgs = [astronaut(), astronaut()[::-1].copy()]
+    boxes, scores, _, _ = det.decoded(imgs)
+    det.threshold = float(scores[0].sort(descending=True).values[200])  # random weights: 200 candidates
+    found = det.detect(imgs)
+    assert det.io.readbacks == 1 and 0 < len(found[0]) < 200
+    to_planes = [
+        av.VideoFrame.from_ndarray(im, format="rgb24").reformat(format="yuv420p", interpolation=SWS_FLAGS)
+        for im in imgs
+    ]
+    planes = [planes_of(f) for f in to_planes]
+    p_boxes, p_scores, _, _ = det.decoded(planes)  # type: ignore[arg-type]
+    assert float((p_scores - scores).abs().max()) < 0.01  # the same network input within a level or so
+    assert float(((p_boxes - boxes).abs() * (scores > 0.5)[..., None]).max()) < 2.0
+    few = _retinaface(tmp_path)
+    few.threshold, few.CANDIDATES = det.threshold, 5  # type: ignore[misc]
+    for a, b in zip(found, few.detect(imgs), strict=True):
+        rows = (np.lexsort(d.boxes.T[::-1]) for d in (a, b))  # equal scores may come in either order
+        assert np.array_equal(*(d.boxes[r] for d, r in zip((a, b), rows, strict=True)))
+    assert torch.is_tensor(boxes)
+
+
 def test_retinaface_shrinks_integer_pictures_before_making_them_float(tmp_path: Path) -> None:
     import torch
     import torch.nn.functional as F

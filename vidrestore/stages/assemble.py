@@ -169,10 +169,14 @@ class FaceStages:
     overlap: bool = False
     io: Transfers | None = None  # the frame upscaler's picture moves
 
-    def transfers(self) -> tuple[int, int]:
-        """Pictures moved so far, host to device and back, by every stage (each counts its own)."""
+    def counters(self) -> list[Transfers]:
+        """Every stage's Transfers (each counts its own moves, bytes and waits)."""
         counters = [self.io, getattr(self.detector, "io", None), self.restore.io if self.restore else None]
-        moved = [c for c in counters if c is not None]
+        return [c for c in counters if isinstance(c, Transfers)]
+
+    def transfers(self) -> tuple[int, int]:
+        """Pictures moved so far, host to device and back, by every stage."""
+        moved = self.counters()
         return sum(c.uploads for c in moved), sum(c.downloads for c in moved)
 
     def _time(self, stage: str, seconds: float) -> None:

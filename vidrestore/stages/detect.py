@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 from torchvision.ops import nms
 
 from vidrestore.colour import PlaneFormat, yuv_to_rgb
@@ -362,7 +363,8 @@ def detect_frames(
         k = (held[0].rotation // 90) % 4  # turned pictures are made RGB on the host first
         images = [np.ascontiguousarray(np.rot90(f.rgb(), k)) for f in held] if k else [f.image for f in held]
         try:
-            found = detector.detect(images)
+            with record_function("vidrestore:detect"):
+                found = detector.detect(images)
         except (VidrestoreError, KeyboardInterrupt):
             raise
         except Exception as exc:  # name the frames being detected: detection may run ahead of the output

@@ -16,11 +16,12 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from vidrestore.device import Transfers
 from vidrestore.errors import PipelineError, VidrestoreError
 from vidrestore.geometry import template
-from vidrestore.records import Face, Frame
+from vidrestore.records import Face, Frame, Planes
 from vidrestore.stages.align import Job, Plan, align_faces, plan_face, upscale_small
 from vidrestore.stages.fuse import TemporalFusion
 from vidrestore.stages.networks import FaceParser, NonFiniteOutput, Restorer, Upscaler, finite
@@ -104,46 +105,57 @@ class RestoreStage:
 
     # -- one group of frames ---------------------------------------------------------
 
+    @contextmanager
+    def _span(self, name: str, first: int, last: int | None = None) -> Iterator[None]:
+        """One step of a group: its host time added to the stage times, its work labelled for the
+        profiler (``vidrestore:<name>``: bench.gpu's GPU time per stage), an error naming the frames."""
+        t0 = time.perf_counter()
+        with record_function(f"vidrestore:{name}"), _failures_name(first, last):
+            yield
+        self.timer(name, time.perf_counter() - t0)
+
     def _process(self, frames: list[Frame]) -> Iterator[Frame]:
         """One group: every picture with faces goes to the device once; its small faces are upscaled in
         batches, all faces are aligned in one batched warp, restored in batches and composited there; it
-        comes back once. Pictures without faces never move. Non-finite network output is looked for
-        once per group and network, not after every call."""
-        t0 = time.perf_counter()
-        pictures = {pos: self._picture(f) for pos, f in enumerate(frames) if f.faces}
-        plans = []
-        for pos in pictures:
-            frame = frames[pos]
-            with _failures_name(frame.index):
-                plans += [plan for face in frame.faces if (plan := self._plan(pos, frame, face))]
-        t1 = time.perf_counter()
-        group = (frames[0].index, frames[-1].index)
-        with _failures_name(*group):
+        comes back once. Pictures without faces never move. The host waits for the device twice per
+        group: once for the restorer's flags, once for the finished pictures."""
+        first, last = frames[0].index, frames[-1].index
+        with self._span("align", first, last):
+            pictures = {pos: self._picture(f) for pos, f in enumerate(frames) if f.faces}
+            plans = []
+            for pos in pictures:
+                frame = frames[pos]
+                with _failures_name(frame.index):
+                    plans += [plan for face in frame.faces if (plan := self._plan(pos, frame, face))]
+        with self._span("upscale faces", first, last):
             if self.upscaler is not None:
                 upscale_small(self.upscaler, plans, pictures, self.batch_size, self.stats, self.io)
-        t2 = time.perf_counter()
-        self.timer("upscale faces", t2 - t1)
-        with _failures_name(*group):
+        with self._span("align", first, last):
             scale = self.upscaler.scale if self.upscaler is not None else 1
             jobs = align_faces(plans, pictures, self.size, scale)
-        if self.temporal is not None:  # the fusion's flows start now, on their threads, while the restorer runs
-            self.temporal.prepare([(j.face.track_id, j.frame_index, j.aligned) for j in jobs], self.io)
-        t3 = time.perf_counter()
-        self.timer("align", t3 - t2 + t1 - t0)
-        self._restore_all(jobs)
-        t2 = time.perf_counter()
-        self.timer("restorer", t2 - t3)
+            if self.temporal is not None:  # the fusion's flows start now, on their threads, while the restorer runs
+                self.temporal.prepare([(j.face.track_id, j.frame_index, j.aligned) for j in jobs], self.io)
+        with self._span("restorer", first, last):
+            self._restore_all(jobs)
         self._jitter(jobs)
         if self.temporal is not None:
-            self._fuse(frames[0].index, jobs)
-            t2, fused = time.perf_counter(), t2
-            self.timer("temporal", t2 - fused)
+            with self._span("temporal", first, last):
+                self._fuse(frames[0].index, jobs)
+        with self._span("mask + paste", first, last):
+            images = self._paste(frames, jobs, pictures)
+        for pos, frame in enumerate(frames):
+            image = images.get(pos)
+            yield replace(frame, on_device=None) if image is None else replace(frame, image=image, on_device=None)
+
+    def _paste(
+        self, frames: list[Frame], jobs: list[Job], pictures: dict[int, DevicePicture]
+    ) -> dict[int, np.ndarray | Planes]:
+        """Masks, warps back and composites the group's faces; every picture with one comes back."""
         done = [job for job in jobs if job.restored is not None]
         by_frame: dict[int, list[Pasted]] = {job.frame_pos: [] for job in done}
-        with _failures_name(*group):
-            masks(done, self.parser, self.feather, self.batch_size)
-            for pasted in warp_back(done, pictures, self.size, self.blend):
-                by_frame[pasted.frame_pos].append(pasted)
+        masks(done, self.parser, self.feather, self.batch_size)
+        for pasted in warp_back(done, pictures, self.size, self.blend):
+            by_frame[pasted.frame_pos].append(pasted)
         images = {}
         for pos, faces in by_frame.items():
             frame = frames[pos]
@@ -155,10 +167,7 @@ class RestoreStage:
             self.io.wait()  # the group's one look at the device's results
         if self.temporal is not None:
             self._flicker_figures()
-        self.timer("mask + paste", time.perf_counter() - t2)
-        for pos, frame in enumerate(frames):
-            image = images.get(pos)
-            yield replace(frame, on_device=None) if image is None else replace(frame, image=image, on_device=None)
+        return images
 
     def _picture(self, frame: Frame) -> DevicePicture:
         """The frame's picture on the device, written in place by paste-back: the one uploaded with
