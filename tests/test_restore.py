@@ -442,6 +442,15 @@ def test_an_upscaler_giving_nan_leaves_that_face_to_be_restored_from_the_frame(
     assert sum("the upscaler gave NaN/inf" in r.getMessage() for r in kept.records) == 2
 
 
+def test_small_faces_upscaled_first_cost_no_extra_wait(restorer: GFPGANRestorer, weights: Weights) -> None:
+    """The upscaler's flags are read with the restorer's: still two waits per group."""
+    model = load_model("srvgg_compact", weights.upscaler)
+    stage = RestoreStage(restorer, CPU.device, upscaler=Upscaler(model, CPU), upscale_below=64, batch_size=4)
+    out = list(stage.run(iter(_two_faces_per_frame(2))))  # one group: 4 faces fill the batch
+    assert len(out) == 2 and stage.stats.faces_upscaled == 2 and stage.stats.faces_restored == 4  # one small each
+    assert stage.io.readbacks == 2
+
+
 def test_whole_stages_move_each_picture_a_bounded_number_of_times(face_clip: Any, weights: Weights) -> None:
     """Each frame goes up once, with its detection batch (RetinaFace), and the restore stage works on
     that same copy; a frame with faces comes back once, frames without faces never. Counted where

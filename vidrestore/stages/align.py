@@ -14,15 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vidrestore.device import Transfers
 from vidrestore.geometry import compose, estimate_similarity, invert, map_points, transformed_bounds, warp_batch
 from vidrestore.records import Face, Frame
-from vidrestore.stages.networks import Upscaler, finite, not_finite
+from vidrestore.stages.networks import Upscaler, finite
 from vidrestore.stages.picture import DevicePicture
-from vidrestore.stats import RunStats
 from vidrestore.transfer import view_for
 
-__all__ = ["Job", "Plan", "align_faces", "buckets", "pad_stack", "plan_face", "upscale_small"]
+__all__ = ["Job", "Plan", "align_faces", "buckets", "pad_stack", "plan_face", "unupscaled", "upscale_small"]
 
 log = logging.getLogger(__name__)
 
@@ -115,18 +113,15 @@ def plan_face(
 
 
 def upscale_small(
-    upscaler: Upscaler,
-    plans: list[Plan],
-    pictures: dict[int, DevicePicture],
-    batch_size: int,
-    stats: RunStats,
-    io: Transfers,
-) -> None:
+    upscaler: Upscaler, plans: list[Plan], pictures: dict[int, DevicePicture], batch_size: int
+) -> list[tuple[list[Plan], torch.Tensor]]:
     """Real-ESRGAN on the square crop around each small face (never the frame), crops of one size
-    in one batch; a crop that comes out non-finite leaves its face to be aligned from the frame."""
+    in one batch. Returns whether each crop came out finite, on the device, unread: the caller reads
+    them with the restorer's (one wait), and aligns a face whose crop did not from the frame
+    (:func:`unupscaled`)."""
     small = [p for p in plans if p.crop is not None]
     if not small:
-        return
+        return []
     by_shape: dict[tuple[int, int], list[Plan]] = {}
     for p in small:
         assert p.crop is not None
@@ -143,13 +138,17 @@ def upscale_small(
             for p, one in zip(batch, up, strict=True):
                 p.up = one
             flags.append((batch, finite(up)))
-    bad = not_finite(flags, io)  # one look per group, not one per call
-    stats.faces_upscaled += len(small) - len(bad)
+    return flags
+
+
+def unupscaled(bad: list[Plan], pictures: dict[int, DevicePicture], size: int) -> list[Job]:
+    """Faces whose upscaled crop came out NaN/inf, aligned from the frame instead."""
     for p in bad:
         log.warning(
             "frame %d: the upscaler gave NaN/inf; face %d is restored unupscaled", p.frame.index, p.face.track_id
         )
         p.crop, p.up = None, None
+    return align_faces(bad, pictures, size, 1)
 
 
 def align_faces(plans: list[Plan], pictures: dict[int, DevicePicture], size: int, scale: int) -> list[Job]:

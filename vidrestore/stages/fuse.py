@@ -228,6 +228,11 @@ class TemporalFusion:
                 self._ready[(tid, index)] = (grey, None, None)
             last[tid] = (index, grey)
 
+    def unprepare(self, keys: list[tuple[int, int]]) -> None:
+        """Forget what was prepared for these (track, frame) faces: their aligned crops were replaced."""
+        for key in keys:
+            self._ready.pop(key, None)
+
     def _weights_arriving(self, arriving: Arriving, prev: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         arriving.get()
         return self.weights(prev, cur)

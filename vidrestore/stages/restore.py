@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from vidrestore.device import Transfers
 from vidrestore.errors import PipelineError, VidrestoreError
 from vidrestore.geometry import template
 from vidrestore.records import Face, Frame, Planes
-from vidrestore.stages.align import Job, Plan, align_faces, plan_face, upscale_small
+from vidrestore.stages.align import Job, Plan, align_faces, plan_face, unupscaled, upscale_small
 from vidrestore.stages.fuse import TemporalFusion
 from vidrestore.stages.networks import FaceParser, NonFiniteOutput, Restorer, Upscaler, finite
 from vidrestore.stages.networks import not_finite as _not_finite
@@ -127,16 +128,17 @@ class RestoreStage:
                 frame = frames[pos]
                 with _failures_name(frame.index):
                     plans += [plan for face in frame.faces if (plan := self._plan(pos, frame, face))]
+        up_flags: list[tuple[list[Plan], torch.Tensor]] = []
         with self._span("upscale faces", first, last):
             if self.upscaler is not None:
-                upscale_small(self.upscaler, plans, pictures, self.batch_size, self.stats, self.io)
+                up_flags = upscale_small(self.upscaler, plans, pictures, self.batch_size)
         with self._span("align", first, last):
             scale = self.upscaler.scale if self.upscaler is not None else 1
             jobs = align_faces(plans, pictures, self.size, scale)
             if self.temporal is not None:  # the fusion's flows start now, on their threads, while the restorer runs
                 self.temporal.prepare([(j.face.track_id, j.frame_index, j.aligned) for j in jobs], self.io)
         with self._span("restorer", first, last):
-            self._restore_all(jobs)
+            self._restore_all(jobs, up_flags, plans, pictures)
         self._jitter(jobs)
         if self.temporal is not None:
             with self._span("temporal", first, last):
@@ -239,15 +241,25 @@ class RestoreStage:
             self.stats.faces_failed += 1
             return None
 
-    def _restore_all(self, jobs: list[Job]) -> None:
+    def _restore_all(
+        self,
+        jobs: list[Job],
+        up_flags: list[tuple[list[Plan], torch.Tensor]],
+        plans: list[Plan],
+        pictures: dict[int, DevicePicture],
+    ) -> None:
         """Restore every face of the group in batches; faces that come out non-finite are retried
-        in fp32, then kept as they were. The output is looked at once per round, not per batch."""
+        in fp32, then kept as they were. The output is looked at once per round, not per batch, and
+        the small-face upscaler's with the first round's: a face whose upscaled crop was NaN/inf is
+        aligned from the frame and restored again (``jobs`` is updated in place; jobs[i] is plans[i]'s)."""
         todo = jobs
         for fp32 in (False, True):
-            flags: list[tuple[list[Job], torch.Tensor]] = []
+            flags: list[tuple[list[Any], torch.Tensor]] = []
             for start in range(0, len(todo), self.batch_size):
                 self._restore(todo[start : start + self.batch_size], fp32, flags)
-            bad = _not_finite(flags, self.io)
+            bad = _not_finite([*up_flags, *flags] if not fp32 else flags, self.io)
+            if not fp32 and up_flags:
+                bad = self._after_upscaler(bad, up_flags, jobs, plans, pictures)
             for job in bad:
                 job.restored = None
             todo = bad
@@ -265,7 +277,34 @@ class RestoreStage:
                 self.stats.faces_restored += 1
                 self.stats.faces_filled += int(job.face.interpolated)
 
-    def _restore(self, jobs: list[Job], fp32: bool, flags: list[tuple[list[Job], torch.Tensor]]) -> None:
+    def _after_upscaler(
+        self,
+        bad: list[Any],
+        up_flags: list[tuple[list[Plan], torch.Tensor]],
+        jobs: list[Job],
+        plans: list[Plan],
+        pictures: dict[int, DevicePicture],
+    ) -> list[Job]:
+        """The first round's non-finite faces, with those whose upscaled crop was NaN/inf aligned from
+        the frame and restored again in their place (a rare path: one more wait)."""
+        failed = [x for x in bad if isinstance(x, Plan)]
+        self.stats.faces_upscaled += sum(len(b) for b, _ in up_flags) - len(failed)
+        if not failed:
+            return bad
+        where = {id(p): i for i, p in enumerate(plans)}
+        redone = unupscaled(failed, pictures, self.size)
+        for plan, job in zip(failed, redone, strict=True):
+            jobs[where[id(plan)]] = job
+        if self.temporal is not None:  # their prepared flows came from the crops they no longer have
+            self.temporal.unprepare([(j.face.track_id, j.frame_index) for j in redone])
+        flags: list[tuple[list[Any], torch.Tensor]] = []
+        for start in range(0, len(redone), self.batch_size):
+            self._restore(redone[start : start + self.batch_size], False, flags)
+        alive = {id(j) for j in jobs}  # the replaced jobs' NaN crops made NaN faces too: not theirs to retry
+        kept = [j for j in bad if isinstance(j, Job) and id(j) in alive]
+        return [*kept, *_not_finite(flags, self.io)]
+
+    def _restore(self, jobs: list[Job], fp32: bool, flags: list[tuple[list[Any], torch.Tensor]]) -> None:
         """Restore a batch; ``flags`` gets whether each face came out finite (on the device, unread).
         Out of memory: split it and retry. Any other error stops the run, naming the frame."""
         if not jobs:
