@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +12,7 @@ from vidrestore.colour import PlaneFormat
 from vidrestore.errors import ConfigError
 from vidrestore.records import Planes
 
-__all__ = ["Arriving", "Placement", "Transfers", "resolve_placement"]
+__all__ = ["Arriving", "Placement", "Transfers", "constant", "resolve_placement"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,12 @@ def resolve_placement(device: str, precision: str) -> Placement:
     if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("precision = 'bf16' is not supported by this GPU; use fp16 or fp32")
     return Placement(dev, torch.float16 if precision == "fp16" else torch.bfloat16)
+
+
+@functools.lru_cache(maxsize=256)
+def constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A small constant tensor on ``device``, made once per process (each new one is an upload)."""
+    return torch.tensor(values, device=device, dtype=dtype)
 
 
 class Arriving:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vidrestore.device import constant
 from vidrestore.geometry import compose, estimate_similarity, invert, map_points, transformed_bounds, warp_batch
 from vidrestore.records import Face, Frame
 from vidrestore.stages.networks import Upscaler, finite
@@ -174,7 +175,7 @@ def align_faces(plans: list[Plan], pictures: dict[int, DevicePicture], size: int
     if not sources:
         return []
     aligned: dict[int, torch.Tensor] = {}
-    border = torch.tensor(_BORDER, device=sources[0].device).view(3, 1, 1)
+    border = constant(_BORDER, sources[0].device).view(3, 1, 1)
     for bucket in buckets([(s.shape[1], s.shape[2]) for s in sources]):
         # outside its own source every crop is the border grey: zeros of (source - border)
         stacked = pad_stack([sources[i] - border for i in bucket])

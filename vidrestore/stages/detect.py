@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -26,7 +27,7 @@ from torch.profiler import record_function
 from torchvision.ops import nms
 
 from vidrestore.colour import PlaneFormat, yuv_to_rgb
-from vidrestore.device import Transfers
+from vidrestore.device import Transfers, constant
 from vidrestore.errors import ModelError, PipelineError, VidrestoreError
 from vidrestore.models.compat import centerface_file, import_research_module
 from vidrestore.models.engine import EngineMaker, NetShape, eager_maker
@@ -81,7 +82,7 @@ def thumbnails(pictures: torch.Tensor, full: float = 255.0) -> torch.Tensor:
     """Scene-cut thumbnails of ``(N, 3, h, w)`` RGB pictures (any dtype, values in ``[0, full]``):
     ``(N, THUMB_H, THUMB_W)`` float32 grey in [0, 1], area-averaged on the pictures' device (not read
     back here)."""
-    weights = torch.tensor([0.299, 0.587, 0.114], device=pictures.device).view(1, 3, 1, 1)
+    weights = constant((0.299, 0.587, 0.114), pictures.device).view(1, 3, 1, 1)
     grey = (pictures.float() * weights).sum(dim=1, keepdim=True) / full
     return F.adaptive_avg_pool2d(grey, (THUMB_H, THUMB_W))[:, 0]
 
@@ -219,7 +220,10 @@ class RetinaFaceDetector:
         self.io = Transfers(device)  # the detection batches' uploads, counted
         self._utils = import_research_module("facexlib.detection.retinaface_utils")
         self._priors: dict[tuple[int, int], torch.Tensor] = {}
-        self._constants: dict[tuple[str, tuple[float, ...], torch.dtype], torch.Tensor] = {}
+        # on a GPU detection runs on its own stream: its kernels do not queue behind the restorer's
+        # (the batch's one read waits for this stream alone; the restore stage marks the pictures it
+        # takes over as used on its stream, so their memory is not reused early)
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def _prior(self, h: int, w: int) -> torch.Tensor:
         if (h, w) not in self._priors:
@@ -286,22 +290,15 @@ class RetinaFaceDetector:
     def _decoded(self, x: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, ...]:
         thumbs = thumbnails(x)
         hn, wn = x.shape[2:]
-        mean = self._constant("mean", self._MEAN_BGR, x.dtype).view(1, 3, 1, 1)
+        mean = constant(self._MEAN_BGR, self.device, x.dtype).view(1, 3, 1, 1)
         x = x.flip(1) - mean  # RGB -> BGR, as RetinaFace was trained
         loc, conf, landm = (t.float() for t in self.net(x.to(self.dtype)))
         priors = self._prior(hn, wn)[None]
         var = self.model.cfg["variance"]  # type: ignore[index]
         # decoded boxes and points are fractions of the picture: scale by the source size
-        boxes = self._utils.batched_decode(loc, priors, var) * self._constant("box", (w, h) * 2, torch.float32)
-        points = self._utils.batched_decode_landm(landm, priors, var) * self._constant("pts", (w, h) * 5, torch.float32)
+        boxes = self._utils.batched_decode(loc, priors, var) * constant((w, h) * 2, self.device)
+        points = self._utils.batched_decode_landm(landm, priors, var) * constant((w, h) * 5, self.device)
         return boxes, conf[:, :, 1], points, thumbs
-
-    def _constant(self, name: str, values: tuple[float, ...], dtype: torch.dtype) -> torch.Tensor:
-        """A small constant tensor on the device, made once (each new one is an upload)."""
-        key = (name, values, dtype)
-        if key not in self._constants:
-            self._constants[key] = torch.tensor(values, device=self.device, dtype=dtype)
-        return self._constants[key]
 
     # at most this many candidates per picture are read back (a crowd of 50 faces gives ~1,000)
     CANDIDATES = 2048
@@ -311,6 +308,10 @@ class RetinaFaceDetector:
         back in one read; thresholds, NMS and sorting then run on the host (a few hundred boxes)."""
         if not images:
             return []
+        with torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():  # type: ignore[attr-defined]
+            return self._detect(images)
+
+    def _detect(self, images: Sequence[Picture]) -> list[Detections]:
         x, held = self._upload(images)
         boxes, scores, points, thumbs = self._decoded(x, *images[0].shape[:2])
         with torch.inference_mode():

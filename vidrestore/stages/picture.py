@@ -53,6 +53,10 @@ class DevicePicture(Protocol):
         """Back on the host in the form it came in."""
         ...
 
+    def tensors(self) -> list[torch.Tensor]:
+        """The device tensors that hold it."""
+        ...
+
 
 def full_scale(picture: torch.Tensor) -> float:
     """The white level of a device RGB picture's integer pixels."""
@@ -83,6 +87,9 @@ class RgbPicture:
 
     def download(self, io: Transfers) -> np.ndarray:
         return io.download(self.pixels, self.dtype)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.pixels]
 
 
 class PlanesPicture:
@@ -123,6 +130,9 @@ class PlanesPicture:
 
     def download(self, io: Transfers) -> Planes:
         return io.download_planes(self.y, self.u, self.v, self.format)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.y, self.u, self.v]
 
 
 def on_device(image: np.ndarray | Planes, io: Transfers) -> DevicePicture:

@@ -176,6 +176,9 @@ class RestoreStage:
         its detection batch where there is one, else uploaded now."""
         held = frame.on_device
         if isinstance(held, (RgbPicture, PlanesPicture)) and held.size == frame.size:
+            if self.device.type == "cuda":  # uploaded on the detection stream, used and freed on this one
+                for t in held.tensors():
+                    t.record_stream(torch.cuda.current_stream(self.device))
             return held
         return on_device(frame.image, self.io)
 
