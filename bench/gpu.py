@@ -416,7 +416,7 @@ def worker_rows(
     if not workers:
         return out
     clip = tmp / "long.mp4"
-    longer = frames * max(workers)
+    longer = frames * 4  # 800 frames at 1080p: 32 s, two segments per worker at 8 workers
     make_clip(clip, 1, size, longer, face_px=0.25 * size[1])
     seconds = longer / 25 / (2 * max(workers))  # two segments per worker at the most
     for n in workers:
