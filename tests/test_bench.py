@@ -35,13 +35,26 @@ def test_gpu_script_smoke_mode(tmp_path: Path) -> None:
     rows = data["end_to_end"]
     sinks = {(r["faces"], r["sink"]) for r in rows}
     assert {(1, "null"), (4, "null"), (1, "libx264 ultrafast"), (4, "libx264 veryfast")} <= sinks
-    assert (0, "libx264 veryfast, encoder alone") in sinks
+    assert (0, "libx264 veryfast, encoder alone (no face stages)") in sinks
+    assert (0, "null, decode alone (the I/O ceiling)") in sinks
+    assert (1, "libx264 veryfast, workers=2 (processes)") in sinks
     for row in rows:
-        assert row["frames"] == 6 and row["fps"] > 0
+        assert row["fps"] > 0 and row["frames"] == (24 if "workers" in row["sink"] else 6)
+        assert set(row["cpu_s_per_frame"]) == {"process", "children"}
+        if "workers" in row["sink"]:
+            continue
+        assert row["implicit_syncs_per_frame"] is None  # counted on CUDA only
         if row["faces"]:  # the oracle detector hands every true face to the restorer
             assert row["faces_restored"] == 6 * row["faces"]
-            # up once with the detection batch (restored in that copy), back once: counted where pictures move
-            assert row["transfers_per_frame"] == 2
+            # each frame's planes up with the detection batch and back once: 1.5 bytes a pixel each way,
+            # and the detection batch's candidates and thumbnails
+            assert 2 * 1.5 * 320 * 240 / 1e6 <= row["mb_per_frame"] <= 0.5
+            # on a CPU the restorer takes one face at a time, so each frame is a group: 2 waits, and 1
+            # for the detection batch of all 6 frames
+            assert row["waits_per_frame"] == pytest.approx(2 + 1 / 6, abs=1e-3)
+    checks = data["checks"]
+    assert checks["sync_debug_error_mode"] == "no implicit sync"
+    assert {"detect", "align", "restorer", "mask + paste"} <= set(checks["profile_48_frames"]["stage_ms"])
 
 
 def test_gpu_smoke_run_never_writes_the_committed_result(tmp_path: Path) -> None:
