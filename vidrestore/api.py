@@ -52,6 +52,8 @@ def restore(
     Long videos run as resumable segments (``resume``: ``"auto"`` keeps a matching earlier run's
     finished segments, ``"require"`` refuses a changed one, ``"never"`` starts afresh); ``ray``
     runs them on a Ray cluster (``config.cluster``; an already initialised ``ray`` is used).
+    With ``pipeline.workers`` above 1 the workers are spawned processes, which import the calling
+    script again: call this under ``if __name__ == "__main__":`` (or use ``worker_kind: threads``).
     Raises the same errors the CLI reports (``vidrestore.errors``), each with its exit code.
     """
     config = config or Config()
