@@ -345,3 +345,24 @@ def test_auto_workers_come_from_cores_and_gpu_memory(monkeypatch: pytest.MonkeyP
     assert n == 3 and why == "workers: 3 (auto: 16 cores, 20 GiB free on the GPU, 6 GiB each)"
     assert local.worker_count(auto, 2)[0] == 2  # never more than the tasks
     assert local.worker_count(load_config(None, ["pipeline.workers=4"]), 10) == (4, "")
+
+
+@pytest.mark.slow
+def test_worker_processes_from_a_python_script(weights: Weights, tmp_path: Path) -> None:
+    """The API with two worker processes, from a script that keeps its call under the __main__ guard."""
+    short = make_face_clip(tmp_path / "short.mp4", frames=30, size=(192, 144), trajectory=_motion, gop=10)
+    out = tmp_path / "out.mp4"
+    script = tmp_path / "run.py"
+    sets = [
+        "detector.model=centerface", f"restorer.weights={weights.gfpgan}", "restorer.parsing_mask=false",
+        "upscaler.below=0", "pipeline.workers=2", "pipeline.segment_seconds=0.4",
+    ]  # fmt: skip
+    script.write_text(
+        "from vidrestore import load_config, restore\n"
+        "if __name__ == '__main__':\n"
+        f"    summary = restore({str(short.path)!r}, {str(out)!r}, load_config(None, {sets!r}))\n"
+        "    print(summary.stats.frames, len({s['worker'] for s in summary.stats.segments}))\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["30", "2"] and probe(out).frames == 30
