@@ -508,7 +508,7 @@ def test_a_picture_uploaded_for_detection_is_restored_in_place_without_a_second_
 ) -> None:
     img = astronaut()
     face = face_of(img)
-    held = RgbPicture(torch.from_numpy(img.copy()), img.dtype)  # what a detection upload hands on
+    held = RgbPicture(torch.from_numpy(img.copy()))  # what a detection upload hands on
     frames = [Frame(0, 0, Fraction(1, 25), img, faces=(face,), on_device=held), frame_with(img, (face,), 1)]
     stage = RestoreStage(restorer, CPU.device, batch_size=1)
     shared, uploaded = list(stage.run(iter(frames)))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 __all__ = ["MATRICES", "PlaneFormat", "chroma_weights", "rgb_to_yuv", "yuv_to_rgb"]
@@ -46,6 +47,11 @@ class PlaneFormat:
     @property
     def peak(self) -> int:
         return (1 << self.bits) - 1
+
+    @property
+    def dtype(self) -> np.dtype:  # type: ignore[type-arg]
+        """The samples' numpy dtype: uint8 at 8 bits, uint16 holding the code values of deeper ones."""
+        return np.dtype(np.uint8 if self.bits == 8 else np.uint16)
 
     def chroma_size(self, height: int, width: int) -> tuple[int, int]:
         return -(-height // self.sub_y), -(-width // self.sub_x)

@@ -108,6 +108,7 @@ class Transfers:
         self.reads_later = 0  # results copied back without the host waiting (Arriving)
         self.bytes_up = 0
         self.bytes_down = 0
+        self._waiting = False  # copies started that no wait has covered yet
 
     def upload(self, image: np.ndarray) -> torch.Tensor:
         """One picture: a batch of one."""
@@ -171,8 +172,6 @@ class Transfers:
         host.copy_(t, non_blocking=True)
         self._waiting = True
         return host.numpy()
-
-    _waiting = False
 
     def read_later(self, t: torch.Tensor) -> Arriving:
         """A small device result copied to the host without waiting: for a worker thread to take (the

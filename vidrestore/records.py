@@ -66,11 +66,11 @@ class Planes:
 
     def __post_init__(self) -> None:
         want = self.format.chroma_size(*self.y.shape)
-        dtype = np.uint8 if self.format.bits == 8 else np.uint16
+        dtype = self.format.dtype
         for plane in (self.y, self.u, self.v):
             if plane.ndim != 2 or plane.dtype != dtype:
-                name, want_type = self.format.name, np.dtype(dtype)
-                raise ValueError(f"Planes of {name} must be 2-D {want_type}, got {plane.shape} {plane.dtype}")
+                name = self.format.name
+                raise ValueError(f"Planes of {name} must be 2-D {dtype}, got {plane.shape} {plane.dtype}")
         if self.u.shape != want or self.v.shape != want:
             raise ValueError(f"chroma planes of {self.format.name} must be {want}, got {self.u.shape} {self.v.shape}")
 
@@ -82,7 +82,7 @@ class Planes:
     @property
     def dtype(self) -> np.dtype:  # type: ignore[type-arg]
         """The dtype of the same picture in RGB: uint8 for 8-bit formats, uint16 for deeper ones."""
-        return np.dtype(np.uint8 if self.format.bits == 8 else np.uint16)
+        return self.format.dtype
 
     def rgb(self) -> np.ndarray:
         """The picture in RGB, ``(H, W, 3)`` (uint16 at full 16-bit scale for deeper formats): for the

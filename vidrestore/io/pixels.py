@@ -46,7 +46,7 @@ def to_rgb(frame: av.VideoFrame, deep: bool) -> np.ndarray:
     return rgb.to_ndarray()  # type: ignore[no-any-return]
 
 
-def _plane(frame: av.VideoFrame, i: int, dtype: type, width: int) -> np.ndarray:
+def _plane(frame: av.VideoFrame, i: int, dtype: np.dtype, width: int) -> np.ndarray:  # type: ignore[type-arg]
     """Plane ``i`` of a frame without its line padding, as ``dtype`` samples (a view)."""
     plane = frame.planes[i]
     rows: np.ndarray = np.frombuffer(memoryview(plane), dtype).reshape(
@@ -67,17 +67,15 @@ def planes_of(frame: av.VideoFrame) -> Planes | None:
     if name in _PLANAR:
         bits, sx, sy = _PLANAR[name]
         fmt = PlaneFormat(name, bits, sx, sy, matrix, full)
-        dtype = np.uint8 if bits == 8 else np.uint16
         cw = fmt.chroma_size(h, w)[1]
-        y, u, v = (_plane(frame, i, dtype, width).copy() for i, width in enumerate((w, cw, cw)))
+        y, u, v = (_plane(frame, i, fmt.dtype, width).copy() for i, width in enumerate((w, cw, cw)))
         return Planes(y, u, v, fmt)
     if name in _INTERLEAVED:
         planar, bits, shift = _INTERLEAVED[name]
         fmt = PlaneFormat(planar, bits, 2, 2, matrix, full)
-        dtype = np.uint8 if bits == 8 else np.uint16
         cw = fmt.chroma_size(h, w)[1]
-        y = _plane(frame, 0, dtype, w) >> shift
-        uv = _plane(frame, 1, dtype, 2 * cw) >> shift
+        y = _plane(frame, 0, fmt.dtype, w) >> shift
+        uv = _plane(frame, 1, fmt.dtype, 2 * cw) >> shift
         return Planes(y.copy(), uv[:, 0::2].copy(), uv[:, 1::2].copy(), fmt)
     return None
 
@@ -87,9 +85,8 @@ def video_frame(planes: Planes) -> av.VideoFrame:
     fmt = planes.format
     h, w = planes.y.shape
     frame = av.VideoFrame(w, h, fmt.name)
-    dtype = np.uint8 if fmt.bits == 8 else np.uint16
     for i, src in enumerate((planes.y, planes.u, planes.v)):
-        _plane(frame, i, dtype, src.shape[1])[:] = src
+        _plane(frame, i, fmt.dtype, src.shape[1])[:] = src
     frame.colorspace = fmt.matrix
     frame.color_range = 2 if fmt.full_range else 1
     return frame

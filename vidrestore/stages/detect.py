@@ -278,7 +278,7 @@ class RetinaFaceDetector:
         batch = self.io.upload_batch(rgb)
         h, w = batch.shape[1:3]
         x = self._working(batch.permute(0, 3, 1, 2), working_scale(h, w, self.size))  # channels-last view
-        return x, [RgbPicture(batch[b], first.dtype) for b in range(len(rgb))]
+        return x, [RgbPicture(batch[b]) for b in range(len(rgb))]
 
     def decoded(self, images: Sequence[Picture]) -> tuple[torch.Tensor, ...]:
         """Every prior's box ``(N, P, 4)``, face score ``(N, P)`` and points ``(N, P, 10)`` in source

@@ -64,10 +64,11 @@ def full_scale(picture: torch.Tensor) -> float:
 
 
 class RgbPicture:
-    """``(H, W, 3)`` integers (uint8, or int32 holding 16-bit values)."""
+    """``(H, W, 3)`` integers (uint8, or int32 holding 16-bit values), back on the host as uint8 or uint16."""
 
-    def __init__(self, pixels: torch.Tensor, dtype: np.dtype) -> None:  # type: ignore[type-arg]
-        self.pixels, self.dtype = pixels, dtype
+    def __init__(self, pixels: torch.Tensor) -> None:
+        self.pixels = pixels
+        self.dtype = np.dtype(np.uint8 if pixels.dtype == torch.uint8 else np.uint16)
         self.size = (int(pixels.shape[0]), int(pixels.shape[1]))
 
     def rgb(self, box: Box, view: SdrView | None) -> torch.Tensor:
@@ -140,7 +141,7 @@ def on_device(image: np.ndarray | Planes, io: Transfers) -> DevicePicture:
     if isinstance(image, Planes):
         y, u, v = io.upload_planes([image])
         return PlanesPicture(y[0], u[0], v[0], image.format)
-    return RgbPicture(io.upload(image), image.dtype)
+    return RgbPicture(io.upload(image))
 
 
 def small_rgb(planes: Planes, width: int, height: int) -> np.ndarray:
