@@ -12,7 +12,7 @@ from vidrestore.colour import PlaneFormat
 from vidrestore.errors import ConfigError
 from vidrestore.records import Planes
 
-__all__ = ["Arriving", "Placement", "Transfers", "constant", "resolve_placement"]
+__all__ = ["Arriving", "Placement", "Transfers", "constant", "on_cuda", "resolve_placement"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,11 @@ def _resolve_device(name: str) -> torch.device:
             raise ConfigError(f"device = {name!r} but only {count} CUDA device(s) exist (cuda:0..cuda:{count - 1})")
         return torch.device("cuda", index)
     raise ConfigError(f"device = {name!r} is not valid; use auto, cpu, cuda, cuda:N or mps")
+
+
+def on_cuda(device: str) -> bool:
+    """Whether the configured ``device`` (auto, cuda, cuda:N, ...) puts the networks on a CUDA GPU here."""
+    return (device == "auto" or device.startswith("cuda")) and torch.cuda.is_available()
 
 
 def resolve_placement(device: str, precision: str) -> Placement:

@@ -132,7 +132,7 @@ class VideoWriter:
         if self.nvenc and (nv := nvenc_twin(codec, width, height, deep)) is not None:
             codec, pix_fmt = nv
             options = plan_output(self.path.suffix, codec, cfg.crf, cfg.preset, info.hdr).options
-        if codec.endswith("_nvenc") and not video_encoder_opens(codec, width, height, pix_fmt):
+        elif codec.endswith("_nvenc") and not video_encoder_opens(codec, width, height, pix_fmt):
             log.warning("%s cannot be opened here (no NVIDIA encoder); falling back to libx264", codec)
             codec = "libx264"
             options = plan_output(self.path.suffix, codec, cfg.crf, cfg.preset, info.hdr).options

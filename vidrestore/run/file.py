@@ -15,10 +15,9 @@ from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from vidrestore.config import Config
 from vidrestore.control import END, RunControl, Stopped
+from vidrestore.device import on_cuda
 from vidrestore.errors import PipelineError, VidrestoreError
 from vidrestore.io.atomic import AtomicTarget
 from vidrestore.io.images import is_image, read_image, write_image
@@ -111,12 +110,12 @@ def guarded(frames: Iterator[Frame], stage: str, stats: RunStats) -> Generator[F
 def _nvdec(config: Config) -> bool:
     """Whether to try NVIDIA's decoder: asked for, or auto with the networks on a CUDA GPU."""
     d = config.input.decoder
-    return d == "nvdec" or (d == "auto" and config.device != "cpu" and torch.cuda.is_available())
+    return d == "nvdec" or (d == "auto" and on_cuda(config.device))
 
 
 def _nvenc(config: Config) -> bool:
     """Whether ``output.codec: auto`` tries NVIDIA's encoder first: with the networks on a CUDA GPU."""
-    return config.output.codec == "auto" and config.device != "cpu" and torch.cuda.is_available()
+    return config.output.codec == "auto" and on_cuda(config.device)
 
 
 def open_reader(

@@ -22,6 +22,7 @@ import torch
 from vidrestore import errors
 from vidrestore.config import Config, config_to_dict
 from vidrestore.control import Stopped
+from vidrestore.device import on_cuda
 from vidrestore.errors import VidrestoreError
 from vidrestore.models.store import ModelStore
 from vidrestore.run.segments.render import SegmentResult
@@ -43,7 +44,7 @@ def worker_count(config: Config, tasks: int) -> tuple[int, str]:
     if n > 0:
         return max(1, min(n, tasks)), ""
     cores = os.cpu_count() or 1
-    if config.device != "cpu" and torch.cuda.is_available():
+    if on_cuda(config.device):
         free, _ = torch.cuda.mem_get_info()
         n = max(1, min(8, int(free // GPU_BYTES_PER_WORKER), cores // 2))
         why = f"{cores} cores, {free / 2**30:.0f} GiB free on the GPU, {GPU_BYTES_PER_WORKER >> 30} GiB each"
@@ -147,17 +148,18 @@ def _failure(exc: BaseException) -> Failure:
     return "PipelineError", f"stage 'worker': {type(exc).__name__}: {exc}"
 
 
-def _work(task: dict[str, Any]) -> tuple[SegmentResult | None, RunStats | None, Failure | None]:
-    """One task in a worker process; an error comes back as data (its class and line), since not
+def _work(item: tuple[int, dict[str, Any]]) -> tuple[int, SegmentResult | None, RunStats | None, Failure | None]:
+    """Task ``k`` in a worker process; an error comes back as data (its class and line), since not
     every error pickles."""
+    k, task = item
     if _failed is not None:
-        return None, None, _failed
+        return k, None, None, _failed
     assert _actor is not None
     try:
         result, stats = _actor.run(task)
     except Exception as exc:
-        return None, None, _failure(exc)
-    return result, stats, None
+        return k, None, None, _failure(exc)
+    return k, result, stats, None
 
 
 def _raise(failure: Failure) -> None:
@@ -183,8 +185,8 @@ def run_processes(
     settings = (config_to_dict(config), str(store.root), not store.fetch_missing, level)
     pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_start, initargs=settings)
     try:
-        results = pool.imap_unordered(_run_one, [(k, t.spec().to_dict()) for k, t in enumerate(tasks)])
-        for k, (result, stats, failure) in results:
+        results = pool.imap_unordered(_work, [(k, t.spec().to_dict()) for k, t in enumerate(tasks)])
+        for k, result, stats, failure in results:
             if failure is not None:
                 _raise(failure)
             assert stats is not None
@@ -197,10 +199,3 @@ def run_processes(
         raise
     pool.close()
     pool.join()
-
-
-def _run_one(
-    item: tuple[int, dict[str, Any]],
-) -> tuple[int, tuple[SegmentResult | None, RunStats | None, Failure | None]]:
-    k, task = item
-    return k, _work(task)
