@@ -37,6 +37,11 @@ __all__ = ["Flicker", "PairFigures", "TemporalFusion"]
 log = logging.getLogger(__name__)
 
 
+def _later(t: torch.Tensor, io: Transfers | None) -> Arriving:
+    """``t`` on its way to the host: through ``io`` without waiting, else copied now."""
+    return io.read_later(t) if io is not None else Arriving(t.cpu().numpy(), None)
+
+
 @dataclass
 class _Track:
     frame_index: int
@@ -154,9 +159,10 @@ class TemporalFusion:
         luma = 0.299 * small[:, 0] + 0.587 * small[:, 1] + 0.114 * small[:, 2]
         return (luma.clamp(0, 1) * 255).round().to(torch.uint8)
 
-    def _greys(self, aligned: list[torch.Tensor]) -> list[np.ndarray]:
-        """The crops small and grey, in one copy to the host."""
-        return list(self._small(aligned).cpu().numpy())
+    def _greys(self, aligned: list[torch.Tensor], io: Transfers | None) -> list[np.ndarray]:
+        """The crops small and grey, in one copy to the host (one wait, counted by ``io``)."""
+        small = self._small(aligned)
+        return list(io.read(small) if io is not None else small.cpu().numpy())
 
     def _dis(self) -> Any:
         dis = getattr(self._local, "dis", None)
@@ -216,7 +222,7 @@ class TemporalFusion:
         if not todo:
             return
         small = self._small([a for _, _, a in todo])
-        arriving = io.read_later(small) if io is not None else Arriving(small.cpu().numpy(), None)
+        arriving = _later(small, io)
         greys = list(arriving.host)  # views: filled when the copy is done, which the flow threads wait for
         last = {tid: (s.frame_index, s.grey) for tid, s in self._tracks.items()}
         for (tid, index, _), grey in zip(todo, greys, strict=True):
@@ -254,7 +260,7 @@ class TemporalFusion:
             return out
         ready = [self._ready.pop((faces[k][0], faces[k][1]), None) for k in todo]
         missing = [k for k, r in zip(todo, ready, strict=True) if r is None]
-        made = iter(self._greys([faces[k][2] for k in missing]) if missing else [])
+        made = iter(self._greys([faces[k][2] for k in missing], io) if missing else [])
         pending: list[tuple[int, int, torch.Tensor]] = []
         for k, prepared in zip(todo, ready, strict=True):
             tid, index, aligned, restored = faces[k]
@@ -270,7 +276,7 @@ class TemporalFusion:
         if pending:
             sums = torch.stack([s for _, _, s in pending])
             # the group's flicker figures: with ``io`` copied back without waiting, read by take_figures
-            arriving = io.read_later(sums) if io is not None else Arriving(sums.cpu().numpy(), None)
+            arriving = _later(sums, io)
             self._unread.append(([(tid, index) for tid, index, _ in pending], arriving))
             if io is None:
                 self._take_unread()
