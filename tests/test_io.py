@@ -318,6 +318,12 @@ def test_nvdec_and_auto_nvenc_fall_back_to_software_with_one_line_each(
             assert np.array_equal(x.to_ndarray(), y.to_ndarray())
     r = cli("restore", src, "-o", tmp_path / "again.mkv", "--detector", "none", "--set", "input.decoder=nvdec")
     assert "NVDEC" not in r.err and "NVENC" not in r.err  # once per process
+    monkeypatch.setattr(probe_module, "_SAID", set())
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all" * 100)
+    r = cli("restore", junk, "-o", tmp_path / "never.mkv", "--detector", "none", "--set", "input.decoder=nvdec")
+    assert r.code == 4 and "NVDEC" not in r.err  # the file is the trouble, not the decoder
+    assert_one_line_error(r.err)
 
 
 def test_encoder_option_builders() -> None:

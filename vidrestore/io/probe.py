@@ -86,25 +86,28 @@ def say_once(key: str, line: str) -> None:
 def open_input(path: Path, nvdec: bool = False) -> Any:
     """``av.open(path)`` with every failure turned into an :class:`InputError` (exit 4). ``nvdec``: decode
     on the NVIDIA GPU's decoder through FFmpeg's CUDA hardware acceleration, frames handed back in
-    system memory (NV12 / P010); where that cannot start, software, said once."""
-    if nvdec and path.is_file():
-        try:
-            return av.open(str(path), mode="r", metadata_errors="replace", hwaccel=HWAccel("cuda"))
-        except (av.error.FFmpegError, OSError, ValueError) as exc:
-            why = getattr(exc, "strerror", None) or exc
-            say_once("nvdec", f"NVDEC is not available here ({why}); decoding in software")
+    system memory (NV12 / P010); where that cannot start but the file opens, software, said once."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, not a video or image")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty")
+    unavailable = None
+    if nvdec:
+        try:
+            return av.open(str(path), mode="r", metadata_errors="replace", hwaccel=HWAccel("cuda"))
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            unavailable = getattr(exc, "strerror", None) or exc
     try:
-        return av.open(str(path), mode="r", metadata_errors="replace")
+        container = av.open(str(path), mode="r", metadata_errors="replace")
     except av.error.FFmpegError as exc:
         raise InputError(f"{path}: not a readable video or image ({exc.strerror or exc})") from exc
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{path}: cannot open ({exc})") from exc
+    if unavailable is not None:  # the file opens: the decoder, not the file, was the trouble
+        say_once("nvdec", f"NVDEC is not available here ({unavailable}); decoding in software")
+    return container
 
 
 def bit_depth(pix_fmt: str | None) -> int:
