@@ -4,8 +4,8 @@ Convention: a video frame's picture is its decoded :class:`Planes` (YUV at the d
 its matrix and range) where the format is planar YUV; images and other formats are ``(H, W, 3)``
 RGB arrays, ``uint8`` for 8-bit sources and ``uint16`` (full 16-bit scale) for deeper ones.
 Coordinates are ``(x, y)`` in source pixels with pixel centres at integer positions. Landmarks
-are the 5 facexlib points in order: left eye, right eye, nose tip, left mouth corner, right mouth corner (left and
-right as seen in the picture).
+are the 5 facexlib points in order: left eye, right eye, nose tip, left mouth corner, right mouth
+corner (left and right as seen in the picture).
 """
 
 from __future__ import annotations
