@@ -69,6 +69,11 @@ SPECS: tuple[Spec, ...] = (
     Spec("mpeg2-ac3.ts", ("-c:v", "mpeg2video", "-bf", "2", "-q:v", "5", "-c:a", "ac3")),
     Spec("h264-mp3.flv", ("-c:v", "libx264", "-c:a", "libmp3lame", "-ar", "44100")),
     Spec("theora-vorbis.ogv", ("-c:v", "libtheora", "-q:v", "5", "-c:a", "libvorbis")),
+    # a frame left out (variable frame rate): Ogg times each packet by where the one before it ends
+    Spec(
+        "theora-vorbis-vfr.ogv",
+        ("-vf", "select='not(eq(n,7))'", "-vsync", "vfr", "-c:v", "libtheora", "-q:v", "5", "-c:a", "libvorbis"),
+    ),
     Spec("vp8-opus.ogv", ("-c:v", "libvpx", "-b:v", "300k", "-c:a", "libopus")),
     Spec("wmv2-wmav2.wmv", ("-c:v", "wmv2", "-q:v", "5", "-c:a", "wmav2")),
     Spec("mpeg2-mp2.mpg", ("-c:v", "mpeg2video", "-bf", "2", "-q:v", "5", "-c:a", "mp2")),

@@ -274,8 +274,9 @@ def _box_walk(data: bytes) -> list[tuple[bytes, int, int]]:
 class _P:
     """A stand-in packet: what InOrder reads."""
 
-    def __init__(self, ts: int) -> None:
+    def __init__(self, ts: int, duration: int = 0) -> None:
         self.dts = self.pts = ts
+        self.duration = duration
         self.time_base = Fraction(1, 1000)
 
 
@@ -294,6 +295,23 @@ def test_in_order_drops_a_damaged_time_and_keeps_a_reset() -> None:
     kept += [p.dts for p in k]
     assert dropped == [0, 90000]
     assert kept == [5000, 5020, 5040, 5080, 5100, 5140, 5160, 5180, 0, 20, 40]
+
+
+def test_in_order_keeps_two_packets_that_share_a_time() -> None:
+    """MPEG-PS demuxers give one PES time to both audio frames it carries: nothing is dropped. The
+    earlier moves back to where the packet before it ends (its real time); a time shared with the
+    packet before moves one tick on, as ffmpeg -c copy does."""
+    from vidrestore.io.demux import InOrder
+
+    order, kept, dropped = InOrder(equal_ok=False), [], []
+    for t in [0, 32, 96, 96, 128, 128, 160]:  # 32 ms AC3 frames; 64 is missing, 96 given twice
+        k, d = order.push(_P(t, 32))
+        kept += [p.dts for p in k]
+        dropped += d
+    kept += [p.dts for p in order.flush()[0]]
+    assert dropped == []
+    assert kept == [0, 32, 64, 96, 128, 129, 160]
+    assert order.shifted == 2
 
 
 def test_error_locator_names_the_packet_whose_frame_never_came() -> None:
@@ -383,3 +401,63 @@ def test_damaged_copies_of_healthy_files_keep_at_least_ffmpegs_frames(
         assert r.code == 0, (d.path.name, r.err)
         kept = ffmpeg_frames(dst)
         assert kept >= reference - 1, (d.path.name, kept, reference)
+
+
+CASES = Path(__file__).parent / "data" / "cases"
+
+
+def _case(name: str, sha256: str, tmp_path: Path) -> Path:
+    """A file an issue names, kept in parts of under 1 MB each (the cap on committed files), joined
+    and checked here."""
+    import hashlib
+
+    parts = sorted(CASES.glob(f"{name}.part*"))
+    data = b"".join(p.read_bytes() for p in parts)
+    assert hashlib.sha256(data).hexdigest() == sha256, f"{name}: its parts do not join to the file named"
+    out = tmp_path / name
+    out.write_bytes(data)
+    return out
+
+
+def test_a_damaged_mkv_keeps_its_tail_past_a_damaged_block(cli: Cli, tmp_path: Path) -> None:
+    """Issue 31's file (H.264 + AAC + AC3, scattered byte flips). FFmpeg 8's Matroska demuxer gives up
+    on the rest of the last cluster at a block whose lacing flags were flipped (and ended the file at
+    11.05 s of 11.30 s); the blocks after it are whole, and are read by walking the file's own
+    structure. Every frame the ffmpeg CLI decodes is kept (more: the stretch FFmpeg 5.1 steps over at
+    3.9 s is read too), and nothing is called truncated."""
+    _need_ffmpeg()
+    from media import best_effort_seconds
+
+    src = _case("damaged-2audio.mkv", "57adb84ec4447fca8b021bcebe4c622c8de3ec1685c747090b42946ab16a9efa", tmp_path)
+    dst, report = tmp_path / "out.mkv", tmp_path / "r.json"
+    r = cli("restore", src, "-o", dst, "--detector", "none", "--encode-preset", "ultrafast", "--report", report)
+    assert r.code == 0, r.err
+    assert "ends early" not in r.err and "truncated" not in r.err, r.err
+    theirs = [t for t in best_effort_seconds(src) if t is not None]  # every frame FFmpeg decodes, with its time
+    assert len(theirs) == 265  # what the issue measured with the ffmpeg CLI
+    kept = [t for t in best_effort_seconds(dst) if t is not None]
+    assert len(kept) >= len(theirs) - 1
+    ours = {round(t, 2) for t in kept}
+    missing = [t for t in theirs if round(t, 2) not in ours]
+    assert missing == [], missing  # 10.93 s and 10.97 s among them, and the tail through 11.26 s
+    (entry,) = json.loads(report.read_text())["damage"]
+    assert entry["ended_early"] is False and entry["damaged"] is True
+    damaged = {s["index"]: s for s in entry["streams"]}
+    assert damaged[1]["packets_skipped"] >= 1  # the AAC block whose header was hit
+    # the audio after the damaged block came through too: the AAC track reaches the end
+    assert probe(dst).audio_span_s[1][1] > 11.2
+
+
+@pytest.mark.parametrize("ext", ["mkv", "webm"])
+def test_the_matroska_block_reader_reads_what_ffmpeg_demuxes(tmp_path: Path, ext: str) -> None:
+    """Over a whole healthy file, the blocks read by walking its structure are FFmpeg's packets: the
+    same stream, time (codec delays taken off as FFmpeg takes them), position and bytes; none damaged."""
+    from testkit.corpus import make_source
+    from vidrestore.io.mkv import salvage
+
+    src = make_source(tmp_path / f"clip.{ext}")
+    with av.open(str(src)) as c:
+        demuxed = [(p.stream.index, p.pts, p.pos, bytes(p)) for p in c.demux() if p.size]
+    found = salvage(src, 0, None)
+    assert found.damaged == []
+    assert [(b.stream, b.pts, b.pos, b.data) for b in found.blocks] == demuxed

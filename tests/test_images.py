@@ -4,7 +4,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from conftest import CliResult
+import pytest
+from conftest import CliResult, Weights
 from media import probe
 from PIL import Image
 
@@ -67,3 +68,55 @@ def test_not_an_image_exits_4(cli: Cli, tmp_path: Path) -> None:
     r = cli("restore", src, "-o", tmp_path / "o.png", "--detector", "none")
     assert r.code == 4
     assert not (tmp_path / "o.png").exists()
+
+
+# -- animated images ------------------------------------------------------------------------------
+
+_DURATIONS = [40, 80, 120, 60, 100, 40, 200, 80]
+
+
+def _animation(path: Path, fmt: str) -> list[np.ndarray]:
+    """An 8-frame animation of the astronaut's face panning right, with uneven durations, looping
+    twice; returns its pictures."""
+    face = astronaut()[20:260, 80:400]
+    pictures = [np.ascontiguousarray(face[:, 8 * i : 8 * i + 256]) for i in range(len(_DURATIONS))]
+    images = [Image.fromarray(p) for p in pictures]
+    options: dict[str, object] = {"save_all": True, "append_images": images[1:], "duration": _DURATIONS, "loop": 2}
+    if fmt == "WEBP":
+        options["lossless"] = True
+    images[0].save(path, format=fmt, **options)
+    return pictures
+
+
+def _frames(path: Path) -> tuple[list[np.ndarray], list[int], int | None]:
+    with Image.open(path) as im:
+        pictures, durations = [], []
+        for k in range(im.n_frames):
+            im.seek(k)
+            pictures.append(np.asarray(im.convert("RGB")))
+            durations.append(int(im.info["duration"]))
+        return pictures, durations, im.info.get("loop")
+
+
+@pytest.mark.parametrize(("suffix", "fmt"), [(".gif", "GIF"), (".png", "PNG"), (".webp", "WEBP")])
+def test_an_animation_keeps_every_frame_its_durations_and_loop(
+    cli: Cli, weights: Weights, tmp_path: Path, suffix: str, fmt: str
+) -> None:
+    src, dst = tmp_path / f"in{suffix}", tmp_path / f"out{suffix}"
+    pictures = _animation(src, fmt)
+    r = cli("restore", src, "-o", dst, "--detector", "centerface", "--set", "detector.threshold=0.5", *weights.sets())
+    assert r.code == 0, r.err
+    out, durations, loop = _frames(dst)
+    assert len(out) == len(pictures) and durations == _DURATIONS and loop == 2
+    assert f"faces: {len(pictures)} restored" in r.err  # every frame's face, not the first one's
+    for a, b in zip(pictures, out, strict=True):
+        assert a.shape == b.shape and not np.array_equal(a, b)  # restored (random weights change the face)
+
+
+def test_an_animation_is_refused_before_any_work_where_its_output_holds_one_picture(cli: Cli, tmp_path: Path) -> None:
+    src, dst = tmp_path / "in.webp", tmp_path / "out.jpg"
+    _animation(src, "WEBP")
+    r = cli("restore", src, "-o", dst, "--detector", "none")
+    assert r.code == 2 and not dst.exists(), r.err
+    (line,) = r.err.strip().splitlines()
+    assert ".jpg" in line and ".gif" in line and ".webp" in line

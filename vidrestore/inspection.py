@@ -12,8 +12,9 @@ from vidrestore.config import Config
 from vidrestore.control import RunControl
 from vidrestore.device import resolve_placement
 from vidrestore.errors import ConfigError
+from vidrestore.geometry import invert, map_points, square_pixels
 from vidrestore.io.atomic import AtomicTarget, check_target
-from vidrestore.io.images import is_image, read_image
+from vidrestore.io.images import is_image, read_animation, read_image
 from vidrestore.models.store import ModelStore
 from vidrestore.records import Face, Frame
 from vidrestore.run.file import guarded, open_reader, restore_file
@@ -39,13 +40,18 @@ def _face_json(face: Face) -> dict[str, Any]:
 
 
 def frame_json(frame: Frame) -> dict[str, Any]:
-    """One frame's entry in ``inspect --json`` (the contract in DESIGN.md)."""
-    return {
+    """One frame's entry in ``inspect --json`` (the contract in DESIGN.md). Boxes and landmarks are in
+    square (display) pixels: for a frame with non-square pixels (``sar`` given, the width of a
+    pixel over its height) a stored column ``x`` is at ``(x + 0.5) * sar - 0.5``."""
+    out: dict[str, Any] = {
         "index": frame.index,
         "pts": frame.pts,
         "time": round(frame.pts_seconds, 6),
         "faces": [_face_json(f) for f in frame.faces],
     }
+    if frame.sar != 1:
+        out["sar"] = f"{frame.sar.numerator}:{frame.sar.denominator}"
+    return out
 
 
 def annotate(frame: Frame) -> Frame:
@@ -56,9 +62,15 @@ def annotate(frame: Frame) -> Frame:
     rgb = frame.rgb()
     img = np.ascontiguousarray(rgb if rgb.dtype == np.uint8 else (rgb >> 8).astype(np.uint8))
     thick = max(1, round(max(img.shape[:2]) / 500))
+    stored = invert(square_pixels(float(frame.sar)))  # faces are in square pixels; drawn on the stored grid
+
+    def at(x: float, y: float) -> tuple[int, int]:
+        px, py = map_points(stored, np.array([[x, y]]))[0]
+        return round(px), round(py)
+
     for face in frame.faces:
         colour = (160, 160, 160) if face.interpolated else (0, 220, 0)
-        x1, y1, x2, y2 = (round(v) for v in face.box)
+        (x1, y1), (x2, y2) = at(face.box[0], face.box[1]), at(face.box[2], face.box[3])
         cv2.rectangle(img, (x1, y1), (x2, y2), colour, thick)
         cv2.putText(
             img,
@@ -71,9 +83,9 @@ def annotate(frame: Frame) -> Frame:
         )
         if face.landmarks_raw is not None:
             for x, y in face.landmarks_raw:
-                cv2.circle(img, (round(x), round(y)), thick + 1, (255, 60, 60), -1)
+                cv2.circle(img, at(x, y), thick + 1, (255, 60, 60), -1)
         for x, y in face.landmarks:
-            cv2.circle(img, (round(x), round(y)), thick, (255, 255, 0), -1)
+            cv2.circle(img, at(x, y), thick, (255, 255, 0), -1)
     return replace(frame, image=img)
 
 
@@ -108,12 +120,16 @@ def inspect_path(
         stats = RunStats()
         if annotate_out is not None:
             restore_file(src, annotate_out, config, track_and_record, stats, progress=progress)
+            tally.fields = stats.fields[0]["line"] if stats.fields else None
         elif is_image(src):
-            for _ in track_and_record(iter([read_image(src).frame])):
+            anim = read_animation(src)
+            for _ in track_and_record(iter(anim.frames if anim is not None else [read_image(src).frame])):
                 stats.frames += 1
         else:
             control = RunControl()
             reader = open_reader(src, config, control, copy_streams=False)
+            if reader.info.fields is not None:
+                tally.fields = reader.info.fields.line(src.name, reader.info.width, reader.info.height)
             try:
                 for _ in guarded(track_and_record(iter(reader)), "inspect", stats):
                     stats.frames += 1
@@ -135,6 +151,7 @@ class InspectSummary:
     frames: int = 0
     frames_with_faces: int = 0
     tracks: dict[int, list[tuple[int, float, bool]]] = field(default_factory=dict)  # (frame, size, filled)
+    fields: str | None = None  # the field stage's line about a video input
 
     def add(self, frame: Frame) -> None:
         self.frames += 1
@@ -154,6 +171,8 @@ class InspectSummary:
             out.append(
                 f"{tid:>5}  {span:>13}  {len(seen):>5}  {filled:>6}  {sizes[0]:.0f} / {mid:.0f} / {sizes[-1]:.0f}"
             )
+        if self.fields is not None:
+            out.append(self.fields)
         return out
 
 

@@ -105,6 +105,8 @@ class Frame:
     rotation: int = 0  # display rotation, degrees counter-clockwise (the stream's display matrix)
     color_trc: int = 2  # transfer characteristic (AVColorTransferCharacteristic; 16 PQ, 18 HLG, 2 unknown)
     faces: tuple[Face, ...] = field(default=())
+    sar: Fraction = Fraction(1)  # sample aspect ratio: the width of a pixel over its height
+    source_pts: int | None = None  # the time of the decoded frame it came from (deinterlaced fields share one)
     on_device: Any = field(default=None, repr=False)
     """The same picture as the face stages already hold it on their device (a ``(H, W, 3)`` tensor,
     uploaded with its detection batch), so that it crosses once; None where it was not uploaded."""

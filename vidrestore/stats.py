@@ -90,6 +90,7 @@ class RunStats:
     segments: list[dict[str, Any]] = field(default_factory=list)  # per segment: input, time, worker, retries
     engines: dict[str, str] = field(default_factory=dict)  # per network role: the engine that ran it
     notes: list[str] = field(default_factory=list)  # lines for the run's end (how many workers auto chose)
+    fields: list[dict[str, Any]] = field(default_factory=list)  # per video input: its field structure and pixels
 
     def take(self) -> RunStats:
         """A copy of what was counted so far; this one starts again from nothing (a worker's

@@ -11,9 +11,19 @@ from typing import Any
 
 from vidrestore.errors import InputError
 
-__all__ = ["DamageLog", "ErrorLocator", "StreamDamage"]
+__all__ = ["DamageLog", "ErrorLocator", "StreamDamage", "packet_span"]
 
 log = logging.getLogger(__name__)
+
+
+def packet_span(packet: Any) -> tuple[float, float] | None:
+    """A packet's start and end in seconds (by its pts, else its dts), or None without a time."""
+    ts = packet.pts if packet.pts is not None else packet.dts
+    if ts is None or packet.time_base is None:
+        return None
+    start = float(ts * packet.time_base)
+    return start, start + float((packet.duration or 0) * packet.time_base)
+
 
 MAX_GUESSES = 100  # possible-damage notes kept per file
 

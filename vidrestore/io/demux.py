@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Generator, Iterator, Sequence
+from fractions import Fraction
 from typing import Any
 
 import av
@@ -23,6 +24,7 @@ from av.stream import Discard
 
 from vidrestore.errors import InputError
 from vidrestore.io.damage import DamageLog
+from vidrestore.io.mkv import salvage
 
 __all__ = ["InOrder", "ResumingDemuxer"]
 
@@ -50,13 +52,20 @@ class InOrder:
     following packets keep to is a reset, not damage: :class:`StreamClock` in the reader carries on
     from it.)
 
+    Two packets that share one time are not damage: demuxers give the time of a PES packet to both
+    frames it carries (MPEG-PS audio does), and ``ffmpeg -c copy`` keeps both. Here both are kept:
+    the first moves back to where the packet before it ends when that lies between (its true
+    time), else the second moves one tick on, as ``ffmpeg -c copy`` moves it. ``shifted`` counts them.
+
     :meth:`push` returns ``(kept, dropped)`` packets; :meth:`flush` the one still held.
     """
 
     def __init__(self, equal_ok: bool) -> None:
         self.equal_ok = equal_ok  # subtitles may share a time; audio and data may not
         self._prev: int | None = None
+        self._prev_end: int | None = None  # where the packet kept last ends (its time + duration)
         self._held: Any = None
+        self.shifted = 0
 
     def push(self, packet: Any) -> tuple[list[Any], list[Any]]:
         ts = _ts(packet)
@@ -67,6 +76,12 @@ class InOrder:
             return [], []
         h = _ts(held)
         assert h is not None
+        if h == ts and not self.equal_ok:
+            end = self._prev_end
+            if end is not None and self._prev is not None and self._prev < end < ts:
+                _move(held, end - h)  # the shared time is the later frame's: the earlier one ends the gap
+                self.shifted += 1
+                h = end
         if self._prev is not None and self._prev <= ts and not self._prev <= h <= ts:
             return [], [held]  # out of line with both neighbours
         return self._keep(held)
@@ -78,11 +93,24 @@ class InOrder:
     def _keep(self, packet: Any) -> tuple[list[Any], list[Any]]:
         ts = _ts(packet)
         assert ts is not None
-        if self._prev is not None and (ts < self._prev or (ts == self._prev and not self.equal_ok)):
+        if self._prev is not None and ts == self._prev and not self.equal_ok:
+            _move(packet, 1)  # one tick on, as ffmpeg -c copy moves a repeated time
+            self.shifted += 1
+            ts += 1
+        elif self._prev is not None and ts < self._prev:
             if self._prev - ts < RESET_STEP * (1 / packet.time_base if packet.time_base else 1):
                 return [], [packet]  # backwards by less than a reset: a damaged time
         self._prev = ts
+        self._prev_end = ts + (packet.duration or 0)
         return [packet], []
+
+
+def _move(packet: Any, ticks: int) -> None:
+    """Both of a packet's times ``ticks`` on (in its own time base)."""
+    if packet.dts is not None:
+        packet.dts += ticks
+    if packet.pts is not None:
+        packet.pts += ticks
 
 
 def _ts(packet: Any) -> int | None:
@@ -201,25 +229,33 @@ class ResumingDemuxer:
 
         Demuxers that parse the file as a stream skip damaged bytes without a word: in formats
         whose packets lie back to back (Matroska, WebM, AVI, FLV), a jump in the packets' byte
-        positions may be a loss. It is only a guess (muxers pad, and some interleave other data),
-        so it is said as possible damage with its evidence and changes nothing. (Not MP4/MOV, read
-        by their index, where positions jump by design, nor MPEG-TS, whose packets are cut into
-        188-byte pieces among padding.) After a resume, which follows a real demuxer error, a
-        stream whose times jump past where it had got to lost what lies between.
+        positions may be a loss. In Matroska the blocks in such a stretch, and after a quiet end
+        short of the stated end, are read by walking the file's own structure (:mod:`.mkv`:
+        FFmpeg gives up on the rest of a cluster after one damaged block); a block that does not
+        read is damage. Elsewhere it is only a guess (muxers pad, and some interleave other data),
+        said as possible damage with its evidence, and changes nothing. (Not MP4/MOV, read by their
+        index, where positions jump by design, nor MPEG-TS, whose packets are cut into 188-byte
+        pieces among padding.) After a resume, which follows a real demuxer error, a stream whose
+        times jump past where it had got to lost what lies between.
         """
-        wanted = {i for i in self.indices if i not in self.left_out}
-        by_position = bool(set(container.format.name.split(",")) & CONTIGUOUS_FORMATS)
+        self._wanted = {i for i in self.indices if i not in self.left_out}
+        formats = set(container.format.name.split(","))
+        by_position = bool(formats & CONTIGUOUS_FORMATS)
+        matroska = "matroska" in formats
         demux = container.demux()  # every stream, so that the byte positions run on
         progressed = False
         # streams whose first packet after a resume is still to come (only those with a timed packet
         # before it: a stream that has not started yet has nothing to have lost)
-        unchecked = set(self._last) if dedupe else set()
+        self._unchecked = set(self._last) if dedupe else set()
         next_pos: int | None = None
         while True:
             try:
                 packet = next(demux)
             except StopIteration:
                 self._failed = False
+                if matroska and next_pos is not None and self._meant_to_go_on(False):
+                    for found in self._salvage(container, next_pos, None):
+                        progressed |= yield from self._deliver(found, dedupe)
                 return False, progressed
             except (av.error.FFmpegError, IndexError) as exc:  # IndexError: PyAV meets a stream made part-way (FLV)
                 log.debug("%s: demuxing failed: %s", self.damage.path, exc)
@@ -232,28 +268,66 @@ class ResumingDemuxer:
                 if next_pos is not None and pos < next_pos - packet.size:
                     by_position = False  # positions run back: a file not read front to back (non-interleaved)
                 elif next_pos is not None and pos - next_pos > BYTE_GAP:
-                    self.damage.guess(self._position(), f"{pos - next_pos} bytes skipped at byte {next_pos}")
+                    if matroska:
+                        for found in self._salvage(container, next_pos, pos):
+                            progressed |= yield from self._deliver(found, dedupe)
+                    else:
+                        self.damage.guess(self._position(), f"{pos - next_pos} bytes skipped at byte {next_pos}")
                 next_pos = pos + packet.size
-            index = packet.stream.index
-            if index not in wanted:
+            progressed |= yield from self._deliver(packet, dedupe)
+
+    def _deliver(self, packet: Any, dedupe: bool) -> Generator[Any, None, bool]:
+        """Yield ``packet`` if it is of a stream read and new (not delivered before a seek), keeping
+        account of how far each stream got; returns whether it was delivered with a time."""
+        index = packet.stream.index
+        if index not in self._wanted:
+            return False
+        ts = _ts(packet)
+        if ts is None or packet.time_base is None:
+            yield packet
+            return False
+        last = self._last.get(index)
+        if dedupe and last is not None and ts <= last:
+            return False  # delivered before the seek
+        at = float((packet.pts if packet.pts is not None else ts) * packet.time_base)
+        if index in self._unchecked:
+            self._unchecked.discard(index)
+            start = self.reached[index]
+            if at > start + _gap(packet):  # what lies between was lost
+                self.damage.mark(index, start, max(start, at), why="unreadable; read on past it")
+        self._last[index] = ts if last is None else max(last, ts)
+        end = at + float((packet.duration or 0) * packet.time_base)
+        self.reached[index] = max(self.reached.get(index, end), end)
+        yield packet
+        return True
+
+    def _salvage(self, container: Any, start: int, stop: int | None) -> Iterator[Any]:
+        """The Matroska blocks in ``[start, stop)`` that the demuxer stepped over, as packets of
+        ``container``'s streams; each damaged block there is marked, and a read counts as a resume."""
+        found = salvage(self.damage.path, start, stop)
+        streams = container.streams
+        where = self._position()
+        for pos, stream in found.damaged:
+            index = stream if stream is not None and stream in self._wanted else self.anchor
+            self.damage.mark(index, where, where, skipped=1, why=f"a damaged block at byte {pos}; read on past it")
+        if found.blocks:
+            self.damage.resumes += 1
+            read = len(found.blocks)
+            log.info("%s: %d blocks the demuxer stepped over from byte %d read", self.damage.path, read, start)
+        for block in found.blocks:
+            if block.stream >= len(streams):
                 continue
-            ts = _ts(packet)
-            if ts is None or packet.time_base is None:
-                yield packet
-                continue
-            last = self._last.get(index)
-            if dedupe and last is not None and ts <= last:
-                continue  # delivered before the seek
-            at = float((packet.pts if packet.pts is not None else ts) * packet.time_base)
-            if index in unchecked:
-                unchecked.discard(index)
-                start = self.reached[index]
-                if at > start + _gap(packet):  # what lies between was lost
-                    self.damage.mark(index, start, max(start, at), why="unreadable; read on past it")
-            self._last[index] = ts if last is None else max(last, ts)
-            end = at + float((packet.duration or 0) * packet.time_base)
-            self.reached[index] = max(self.reached.get(index, end), end)
-            progressed = True
+            stream = streams[block.stream]
+            tb = stream.time_base
+            packet = av.Packet(block.data)
+            ticks = Fraction(found.scale_ns, 1_000_000_000) / tb if tb else Fraction(1)
+            packet.pts = round(block.pts * ticks)
+            if stream.type != "video":
+                packet.dts = packet.pts  # audio and subtitles: decoded in the order they are stored
+            packet.duration = round(block.duration * ticks)
+            packet.time_base = tb
+            packet.is_keyframe = block.keyframe
+            packet.stream = stream
             yield packet
 
     def _position(self) -> float:

@@ -13,7 +13,7 @@ import av
 import av.codec
 import av.error
 
-from vidrestore.config import EncoderPreset
+from vidrestore.config import EncoderPreset, OutputConfig
 from vidrestore.errors import OutputError
 from vidrestore.io.probe import say_once
 
@@ -25,6 +25,7 @@ __all__ = [
     "can_copy",
     "check_encoder",
     "check_rate",
+    "choose_encoder",
     "encoder_options",
     "nvenc_twin",
     "pick_pix_fmt",
@@ -49,6 +50,13 @@ _WRITES = {
     "mpeg2video": "mpeg2video",
     "mpeg1video": "mpeg1video",
     "wmv2": "wmv2",
+    "dvvideo": "dvvideo",
+}
+
+# DV holds these pictures only: (width, height, frame rate) -> the pixel format its profile codes
+DV_PICTURES = {
+    (720, 480, Fraction(30000, 1001)): "yuv411p",  # NTSC DV (DVCPRO 25 too)
+    (720, 576, Fraction(25)): "yuv420p",  # PAL DV
 }
 
 # MPEG-1/2 video holds these frame rates only (its frame_rate_code table); others are refused
@@ -75,11 +83,14 @@ class Container:
     # codecs of copied streams it holds although FFmpeg's muxer query answers "don't know" for them
     also_copies: frozenset[str] = frozenset()
     audio_tracks: int | None = None  # how many audio tracks it holds (None: any number)
+    muxer: tuple[tuple[str, str], ...] = ()  # options of the container's muxer
+    frame_rate_only: bool = False  # holds interlaced video's frame rate, never its field rate (DV)
 
 
 _MP4 = frozenset({"h264", "hevc", "av1", "vp9"})
 _TS_COPIES = frozenset({"aac", "mp3", "mp2", "ac3", "eac3", "opus", "dvb_subtitle", "dvb_teletext"})
 _MPEG = frozenset({"mpeg2video", "mpeg1video"})
+_OGG_COPIES = frozenset({"vorbis", "opus", "flac", "speex"})
 _PS_COPIES = frozenset({"mp2", "mp3", "ac3", "dts", "pcm_dvd", "dvd_subtitle"})
 CONTAINERS: dict[str, Container] = {
     ".mp4": Container("libx264", "aac", _MP4),
@@ -99,7 +110,14 @@ CONTAINERS: dict[str, Container] = {
     ".mpeg": Container("mpeg2video", "mp2", _MPEG, also_copies=_PS_COPIES),
     ".vob": Container("mpeg2video", "mp2", _MPEG, also_copies=_PS_COPIES),
     # Ogg video: VP8 (this FFmpeg build has no Theora encoder), Vorbis and Opus copied, Opus made
-    ".ogv": Container("libvpx", "libopus", frozenset({"vp8"})),
+    # (FFmpeg's Ogg muxer answers "don't know" when asked about its own audio codecs: named here)
+    # Its demuxer times a packet by where the one before ends: a page per packet, and each frame lasting
+    # until the next, keep the gaps of variable frame rates
+    ".ogv": Container(
+        "libvpx", "libopus", frozenset({"vp8"}), also_copies=_OGG_COPIES, muxer=(("page_duration", "1"),)
+    ),
+    # DV camcorders' raw stream: DV video at its own sizes and frame rates, PCM audio
+    ".dv": Container("dvvideo", "pcm_s16le", frozenset({"dvvideo"}), frame_rate_only=True, audio_tracks=1),
     # old camera and Windows files: Windows Media Video 8 and Audio 2, in ASF
     ".wmv": Container("wmv2", "wmav2", frozenset({"wmv2"})),
     ".asf": Container("wmv2", "wmav2", frozenset({"wmv2"})),
@@ -216,6 +234,8 @@ def encoder_options(codec: str, crf: int, preset: str) -> dict[str, str]:
         return {"crf": str(min(63, max(4, crf))), "b": "50M", "deadline": "good"}
     if codec in ("mpeg2video", "mpeg1video", "wmv2"):
         return {"flags": "+qscale", "global_quality": str(_qscale(crf) * _QP2LAMBDA)}
+    if codec == "dvvideo":  # DV's bitrate is fixed by its profile: nothing to choose
+        return {}
     raise OutputError(f"output.codec = {codec!r} is not supported")
 
 
@@ -228,9 +248,12 @@ def _qscale(crf: int) -> int:
     return max(2, min(31, round(2 + crf * crf / 90)))
 
 
-def check_rate(codec: str, rate: Fraction | None, suffix: str) -> Fraction | None:
-    """The frame rate ``codec`` is written at: MPEG-1/2 video only at its standard rates (None for
-    other codecs, which keep the input's times). Raises :class:`OutputError` naming the way out."""
+def check_rate(codec: str, rate: Fraction | None, suffix: str, size: tuple[int, int] = (0, 0)) -> Fraction | None:
+    """The frame rate ``codec`` is written at: MPEG-1/2 video only at its standard rates, DV only at
+    its own sizes and rates (None for other codecs, which keep the input's times). Raises
+    :class:`OutputError` naming the way out. ``size``: the pictures' ``(width, height)``."""
+    if codec == "dvvideo":
+        return _dv_rate(rate, suffix, size)
     if codec not in ("mpeg1video", "mpeg2video"):
         return None
     if rate is not None:
@@ -241,6 +264,17 @@ def check_rate(codec: str, rate: Fraction | None, suffix: str) -> Fraction | Non
     raise OutputError(
         f"a {suffix} file holds MPEG video at 23.976, 24, 25, 29.97, 30, 50, 59.94 or 60 frames/s only, "
         f"and this video runs at {shown} frames/s: write .mkv or .mp4 instead"
+    )
+
+
+def _dv_rate(rate: Fraction | None, suffix: str, size: tuple[int, int]) -> Fraction:
+    for (w, h, standard), _ in DV_PICTURES.items():
+        if (w, h) == size and rate is not None and abs(float(rate) - float(standard)) < 0.01:
+            return standard
+    shown = f"{size[0]}x{size[1]} at {float(rate):.3f} frames/s" if rate else f"{size[0]}x{size[1]}"
+    raise OutputError(
+        f"a {suffix} file holds DV video only (720x480 at 29.97 or 720x576 at 25 frames/s), and this is "
+        f"{shown}: write .avi or .mkv instead"
     )
 
 
@@ -285,6 +319,8 @@ def pick_pix_fmt(codec: str, bit_depth: int, width: int, height: int) -> str:
     odd = width % 2 == 1 or height % 2 == 1
     if codec.endswith("_nvenc"):
         return "p010le" if deep and not odd else ("yuv444p" if odd else "yuv420p")
+    if codec == "dvvideo":
+        return next((f for (w, h, _), f in DV_PICTURES.items() if (w, h) == (width, height)), "yuv420p")
     fmt = _PIX_FMTS.get((codec, deep, odd)) or _PIX_FMTS.get((codec, False, odd))  # 8-bit-only codecs
     if fmt is None:
         raise OutputError(
@@ -335,3 +371,24 @@ def nvenc_twin(codec: str, width: int, height: int, deep: bool) -> tuple[str, st
         return nv, fmt
     say_once("nvenc", f"{nv} cannot be opened here (this GPU has no NVENC); encoding with {codec}")
     return None
+
+
+def choose_encoder(
+    suffix: str, cfg: OutputConfig, hdr: Mapping[str, bytes] | None, width: int, height: int, deep: bool, nvenc: bool
+) -> tuple[str, dict[str, str], str, str]:
+    """The video encoder, its options and pixel format, and the audio encoder for a ``suffix`` file of
+    pictures ``width`` x ``height`` (``deep``: over 8 bits): as planned, with NVIDIA's where asked
+    (``nvenc``) and it opens, and libx264 where an NVENC encoder asked for by name does not."""
+    plan = plan_output(suffix, cfg.codec, cfg.crf, cfg.preset, hdr)
+    codec, options = plan.video, plan.options
+    check_encoder(codec)
+    pix_fmt = pick_pix_fmt(codec, 10 if deep else 8, width, height)
+    if nvenc and (nv := nvenc_twin(codec, width, height, deep)) is not None:
+        codec, pix_fmt = nv
+        options = plan_output(suffix, codec, cfg.crf, cfg.preset, hdr).options
+    elif codec.endswith("_nvenc") and not video_encoder_opens(codec, width, height, pix_fmt):
+        log.warning("%s cannot be opened here (no NVIDIA encoder); falling back to libx264", codec)
+        codec = "libx264"
+        options = plan_output(suffix, codec, cfg.crf, cfg.preset, hdr).options
+        pix_fmt = pick_pix_fmt(codec, 10 if deep else 8, width, height)
+    return codec, options, pix_fmt, plan.audio

@@ -15,16 +15,20 @@ from av.codec.hwaccel import HWAccel
 from av.stream import Disposition
 
 from vidrestore.errors import InputError
+from vidrestore.transfer import view_for
 
 __all__ = [
     "StreamInfo",
     "VideoInfo",
     "bit_depth",
     "frame_count",
+    "hdr_side_data",
     "is_cover_art",
     "main_video_stream",
     "open_input",
+    "sample_aspect",
     "say_once",
+    "video_rate",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,8 @@ class VideoInfo:
     container_metadata: dict[str, str]
     # HDR (PQ or HLG input): the first frame's mastering-display / light-level side data, raw; None for SDR
     hdr: dict[str, bytes] | None = None
+    sar: Fraction = Fraction(1)  # the sample (pixel) aspect ratio of the pictures handed on
+    fields: Any = None  # the field stage's FieldPlan (io.fields): what was found and done; None: not looked at
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,36 @@ def open_input(path: Path, nvdec: bool = False) -> Any:
     if unavailable is not None:  # the file opens: the decoder, not the file, was the trouble
         say_once("nvdec", f"NVDEC is not available here ({unavailable}); decoding in software")
     return container
+
+
+def video_rate(stream: Any) -> Fraction | None:
+    """A video stream's frame rate: its average, else FFmpeg's guess, else its base rate; an average
+    no camera records (over 1000 frames/s, as the raw DV demuxer reports its tick) is passed over."""
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate and 0 < rate <= 1000:
+            return Fraction(rate)
+    return None
+
+
+def sample_aspect(stream: Any) -> Fraction:
+    """A video stream's sample aspect ratio (the container's, else the codec's); 1 where neither says
+    or what they say is not a sensible shape."""
+    codec = stream.codec_context.sample_aspect_ratio if stream.codec_context is not None else None
+    for value in (stream.sample_aspect_ratio, codec):
+        if value and value.numerator > 0 and value.denominator > 0:
+            sar = Fraction(value.numerator, value.denominator)
+            if Fraction(1, 8) <= sar <= 8:
+                return sar
+    return Fraction(1)
+
+
+def hdr_side_data(frame: av.VideoFrame, color_trc: int) -> dict[str, bytes] | None:
+    """An HDR frame's mastering-display and light-level side data, raw (None for SDR transfers)."""
+    if view_for(color_trc) is None:
+        return None
+    keep = ("MASTERING_DISPLAY_METADATA", "CONTENT_LIGHT_LEVEL")
+    entries: Any = frame.side_data  # iterating gives the SideData objects (its typing says keys)
+    return {sd.type.name: bytes(sd) for sd in entries if sd.type.name in keep}
 
 
 def bit_depth(pix_fmt: str | None) -> int:

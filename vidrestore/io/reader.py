@@ -21,32 +21,30 @@ from typing import Any
 
 import av
 import av.error
-import numpy as np
 
 from vidrestore.control import END, RunControl, Stopped
 from vidrestore.errors import InputError
 from vidrestore.io.avi import avi_losses
-from vidrestore.io.damage import DamageLog, ErrorLocator
+from vidrestore.io.damage import DamageLog, ErrorLocator, packet_span
+from vidrestore.io.deinterlace import FieldFilter, FieldSettings, field_stage
 from vidrestore.io.demux import InOrder, ResumingDemuxer
 from vidrestore.io.pixels import planes_of, to_rgb
-from vidrestore.io.probe import StreamInfo, VideoInfo, bit_depth, main_video_stream, open_input
+from vidrestore.io.probe import (
+    StreamInfo,
+    VideoInfo,
+    bit_depth,
+    hdr_side_data,
+    main_video_stream,
+    open_input,
+    video_rate,
+)
 from vidrestore.io.tail import decode_after
 from vidrestore.io.timestamps import StreamClock, TimestampRepair
-from vidrestore.records import Frame, Planes
-from vidrestore.transfer import view_for
+from vidrestore.records import Frame
 
 __all__ = ["VideoReader"]
 
 log = logging.getLogger(__name__)
-
-
-def _span(packet: Any) -> tuple[float, float] | None:
-    """A packet's start and end in seconds (by its pts, else its dts), or None without a time."""
-    ts = packet.pts if packet.pts is not None else packet.dts
-    if ts is None or packet.time_base is None:
-        return None
-    start = float(ts * packet.time_base)
-    return start, start + float((packet.duration or 0) * packet.time_base)
 
 
 class VideoReader:
@@ -75,12 +73,19 @@ class VideoReader:
         decode_video: bool = True,
         planes: bool = True,
         nvdec: bool = False,
+        fields: FieldSettings = FieldSettings(),  # noqa: B008 (a frozen dataclass)
     ) -> None:
         """``copy_other``: copy data tracks, other video tracks and attachments too; ``seek_pts``:
         start at the video keyframe at or before this time (video time base) instead of the start;
         ``decode_video`` False: demux only, for the copied streams (no frames come out); ``planes``: hand
         on planar YUV pictures as their planes (else every picture is made RGB by swscale); ``nvdec``:
-        decode on an NVIDIA GPU's decoder where it starts (else software, said once)."""
+        decode on an NVIDIA GPU's decoder where it starts (else software, said once).
+
+        ``fields``: the field stage (:mod:`vidrestore.io.deinterlace`): the file's field structure is
+        found from its pictures and deinterlaced, matched back to film frames or resampled to square
+        pixels as these settings ask. ``info`` describes the pictures handed on: their time base,
+        rate, size and aspect."""
+        self.info: VideoInfo  # the decoded frames (set up below); then the pictures the field stage hands on
         self.path = path
         self.strict = strict
         self.seek_pts = seek_pts
@@ -91,6 +96,8 @@ class VideoReader:
         self.container = open_input(path, nvdec=nvdec)
         try:
             self._setup(threads, copy_audio, copy_subtitles)
+            self.info, stage = field_stage(path, self.video, self.info, decode_video, fields)
+            self.filter: FieldFilter | None = stage
         except BaseException:
             self.container.close()
             raise
@@ -123,13 +130,14 @@ class VideoReader:
         # fonts of styled subtitles
         self.attachments = [s for s in c.streams if s.type == "attachment"] if self.copy_other else []
         tb = v.time_base or Fraction(1, 90000)
-        rate = v.average_rate or v.guessed_rate or v.base_rate
+        rate = video_rate(v)
+        self._in_tb = tb  # of the decoded frames (the pictures handed on may have another: see info)
         duration_s = float(v.duration * tb) if v.duration else (c.duration / 1e6 if c.duration else None)
         self.info = VideoInfo(
             width=cc.width,
             height=cc.height,
             time_base=tb,
-            rate=Fraction(rate) if rate else None,
+            rate=rate,
             pix_fmt=cc.pix_fmt or "yuv420p",
             bit_depth=bit_depth(cc.pix_fmt),
             rotation=0,
@@ -167,7 +175,7 @@ class VideoReader:
         self._last_key: int | None = None  # the latest keyframe packet's decode time (dts, else pts)
         self._cut_short = False  # the file holds fewer frames than its header states (AVI)
         self._errors = ErrorLocator()
-        self._pending: deque[tuple[np.ndarray | Planes, int]] = deque()  # decoded pictures waiting for their time
+        self._pending: deque[tuple[av.VideoFrame, int]] = deque()  # decoded frames waiting for their time
 
     def stream_infos(self) -> list[StreamInfo]:
         out = []
@@ -198,7 +206,6 @@ class VideoReader:
             return
 
     def _decode_all(self) -> None:
-        deep = self.info.bit_depth > 8
         if self.seek_pts is not None:
             try:
                 self.container.seek(self.seek_pts, stream=self.video, backward=True)
@@ -214,7 +221,7 @@ class VideoReader:
             self._tolerance,
         )
         try:
-            self._decode_packets(demux, deep)
+            self._decode_packets(demux)
         finally:
             demux.close()
         if self.decoded == 0 and self.decode_video:
@@ -228,7 +235,7 @@ class VideoReader:
         """AVI: what its index lists and was never read is damage; returns whether it ends early."""
         return self.timed_by_count and avi_losses(self.path, read, self.damage, self.last_end_s, self._tolerance)
 
-    def _decode_packets(self, demux: ResumingDemuxer, deep: bool) -> None:
+    def _decode_packets(self, demux: ResumingDemuxer) -> None:
         read: dict[int, tuple[int, int]] = {}  # per stream: packets and bytes
         for packet in demux:
             index = packet.stream.index  # read while its container is open: packets outlive resumes
@@ -241,16 +248,16 @@ class VideoReader:
                     self._copy(index, *self._orders[index].push(packet))
                 continue
             if not self.decode_video:
-                self.last_end_s = max(self.last_end_s, (_span(packet) or (0.0, 0.0))[1])
+                self.last_end_s = max(self.last_end_s, (packet_span(packet) or (0.0, 0.0))[1])
                 continue
             if packet.is_corrupt:  # decoded all the same (FFmpeg conceals what it can), but said
                 self._mark(self.video.index, packet, "flagged corrupt by the demuxer")
-            if packet.pts is not None and (span := _span(packet)) is not None:
+            if packet.pts is not None and (span := packet_span(packet)) is not None:
                 self._errors.sent((packet.pts, *span))
             if packet.is_keyframe and (key := packet.dts if packet.dts is not None else packet.pts) is not None:
                 self._last_key = key
             for frame in self._decode(packet):
-                self._emit(frame, deep)
+                self._emit(frame)
             self._blame(self._errors.settled())
         for index, order in self._orders.items():
             self._copy(index, *order.flush())
@@ -258,16 +265,17 @@ class VideoReader:
             self._cut_short = self._check_avi(read)
             return
         for frame in self._decode(None):
-            self._emit(frame, deep)
+            self._emit(frame)
         if self.damage.worth_saying or demux.ended_early:  # a guess too: a second decode only adds frames
-            self._decode_tail_again(deep)
+            self._decode_tail_again()
         for pts in self.repair.flush():
             self._send(pts)
+        self._flush_fields()
         self._blame(self._errors.settled(final=True))
         self._cut_short = self._check_avi(read)
 
     def _mark(self, index: int, packet: Any, why: str, skipped: int = 0) -> None:
-        start, end = _span(packet) or (self.last_end_s, self.last_end_s)
+        start, end = packet_span(packet) or (self.last_end_s, self.last_end_s)
         self.damage.mark(index, start, end, skipped, why)
 
     def _copy(self, index: int, kept: list[Any], dropped: list[Any]) -> None:
@@ -309,20 +317,21 @@ class VideoReader:
                 why = "does not decode" if k == 0 else "its frame never came out of the decoder"
                 self.damage.mark(self.video.index, start, end, skipped=1 if k == 0 else 0, why=why)
 
-    def _decode_tail_again(self, deep: bool) -> None:
+    def _decode_tail_again(self) -> None:
         """Decode the last stretch again for frames the first pass lost (:func:`decode_after`): from the
         keyframe before the last frame we got, then from the last keyframe the first pass sent."""
         last = self._last_pts
         if last is None:
             return
         for frame in decode_after(self.path, self.video.index, [last, self._last_key], last):
-            self._emit(frame, deep)
+            self._emit(frame)
 
-    def _emit(self, frame: av.VideoFrame, deep: bool) -> None:
+    def _emit(self, frame: av.VideoFrame) -> None:
         if self.decoded == 0 and not self._pending:
-            self.info = replace(self.info, rotation=int(frame.rotation or 0), hdr=self._hdr_side_data(frame))
-        picture = planes_of(frame) if self.keep_planes else None
-        self._pending.append((to_rgb(frame, deep) if picture is None else picture, int(frame.duration or 0)))
+            self.info = replace(
+                self.info, rotation=int(frame.rotation or 0), hdr=hdr_side_data(frame, self.info.color_trc)
+            )
+        self._pending.append((frame, int(frame.duration or 0)))
         pts = frame.pts if frame.pts is not None else frame.dts
         if pts is not None:
             self._last_pts = pts if self._last_pts is None else max(self._last_pts, pts)
@@ -330,26 +339,36 @@ class VideoReader:
         for pts in self.repair.push(frame.pts, frame.dts):
             self._send(pts)
 
-    def _hdr_side_data(self, frame: av.VideoFrame) -> dict[str, bytes] | None:
-        if view_for(self.info.color_trc) is None:
-            return None
-        keep = ("MASTERING_DISPLAY_METADATA", "CONTENT_LIGHT_LEVEL")
-        entries: Any = frame.side_data  # iterating gives the SideData objects (its typing says keys)
-        return {sd.type.name: bytes(sd) for sd in entries if sd.type.name in keep}
-
     def _send(self, pts: int) -> None:
-        """The oldest pending picture goes out with its settled time."""
-        image, duration = self._pending.popleft()
-        tb = self.info.time_base
-        self.last_end_s = float((pts + (duration or self.repair.nominal)) * tb)
+        """The oldest pending frame goes on with its settled time: through the field stage, if any."""
+        frame, duration = self._pending.popleft()
+        self.last_end_s = float((pts + (duration or self.repair.nominal)) * self._in_tb)
+        if self.filter is None:
+            self._out(frame, pts, duration, pts)
+            return
+        frame.pts = pts
+        frame.duration = duration
+        for out, source in self.filter.push(frame):
+            self._out(out, int(out.pts or 0), int(out.duration or 0), source)
+
+    def _flush_fields(self) -> None:
+        if self.filter is not None:
+            for out, source in self.filter.push(None):
+                self._out(out, int(out.pts or 0), int(out.duration or 0), source)
+
+    def _out(self, frame: av.VideoFrame, pts: int, duration: int, source: int) -> None:
+        """One picture handed on, in the form the stages take (planes, else RGB)."""
+        picture = planes_of(frame) if self.keep_planes else None
         out = Frame(
             index=self.decoded,
             pts=pts,
-            time_base=tb,
-            image=image,
+            time_base=self.info.time_base,
+            image=to_rgb(frame, self.info.bit_depth > 8) if picture is None else picture,
             duration=duration,
             rotation=self.info.rotation,
             color_trc=self.info.color_trc,
+            sar=self.info.sar,
+            source_pts=source,
         )
         self.decoded += 1
         self.control.put(self.frames, out)

@@ -14,6 +14,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -24,16 +25,14 @@ import av.error
 from vidrestore.config import OutputConfig
 from vidrestore.control import END, RunControl, Stopped
 from vidrestore.errors import OutputError, PipelineError
+from vidrestore.io.deinterlace import field_order
 from vidrestore.io.encoders import (
     CONTAINERS,
     audio_encoder_opens,
     can_copy,
-    check_encoder,
     check_rate,
-    nvenc_twin,
-    pick_pix_fmt,
+    choose_encoder,
     plan_output,
-    video_encoder_opens,
 )
 from vidrestore.io.pixels import SWS_COLORSPACE, SWS_FLAGS, encoder_frame
 from vidrestore.io.probe import VideoInfo, is_cover_art
@@ -105,14 +104,17 @@ class VideoWriter:
         self._fixed: Fraction | None = None  # MPEG-1/2: the standard rate its encoder counts frames at
         self._origin: int | None = None  # then: the first frame's time (info.time_base), kept as it was
         self._out: dict[int, Any] = {}
+        self._durations: dict[int, int] = {}  # frames in the encoder: pts -> duration (codec time base)
         self._reencode: dict[int, tuple[Any, Any]] = {}
         self._thread: threading.Thread | None = None
 
     # -- set-up ---------------------------------------------------------------------
 
     def _open_container(self) -> Any:
+        box = CONTAINERS.get(self.path.suffix.lower())
+        options = dict(box.muxer) if box is not None else {}
         try:
-            self._container = av.open(str(self.path), mode="w")
+            self._container = av.open(str(self.path), mode="w", container_options=options)
         except (av.error.FFmpegError, ValueError) as exc:
             raise OutputError(f"cannot write {self.path.suffix!r} files: unknown container ({exc})") from exc
         return self._container
@@ -121,26 +123,15 @@ class VideoWriter:
         info = self._info()
         height, width = first.image.shape[:2]
         c = self._open_container()
-        cfg = self.config
-        plan = plan_output(self.path.suffix, cfg.codec, cfg.crf, cfg.preset, info.hdr)
-        codec: str = plan.video
-        options = plan.options
-        self._audio_codec = plan.audio
-        check_encoder(codec)
         deep = first.image.dtype.itemsize > 1
-        pix_fmt = pick_pix_fmt(codec, 10 if deep else 8, width, height)
-        if self.nvenc and (nv := nvenc_twin(codec, width, height, deep)) is not None:
-            codec, pix_fmt = nv
-            options = plan_output(self.path.suffix, codec, cfg.crf, cfg.preset, info.hdr).options
-        elif codec.endswith("_nvenc") and not video_encoder_opens(codec, width, height, pix_fmt):
-            log.warning("%s cannot be opened here (no NVIDIA encoder); falling back to libx264", codec)
-            codec = "libx264"
-            options = plan_output(self.path.suffix, codec, cfg.crf, cfg.preset, info.hdr).options
-            pix_fmt = pick_pix_fmt(codec, 10 if deep else 8, width, height)
+        codec, options, pix_fmt, self._audio_codec = choose_encoder(
+            self.path.suffix, self.config, info.hdr, width, height, deep, self.nvenc
+        )
         self.codec = codec
         if codec == "libsvtav1":
             os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner per file on stderr otherwise
-        fixed = check_rate(codec, info.rate, self.path.suffix)  # MPEG-1/2: a standard rate, ticks of one frame
+        # MPEG-1/2 and DV: a standard rate, in ticks of one frame
+        fixed = check_rate(codec, info.rate, self.path.suffix, (width, height))
         v = c.add_stream(codec, rate=fixed or info.rate or Fraction(25))
         v.width, v.height, v.pix_fmt = width, height, pix_fmt
         v.time_base = info.time_base
@@ -150,6 +141,11 @@ class VideoWriter:
         cc.color_primaries, cc.color_trc = info.color_primaries, info.color_trc
         cc.colorspace = info.colorspace
         cc.color_range = info.color_range if info.color_range in (1, 2) else 1
+        if info.sar != 1:  # the stored grid is kept; its pixels' shape goes to the codec's header and the container
+            cc.sample_aspect_ratio = info.sar
+        order = field_order(info)
+        if order is not None:
+            cc.field_order = order  # the pictures as they are: progressive, or woven fields kept (deinterlace off)
         cc.thread_count = self.threads  # 0: all cores
         if codec in ("libx264", "libx265"):
             cc.thread_type = "FRAME"  # x264/x265's frame threads: PyAV's slice default is slower
@@ -159,11 +155,8 @@ class VideoWriter:
         v.metadata.update({k: val for k, val in info.metadata.items() if k not in _SKIP_STREAM_KEYS})
         c.metadata.update({k: val for k, val in info.container_metadata.items() if k not in _SKIP_CONTAINER_KEYS})
         self._video = v
-        self._reformat_args: dict[str, Any] = {
-            "format": pix_fmt,
-            "dst_color_range": cc.color_range,
-            "interpolation": SWS_FLAGS,
-        }
+        args = {"format": pix_fmt, "dst_color_range": cc.color_range, "interpolation": SWS_FLAGS}
+        self._reformat_args: dict[str, Any] = args
         if (cs := SWS_COLORSPACE.get(info.colorspace)) is not None:
             self._reformat_args["dst_colorspace"] = cs
         self._add_others(c)
@@ -218,9 +211,10 @@ class VideoWriter:
                     box.audio_tracks,
                 )
                 return
-        if can_copy(self.path.suffix, name, c.supported_codecs) or (
-            s.type in ("data", "video") and self._accepts(c, lambda t: t.add_stream_from_template(s))
-        ):
+        copy = can_copy(self.path.suffix, name, c.supported_codecs)
+        if copy and name not in c.supported_codecs:  # a codec the muxer does not answer for: its header is tried
+            copy = self._accepts(c, lambda t: t.add_stream_from_template(s))
+        if copy or (s.type in ("data", "video") and self._accepts(c, lambda t: t.add_stream_from_template(s))):
             out = c.add_stream_from_template(s)
             if s.type == "video":  # cover art stays cover art; other tracks are copied, not restored
                 out.disposition = s.disposition
@@ -295,12 +289,15 @@ class VideoWriter:
             return
         self._open(item)
         while item is not END:
+            after = self.control.get(self.frames)
+            if after is not END and after.pts > item.pts:
+                item = replace(item, duration=after.pts - item.pts)  # a frame lasts until the next
             self._drain_packets(until=item.pts_seconds)
             try:
                 self._encode(item)
             except (av.error.FFmpegError, OSError) as exc:  # a full disk, a failing encoder
                 raise PipelineError("encode", item.index, f"writing the video failed: {exc}") from exc
-            item = self.control.get(self.frames)
+            item = after
         self._mux_video(self._video.encode(None))
         self._finish()
 
@@ -335,12 +332,19 @@ class VideoWriter:
             vf.pts = round((frame.pts - self._origin) * frame.time_base * self._fixed)
             vf.time_base = 1 / self._fixed
             vf.duration = 1
+        self._durations[vf.pts] = vf.duration
         self._mux_video(self._video.encode(vf))
         self.frames_written += 1
 
     def _mux_video(self, packets: list[Any]) -> None:
         """Mux encoded video; with a fixed-rate codec (MPEG-1/2), moved back to the first frame's own
-        time: its encoder counts whole frames, and a start between two ticks would otherwise round."""
+        time: its encoder counts whole frames, and a start between two ticks would otherwise round.
+        A packet without a duration (libvpx gives none) gets its frame's: Ogg times a packet by where
+        the one before it ends."""
+        for packet in packets:
+            duration = self._durations.pop(packet.pts, 0)
+            if not packet.duration and duration:
+                packet.duration = duration
         if self._fixed is not None and self._origin is not None:
             tb = self._info().time_base
             for packet in packets:

@@ -20,7 +20,8 @@ from vidrestore.control import END, RunControl, Stopped
 from vidrestore.device import on_cuda
 from vidrestore.errors import PipelineError, VidrestoreError
 from vidrestore.io.atomic import AtomicTarget
-from vidrestore.io.images import is_image, read_image, write_image
+from vidrestore.io.deinterlace import FieldSettings
+from vidrestore.io.images import is_image, read_animation, read_image, write_animation, write_image
 from vidrestore.io.probe import frame_count
 from vidrestore.io.reader import VideoReader
 from vidrestore.io.writer import VideoWriter
@@ -37,6 +38,7 @@ __all__ = [
     "guarded",
     "open_reader",
     "record_damage",
+    "record_fields",
     "restore_file",
     "writer_for",
 ]
@@ -83,6 +85,15 @@ def restore_file(
 
 
 def _restore_image(src: Path, dst: Path, config: Config, stages: FrameStages, stats: RunStats) -> None:
+    anim = read_animation(src)
+    if anim is not None:  # every frame, through the stages as a clip (tracks, smoothing and fusion too)
+        frames = list(guarded(stages(iter(anim.frames)), "restore", stats))
+        stats.frames += len(frames)
+        target = AtomicTarget(dst, config.output.overwrite)
+        with target as tmp:
+            write_animation(tmp, [f.rgb() for f in frames], anim, config.output.image_quality, dst.suffix)
+            target.commit()
+        return
     still = read_image(src)
     (frame,) = list(guarded(stages(iter([still.frame])), "restore", stats))
     stats.frames += 1
@@ -125,9 +136,11 @@ def open_reader(
     copy_streams: bool = True,
     decode_video: bool = True,
     seek_pts: int | None = None,
+    output: Path | None = None,
 ) -> VideoReader:
     """The reader of ``src`` as ``config`` asks: ``copy_streams`` False reads the video alone (a
-    segment's render); ``seek_pts`` starts at the keyframe at or before that time."""
+    segment's render); ``seek_pts`` starts at the keyframe at or before that time; ``output``: the
+    file its pictures are written to (what it holds shapes the field stage)."""
     return VideoReader(
         src,
         control,
@@ -141,6 +154,7 @@ def open_reader(
         strict=config.input.strict,
         decode_video=decode_video,
         seek_pts=seek_pts,
+        fields=FieldSettings.of(config, output),
     )
 
 
@@ -215,7 +229,7 @@ def _restore_video(
     cancel: threading.Event | None = None,
 ) -> None:
     control = RunControl()
-    reader = open_reader(src, config, control)
+    reader = open_reader(src, config, control, output=dst)
     bar = _progress_bar(reader, src, progress)
     target = AtomicTarget(dst, config.output.overwrite)
 
@@ -237,10 +251,21 @@ def _restore_video(
             if bar is not None:
                 bar.close()
         record_damage(reader, stats)
+        record_fields(reader, src, stats)
         if not reader.timed_by_count:  # AVI: ordering its times is how it is read (see VideoReader)
             stats.timestamps_repaired += reader.repair.repaired
         stats.timestamp_resets += reader.repair.resets + sum(c.resets for c in reader.clocks.values())
         target.commit()
+
+
+def record_fields(reader: VideoReader, src: Path, stats: RunStats) -> None:
+    """What the field stage found in ``src`` and did, for the closing lines and the report."""
+    info = reader.info
+    plan = info.fields
+    if plan is None:
+        return
+    line = plan.line(src.name, info.width, info.height)
+    stats.fields.append({"file": str(src), **plan.to_dict(), "line": line})
 
 
 def record_damage(reader: VideoReader, stats: RunStats) -> None:

@@ -16,7 +16,7 @@ from vidrestore.config import Config
 from vidrestore.errors import InputError, OutputError
 from vidrestore.io.atomic import check_target
 from vidrestore.io.encoders import plan_output
-from vidrestore.io.images import IMAGE_SUFFIXES, is_image
+from vidrestore.io.images import ANIMATED_SUFFIXES, IMAGE_SUFFIXES, frame_count, is_image
 from vidrestore.models.store import ModelStore
 from vidrestore.models.usage import check_present
 from vidrestore.progress import Progress
@@ -64,7 +64,7 @@ def expand_inputs(inputs: Iterable[Path], output: Path, into_folder: bool = Fals
 
 
 VIDEO_SUFFIXES = frozenset(
-    {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".ts", ".mts", ".flv", ".wmv", ".mpg", ".mpeg", ".3gp", ".ogv"}
+    ".mp4 .mkv .webm .mov .avi .m4v .ts .mts .m2ts .flv .wmv .asf .mpg .mpeg .vob .dv .3gp .ogv".split()
 )
 
 
@@ -144,6 +144,11 @@ def _plan_outputs(inputs: list[Path], output: Path | str, config: Config) -> tup
             if dst.suffix.lower() not in IMAGE_SUFFIXES:
                 kinds = ", ".join(sorted(IMAGE_SUFFIXES))
                 raise OutputError(f"{dst}: {src.name} is an image, so its output must be one too ({kinds})")
+            if dst.suffix.lower() not in ANIMATED_SUFFIXES and (count := frame_count(src)) > 1:
+                raise OutputError(
+                    f"{dst}: {src.name} is animated ({count} frames), and a {dst.suffix} file holds one picture: "
+                    "write .gif, .webp or .png"
+                )
         else:
             if dst.suffix.lower() in IMAGE_SUFFIXES:
                 raise OutputError(f"{dst}: {src.name} is a video, so its output must be one too (.mp4, .mkv, ...)")

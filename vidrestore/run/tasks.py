@@ -19,6 +19,7 @@ from typing import Any
 
 from vidrestore.config import Config, load_config
 from vidrestore.io.atomic import check_target
+from vidrestore.io.deinterlace import FieldSettings, whole_file_reason
 from vidrestore.io.images import is_image
 from vidrestore.models.registry import DEFAULT_REGISTRY
 from vidrestore.models.store import ModelStore
@@ -114,9 +115,11 @@ def plan_work(
             continue
         warm, _ = warm_ahead(config)
         plan = plan_segments(src, seconds, warm)
+        if plan.whole is None:
+            plan.whole = whole_file_reason(src, FieldSettings.of(config, dst))
         work.plan = plan
         if plan.whole is not None:
-            if plan.frames and plan.whole.startswith(("video", "damaged", "a demuxing")):
+            if plan.frames and plan.whole.startswith(("video", "damaged", "a demuxing", "telecined", "mixed")):
                 log.info("%s runs as one piece: it has %s", src, plan.whole)
             tasks.append(Task(work))
             continue
@@ -168,8 +171,9 @@ def finish(work: FileWork, config: Config, stats: RunStats) -> None:
     t0 = time.perf_counter()
     written = join_segments(work.src, files, work.dst, config, stats)
     stats.add_time("join", time.perf_counter() - t0)
-    if written != work.plan.frames:
-        log.warning("%s: %d frames joined where the plan has %d", work.dst, written, work.plan.frames)
+    planned = sum(int(e.get("pictures", e.get("frames", 0))) for e in work.manifest.segments)
+    if written != planned:
+        log.warning("%s: %d frames joined where the segments have %d", work.dst, written, planned)
     stats.files += 1
     for e in work.manifest.segments:
         stats.segments.append(

@@ -18,7 +18,7 @@ from typing import Any
 from vidrestore.config import Config, config_to_dict
 from vidrestore.device import resolve_placement
 from vidrestore.errors import ModelError, VidrestoreError
-from vidrestore.io.probe import frame_count, main_video_stream, open_input
+from vidrestore.io.probe import frame_count, main_video_stream, open_input, video_rate
 from vidrestore.models.store import ModelStore
 from vidrestore.models.usage import models_for
 from vidrestore.run.file import build_stages, restore_file
@@ -288,6 +288,6 @@ def _frames_in(path: Path) -> int:
             if v is None:
                 return 0
             seconds = float(v.duration * v.time_base) if v.duration and v.time_base else (c.duration or 0) / 1e6
-            return frame_count(v.frames, seconds, v.average_rate or v.guessed_rate)
+            return frame_count(v.frames, seconds, video_rate(v))
     except VidrestoreError:
         return 0

@@ -15,7 +15,14 @@ import numpy as np
 import torch
 
 from vidrestore.device import constant
-from vidrestore.geometry import compose, estimate_similarity, invert, map_points, transformed_bounds, warp_batch
+from vidrestore.geometry import (
+    compose,
+    estimate_similarity,
+    invert,
+    square_pixels,
+    transformed_bounds,
+    warp_batch,
+)
 from vidrestore.records import Face, Frame
 from vidrestore.stages.networks import Upscaler, finite
 from vidrestore.stages.picture import DevicePicture
@@ -95,18 +102,25 @@ def plan_face(
     pos: int, frame: Frame, face: Face, template: np.ndarray, size: int, upscale_below: int, margin: float, scale: int
 ) -> Plan | None:
     """Where the face's aligned crop comes from; None if it lies outside the picture. Raises
-    ValueError if it cannot be aligned. ``scale``: the upscaler's (for faces under ``upscale_below``)."""
+    ValueError if it cannot be aligned. ``scale``: the upscaler's (for faces under ``upscale_below``).
+
+    Faces are in square (display) pixels; the picture is sampled in its stored ones, so the
+    alignment is the similarity fitted in square pixels after the frame's :func:`square_pixels`:
+    a face on a disc's anamorphic frame is aligned as it is seen, not squeezed. The small-face
+    crop is square as seen too (narrower in stored pixels where they are wide)."""
     h, w = frame.size
-    to_aligned = estimate_similarity(face.landmarks, template)
+    sar = float(frame.sar)
+    to_aligned = compose(estimate_similarity(face.landmarks, template), square_pixels(sar))
     crop = from_up = None
     if face.size < upscale_below:
         cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
         half = face.size * (0.5 + margin)
-        x0, y0 = max(int(np.floor(cx - half)), 0), max(int(np.floor(cy - half)), 0)
-        x1, y1 = min(int(np.ceil(cx + half)), w), min(int(np.ceil(cy + half)), h)
+        cx = (cx + 0.5) / sar - 0.5  # the centre and half-width in stored pixels
+        x0, y0 = max(int(np.floor(cx - half / sar)), 0), max(int(np.floor(cy - half)), 0)
+        x1, y1 = min(int(np.ceil(cx + half / sar)), w), min(int(np.ceil(cy + half)), h)
         if x1 > x0 and y1 > y0:
             crop = (x0, y0, x1, y1)
-            from_up = estimate_similarity(map_points(to_up(scale, crop), face.landmarks), template)
+            from_up = compose(to_aligned, invert(to_up(scale, crop)))  # upscaled crop -> stored frame -> aligned
     box = transformed_bounds(invert(to_aligned), size, size, w, h)
     if box[2] <= box[0] or box[3] <= box[1]:
         return None  # the face lies outside the picture

@@ -12,8 +12,7 @@ enlarged) before detection. RetinaFace-R50 costs 88 GFLOP at 640x640 but ~450 at
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -23,26 +22,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.profiler import record_function
 from torchvision.ops import nms
 
 from vidrestore.colour import PlaneFormat, yuv_to_rgb
 from vidrestore.device import Transfers, constant
-from vidrestore.errors import ModelError, PipelineError, VidrestoreError
+from vidrestore.errors import ModelError
 from vidrestore.models.compat import centerface_file, import_research_module
 from vidrestore.models.engine import EngineMaker, NetShape, eager_maker
-from vidrestore.records import Frame, Planes
-from vidrestore.stages.picture import DevicePicture, PlanesPicture, RgbPicture, same_form, small_rgb
+from vidrestore.records import Planes
+from vidrestore.stages.picture import DevicePicture, PlanesPicture, RgbPicture, small_rgb
 
 __all__ = [
     "CenterFaceDetector",
     "Detections",
     "Detector",
     "RetinaFaceDetector",
-    "detect_frames",
     "thumbnail",
     "thumbnails",
     "working_scale",
+    "working_size",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,8 +68,10 @@ Picture = np.ndarray | Planes  # a host picture: (H, W, 3) RGB uint8 / uint16, o
 
 
 class Detector(Protocol):
-    def detect(self, images: Sequence[Picture]) -> list[Detections]:
-        """Faces in each picture (all of one size and form)."""
+    def detect(self, images: Sequence[Picture], sar: float = 1.0) -> list[Detections]:
+        """Faces in each picture (all of one size and form), in its stored pixels. ``sar``: the
+        pictures' pixels are this many times as wide as tall: the detector looks at them resampled
+        to square pixels, as the faces it was trained on are."""
         ...
 
 
@@ -101,6 +101,13 @@ def thumbnail(image: Picture) -> np.ndarray:
 def working_scale(height: int, width: int, size: int) -> float:
     """Factor to shrink a ``height`` x ``width`` image to at most ``size`` on its longer side."""
     return min(1.0, size / max(height, width))
+
+
+def working_size(height: int, width: int, size: int, sar: float = 1.0) -> tuple[int, int]:
+    """``(h, w)`` a picture is detected at: in square pixels (its width times ``sar``), shrunk to at
+    most ``size`` on the longer side (never enlarged beyond square pixels)."""
+    s = working_scale(height, round(width * sar), size)
+    return max(1, round(height * s)), max(1, round(width * sar * s))
 
 
 def _finish(
@@ -140,12 +147,12 @@ class CenterFaceDetector:
         self.net = cv2.dnn.readNetFromONNX(str(path))
         self.size, self.threshold, self.min_face, self.nms_iou = size, threshold, min_face, nms_iou
 
-    def detect(self, images: Sequence[Picture]) -> list[Detections]:
+    def detect(self, images: Sequence[Picture], sar: float = 1.0) -> list[Detections]:
         if not images:
             return []
         h, w = images[0].shape[:2]
-        s = working_scale(h, w, self.size)
-        wn, hn = int(np.ceil(w * s / 32) * 32), int(np.ceil(h * s / 32) * 32)
+        hs, ws = working_size(h, w, self.size, sar)
+        wn, hn = int(np.ceil(ws / 32) * 32), int(np.ceil(hs / 32) * 32)
         sx, sy = wn / w, hn / h
         small = [small_rgb(im, wn, hn) if isinstance(im, Planes) else _to_uint8(im) for im in images]
         blob = cv2.dnn.blobFromImages(small, 1.0, (wn, hn), (0, 0, 0), swapRB=False)
@@ -231,27 +238,25 @@ class RetinaFaceDetector:
             self._priors[(h, w)] = self._utils.PriorBox(cfg, image_size=(h, w)).forward().to(self.device)
         return self._priors[(h, w)]
 
-    def _working(self, batch: torch.Tensor, s: float) -> torch.Tensor:
-        """``(N, 3, H, W)`` integer pictures -> shrunk by ``s``, values 0..255, RGB; shrunk first."""
-        _, _, h, w = batch.shape
-        size = (round(h * s), round(w * s))
+    def _working(self, batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``(N, 3, H, W)`` integer pictures -> resized to ``size``, values 0..255, RGB; resized first."""
+        resize = size != tuple(batch.shape[2:])
         cpu = batch.device.type == "cpu"
-        if s < 1.0 and cpu and batch.dtype == torch.uint8:  # PyTorch's uint8 resize (CPU only; fast, channels last)
+        if resize and cpu and batch.dtype == torch.uint8:  # PyTorch's uint8 resize (CPU only; fast, channels last)
             batch = F.interpolate(batch, size=size, mode="bilinear", antialias=True, align_corners=False)
-            s = 1.0
+            resize = False
         x = batch.to(torch.float32 if cpu else self.dtype)
         if batch.dtype != torch.uint8:  # 16-bit pictures
             x = x * (255.0 / 65535.0)
-        if s < 1.0:
+        if resize:
             x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
         return x
 
-    def _working_planes(self, y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, fmt: PlaneFormat) -> torch.Tensor:
-        """``(N, H, W)`` luma and ``(N, Hc, Wc)`` chroma -> RGB at the working size, values 0..255: each
-        plane shrunk to that size first, so only the detector's small input is ever converted."""
-        h, w = y.shape[1:]
-        s = working_scale(h, w, self.size)
-        size = (round(h * s), round(w * s))
+    def _working_planes(
+        self, y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, fmt: PlaneFormat, size: tuple[int, int]
+    ) -> torch.Tensor:
+        """``(N, H, W)`` luma and ``(N, Hc, Wc)`` chroma -> RGB at the working ``size``, values 0..255:
+        each plane resized to that size first, so only the detector's small input is ever converted."""
         cpu = y.device.type == "cpu"
         dtype = torch.float32 if cpu else self.dtype
 
@@ -265,25 +270,26 @@ class RetinaFaceDetector:
         at = PlaneFormat(fmt.name, fmt.bits, 1, 1, fmt.matrix, fmt.full_range)
         return yuv_to_rgb(luma.float(), chroma[:, 0].float(), chroma[:, 1].float(), at) * 255.0
 
-    def _upload(self, images: Sequence[Picture]) -> tuple[torch.Tensor, list[DevicePicture]]:
-        """Pictures of one size and form -> the working-size RGB batch, and each picture on the device."""
+    def _upload(self, images: Sequence[Picture], sar: float = 1.0) -> tuple[torch.Tensor, list[DevicePicture]]:
+        """Pictures of one size and form -> the working-size RGB batch (square pixels), and each
+        picture on the device."""
         first = images[0]
+        size = working_size(first.shape[0], first.shape[1], self.size, sar)
         if isinstance(first, Planes):
             planes = [im for im in images if isinstance(im, Planes)]
             y, u, v = self.io.upload_planes(planes)
             held: list[DevicePicture] = [PlanesPicture(y[b], u[b], v[b], first.format) for b in range(len(planes))]
-            return self._working_planes(y, u, v, first.format), held
+            return self._working_planes(y, u, v, first.format, size), held
         rgb = [im for im in images if isinstance(im, np.ndarray)]
         # uploaded outside inference mode: paste-back writes the restored faces into these pictures later
         batch = self.io.upload_batch(rgb)
-        h, w = batch.shape[1:3]
-        x = self._working(batch.permute(0, 3, 1, 2), working_scale(h, w, self.size))  # channels-last view
+        x = self._working(batch.permute(0, 3, 1, 2), size)  # channels-last view
         return x, [RgbPicture(batch[b]) for b in range(len(rgb))]
 
-    def decoded(self, images: Sequence[Picture]) -> tuple[torch.Tensor, ...]:
+    def decoded(self, images: Sequence[Picture], sar: float = 1.0) -> tuple[torch.Tensor, ...]:
         """Every prior's box ``(N, P, 4)``, face score ``(N, P)`` and points ``(N, P, 10)`` in source
         pixels (fp32, on the device, before thresholds and NMS), and the scene-cut thumbnails."""
-        x, _ = self._upload(images)
+        x, _ = self._upload(images, sar)
         return self._decoded(x, *images[0].shape[:2])
 
     @torch.inference_mode()
@@ -303,16 +309,16 @@ class RetinaFaceDetector:
     # at most this many candidates per picture are read back (a crowd of 50 faces gives ~1,000)
     CANDIDATES = 2048
 
-    def detect(self, images: Sequence[Picture]) -> list[Detections]:
+    def detect(self, images: Sequence[Picture], sar: float = 1.0) -> list[Detections]:
         """The faces of a batch: the best-scoring candidates of every picture and the thumbnails come
         back in one read; thresholds, NMS and sorting then run on the host (a few hundred boxes)."""
         if not images:
             return []
         with torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():  # type: ignore[attr-defined]
-            return self._detect(images)
+            return self._detect(images, sar)
 
-    def _detect(self, images: Sequence[Picture]) -> list[Detections]:
-        x, held = self._upload(images)
+    def _detect(self, images: Sequence[Picture], sar: float) -> list[Detections]:
+        x, held = self._upload(images, sar)
         boxes, scores, points, thumbs = self._decoded(x, *images[0].shape[:2])
         with torch.inference_mode():
             k = min(self.CANDIDATES, scores.shape[1])
@@ -336,64 +342,3 @@ class RetinaFaceDetector:
             thumb = host[b, k * 15 :].reshape(THUMB_H, THUMB_W)
             out.append(replace(found, thumb=thumb, picture=held[b]))
         return out
-
-
-# -- batching over frames, pictures turned upright -----------------------------------------
-
-
-def _rotate_points(points: np.ndarray, k: int, h: int, w: int) -> np.ndarray:
-    """Map ``(..., 2)`` points in ``np.rot90(img, k)`` back to ``img`` (``h`` x ``w``) pixels."""
-    out = points.copy()
-    for step in range(k % 4, 0, -1):
-        # np.rot90 turns a picture of width ww a quarter counter-clockwise: (x, y) there
-        # came from (ww - 1 - y, x) in the picture before the turn
-        ww = h if (step - 1) % 2 else w
-        x, y = out[..., 0].copy(), out[..., 1].copy()
-        out[..., 0], out[..., 1] = ww - 1 - y, x
-    return out
-
-
-def detect_frames(
-    detector: Detector, frames: Iterator[Frame], batch: int, timer: Callable[[str, float], None]
-) -> Iterator[tuple[Frame, Detections]]:
-    """Detect in batches of ``batch`` frames; pictures are turned upright (display rotation) first."""
-    held: list[Frame] = []
-
-    def flush() -> Iterator[tuple[Frame, Detections]]:
-        t0 = time.perf_counter()
-        k = (held[0].rotation // 90) % 4  # turned pictures are made RGB on the host first
-        images = [np.ascontiguousarray(np.rot90(f.rgb(), k)) for f in held] if k else [f.image for f in held]
-        try:
-            with record_function("vidrestore:detect"):
-                found = detector.detect(images)
-        except (VidrestoreError, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # name the frames being detected: detection may run ahead of the output
-            raise PipelineError.during("detect", exc, held[0].index, held[-1].index, "detecting") from exc
-        if k:  # the uploaded pictures are turned ones: not the frames' own
-            h, w = held[0].size
-            found = [replace(_unrotate(d, k, h, w), picture=None) for d in found]
-        found = [d if d.thumb is not None else replace(d, thumb=thumbnail(f.image)) for f, d in zip(held, found)]
-        timer("detect", time.perf_counter() - t0)
-        for f, d in zip(held, found):  # the frame takes its uploaded picture along, to cross only once
-            yield (f if d.picture is None else replace(f, on_device=d.picture)), replace(d, picture=None)
-
-    for frame in frames:
-        if held and (not same_form(frame.image, held[0].image) or frame.rotation != held[0].rotation):
-            yield from flush()
-            held = []
-        held.append(frame)
-        if len(held) >= batch:
-            yield from flush()
-            held = []
-    if held:
-        yield from flush()
-
-
-def _unrotate(d: Detections, k: int, h: int, w: int) -> Detections:
-    if not len(d):
-        return d
-    corners = np.stack([d.boxes[:, [0, 1]], d.boxes[:, [2, 1]], d.boxes[:, [0, 3]], d.boxes[:, [2, 3]]], axis=1)
-    c = _rotate_points(corners, k, h, w)
-    boxes = np.concatenate([c.min(axis=1), c.max(axis=1)], axis=1).astype(np.float32)
-    return Detections(boxes, d.scores, _rotate_points(d.landmarks, k, h, w).astype(np.float32), d.thumb, d.picture)

@@ -86,6 +86,7 @@ class Manifest:
             state="done",
             file=result.file,
             sha256=result.sha256,
+            pictures=result.frames,  # what it holds: its frames, or more (a deinterlaced one's fields)
             seconds=round(result.seconds, 3),
             worker=result.worker,
             attempts=attempts,

@@ -42,26 +42,36 @@ class SegmentResult:
     stats: RunStats = field(default_factory=RunStats)
 
 
-def _window(frames: Iterator[Frame], seg: Segment, times: list[int], warm: int, ahead: int) -> Iterator[Frame]:
+def _source(frame: Frame) -> int:
+    """The time of the decoded frame a picture came from (a deinterlaced field shares its frame's)."""
+    return frame.pts if frame.source_pts is None else frame.source_pts
+
+
+def _window(
+    frames: Iterator[Frame], seg: Segment, times: list[int], warm: int, ahead: int, per: int = 1
+) -> Iterator[Frame]:
     """The frames the face stages see for ``seg``: the last ``warm`` before it, its own, ``ahead``
-    after it; each numbered by its place in the whole file."""
-    before: deque[Frame] = deque(maxlen=warm)
+    after it; each numbered by its place in the whole file (``per`` pictures to a decoded frame:
+    two for video deinterlaced one picture per field)."""
+    before: deque[Frame] = deque(maxlen=warm * per)
     after = 0
+    last, nth = -1, 0
     for frame in frames:
-        k = bisect.bisect_left(times, frame.pts)
-        if k == len(times) or times[k] != frame.pts:
-            raise PipelineError(
-                "segment", None, f"a frame at time {frame.pts} is not in the segment plan; {WHOLE_HINT}"
-            )
-        frame = replace(frame, index=k)
-        if frame.pts < seg.start:
+        source = _source(frame)
+        k = bisect.bisect_left(times, source)
+        if k == len(times) or times[k] != source:
+            raise PipelineError("segment", None, f"a frame at time {source} is not in the segment plan; {WHOLE_HINT}")
+        nth = nth + 1 if k == last else 0
+        last = k
+        frame = replace(frame, index=k * per + min(nth, per - 1))
+        if source < seg.start:
             before.append(frame)
             continue
         while before:
             yield before.popleft()
-        if seg.end is not None and frame.pts >= seg.end:
+        if seg.end is not None and source >= seg.end:
             after += 1
-            if after > ahead:
+            if after > ahead * per:
                 return
         yield frame
 
@@ -83,14 +93,15 @@ def render_segment(
     warm, ahead = warm_ahead(config)
     stats.source = str(src)
     read_control, write_control = RunControl(), RunControl()  # the reader is left before its end
-    reader = open_reader(src, config, read_control, copy_streams=False, seek_pts=seg.seek)
+    reader = open_reader(src, config, read_control, copy_streams=False, seek_pts=seg.seek, output=dst)
     none: queue.Queue[Any] = queue.Queue()
     none.put(END)
 
     def own(frame: Frame) -> bool:
         if cancel is not None and cancel.is_set():
             raise Stopped  # another worker failed: this one stops too
-        if frame.pts < seg.start or (seg.end is not None and frame.pts >= seg.end):
+        source = _source(frame)
+        if source < seg.start or (seg.end is not None and source >= seg.end):
             return False  # warm-up and look-ahead: run for their context only
         if progress is not None:
             progress(1)
@@ -110,13 +121,15 @@ def render_segment(
         )
         writer.start()
         reader.start()
-        frames = guarded(stages(_window(iter(reader), seg, times, warm, ahead)), "restore", stats)
+        plan = reader.info.fields
+        per = int(plan.per_frame) if plan is not None else 1  # telecine (4/5) runs whole, never here
+        frames = guarded(stages(_window(iter(reader), seg, times, warm, ahead, per)), "restore", stats)
         written = drive(frames, reader, writer, write_control, keep=own, reader_control=read_control)
-        if written != seg.frames:
+        if written != seg.frames * per:
             raise PipelineError(
                 "segment",
                 seg.first_frame,
-                f"segment {seg.index} gave {written} frames, the plan {seg.frames}; {WHOLE_HINT}",
+                f"segment {seg.index} gave {written} pictures, the plan {seg.frames * per}; {WHOLE_HINT}",
             )
         record_damage(reader, stats)
         target.commit()
