@@ -31,13 +31,22 @@ def machine() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next((line for line in lines if line.startswith("model name")), None)
+        if model:
+            info["cpu"] = model.split(":", 1)[1].strip()
+        flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
+        info["cpu_features"] = [f for f in CPU_FEATURES if f in flags]
     except OSError:
         pass
+    from vidrestore.device import native_bf16
+
+    info["native_bf16"] = native_bf16()  # AMX or AVX-512 BF16, as OpenVINO reports it
     return info
+
+
+# the instruction sets the engines' speed depends on, as /proc/cpuinfo names them
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
 def run_measured(args: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:

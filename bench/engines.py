@@ -1,7 +1,7 @@
 """Each network under each engine, side by side in one run: seconds per face (restorer, parser),
 per frame (detector) and per crop (upscaler), with each engine's agreement with eager torch.
 
-    python -m bench.engines                        # eager, onnxruntime and compile on this machine's CPU
+    python -m bench.engines                        # eager, onnxruntime, openvino (f32, bf16) on this CPU
     python -m bench.engines --engines eager,onnxruntime --repeats 2   # quicker
     python -m bench.engines --device cuda          # on a GPU: batches 1, 8, 32; eager TF32 and bf16 too
 
@@ -41,12 +41,15 @@ Call = Callable[[], Any]
 
 
 def _maker(kind: str, placement: Placement, cache: Path, weights: Path) -> EngineMaker:
+    """``kind``: an engine, or ``openvino-bf16`` (OpenVINO in bf16; its parity fallback off, so
+    the row is bf16's own)."""
     if kind.startswith("eager"):
         return eager_maker
     sha = sha256_file(weights)
+    engine, precision = ("openvino", "bf16") if kind == "openvino-bf16" else (kind, "fp32")
 
     def make(role: str, module: torch.nn.Module, shape: NetShape):  # type: ignore[no-untyped-def]
-        return make_engine(kind, role, module, shape, placement, cache, sha)
+        return make_engine(engine, role, module, shape, placement, cache, sha, precision=precision)
 
     return make
 
@@ -126,10 +129,13 @@ def measure(
     for name, (unit, _, build) in networks(folder, device, batch, small).items():
         calls: dict[str, Call] = {}
         outputs: dict[str, Any] = {}
+        setup: dict[str, float] = {}
         for kind in kinds:
             try:
+                t0 = time.perf_counter()
                 calls[kind] = build(kind)
                 outputs[kind] = calls[kind]()  # warm-up: the export or compile happens here, untimed
+                setup[kind] = round(time.perf_counter() - t0, 2)
             except Exception as exc:  # a bench row, not a run: an engine that cannot run this network says why
                 rows.append({"network": name, "engine": kind, "batch": batch, "error": str(exc).splitlines()[0]})
         times: dict[str, list[float]] = {k: [] for k in calls}
@@ -145,10 +151,15 @@ def measure(
             per = statistics.median(seconds) / batch
             row = {"network": name, "engine": kind, "batch": batch, "unit": unit, "seconds_per_unit": round(per, 4)}
             row["per_s"] = round(1 / per, 2)
+            row["setup_s"] = setup[kind]  # the first call: export (or the cached file's check) and compile
             if base is not None:
                 row["x_eager"] = round(base / batch / per, 2)
                 if kind != "eager":
                     row["agreement"] = _agreement(name, outputs[kind], outputs["eager"])
+            if "onnxruntime" in times:
+                row["x_onnxruntime"] = round(statistics.median(times["onnxruntime"]) / batch / per, 2)
+            if kind == "openvino-bf16" and "openvino" in outputs:
+                row["vs_f32"] = _agreement(name, outputs[kind], outputs["openvino"])
             rows.append(row)
             print(table([row], list(row)), flush=True)
     return rows
@@ -158,7 +169,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument(
-        "--engines", help="comma-separated (default: eager,onnxruntime,compile; on CUDA also eager-bf16 and tensorrt)"
+        "--engines",
+        help="comma-separated (default: eager,onnxruntime,openvino,openvino-bf16; on CUDA eager, eager-bf16, "
+        "compile, onnxruntime, tensorrt; compile on a CPU compiles for minutes)",
     )
     ap.add_argument("--batches", help="comma-separated batch sizes (default: 1 on a CPU, 1,8,32 on CUDA)")
     ap.add_argument("--repeats", type=int, default=3)
@@ -172,14 +185,15 @@ def main() -> None:
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True  # "eager" on a GPU is TF32, as the pipeline runs fp32
         torch.backends.cudnn.allow_tf32 = True
-    default = "eager,eager-bf16,compile,onnxruntime,tensorrt" if cuda else "eager,onnxruntime,compile"
+    default = "eager,eager-bf16,compile,onnxruntime,tensorrt" if cuda else "eager,onnxruntime,openvino,openvino-bf16"
     kinds = (args.engines or default).split(",")
     batches = [int(b) for b in (args.batches or ("1,8,32" if cuda else "1")).split(",")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="vidrestore-engines-") as tmp:
         for batch in batches:
             rows += measure(kinds, device, batch, args.repeats, Path(tmp), args.small)
-    cols = ["network", "engine", "batch", "unit", "seconds_per_unit", "per_s", "x_eager", "agreement", "error"]
+    cols = ["network", "engine", "batch", "unit", "seconds_per_unit", "per_s", "x_eager", "x_onnxruntime"]
+    cols += ["agreement", "vs_f32", "setup_s", "error"]
     print(table(rows, cols))
     write_result(
         "engines", {"machine": machine(), "device": str(device), "repeats": args.repeats, "rows": rows}, args.out

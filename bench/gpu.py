@@ -196,12 +196,12 @@ class OracleDetector:
         self.truths = truths
         self.next = 0
 
-    def detect(self, images: list[Any]) -> list[Any]:
+    def detect(self, images: list[Any], sar: float = 1.0) -> list[Any]:
         import numpy as np
 
         from vidrestore.stages.detect import Detections
 
-        found = self.inner.detect(images)
+        found = self.inner.detect(images, sar)
         out = []
         for real in found:
             lms = self.truths[self.next % len(self.truths)]

@@ -19,6 +19,7 @@ from conftest import CliResult, Weights, assert_one_line_error, run_subprocess
 from PIL import Image
 
 from testkit.clips import FaceClip, astronaut, make_face_clip
+from vidrestore.device import cpu_has_bf16
 from vidrestore.models.registry import DEFAULT_REGISTRY
 from vidrestore.models.store import sha256_file
 from vidrestore.progress import Progress, duration, speed
@@ -93,7 +94,7 @@ def test_a_missing_output_folder_is_made_and_said(tmp_path: Path, weights: Weigh
 def test_progress_without_a_terminal_is_a_plain_line_every_few_seconds(tmp_path: Path, weights: Weights) -> None:
     """stderr to a pipe: lines with frames, frames/s and ETA arrive while the run goes on (every
     10 s by default; 0.5 s here), for an MKV too, whose total comes from its duration and rate."""
-    clip = make_face_clip(tmp_path / "long.mkv", frames=60, size=(160, 120), face_scale=0.3)
+    clip = make_face_clip(tmp_path / "long.mkv", frames=24, size=(160, 120), face_scale=0.3)
     args = [sys.executable, "-m", "vidrestore", "restore", str(clip.path), "-o", str(tmp_path / "o.mkv")]
     args += ["--detector", "centerface", *weights.sets(), "--set", "upscaler.below=0"]
     env = {**os.environ, "VIDRESTORE_PROGRESS_SECONDS": "0.5"}
@@ -109,7 +110,7 @@ def test_progress_without_a_terminal_is_a_plain_line_every_few_seconds(tmp_path:
     proc.wait(timeout=60)
     assert proc.returncode == 0
     assert early, "no progress line came before the run ended"
-    assert re.match(r"long\.mkv: \d+/(59|60|61) frames \(\d+%\), [\d.]+ frames/s, ETA \d+:\d\d$", early[0].strip())
+    assert re.match(r"long\.mkv: \d+/(23|24|25) frames \(\d+%\), [\d.]+ frames/s, ETA \d+:\d\d$", early[0].strip())
 
 
 def test_quiet_silences_progress(
@@ -230,12 +231,24 @@ def test_an_image_pair_of_another_size_warns(cli: Cli, tmp_path: Path) -> None:
     assert "warning" not in r.err
 
 
-def test_models_list_says_which_engine_each_network_runs_in_here(cli: Cli) -> None:
-    out = cli("models", "list").out.splitlines()
-    card = out[out.index(next(ln for ln in out if ln.startswith("gfpgan-1.4"))) + 1]
-    assert card.endswith("engine on cpu: onnxruntime")  # auto, as measured on CPUs
-    card = out[out.index(next(ln for ln in out if ln.startswith("realesr-general-x4v3"))) + 1]
-    assert card.endswith("engine on cpu: eager")
+def test_models_list_says_which_engine_each_network_runs_in_here(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each card names the engine and precision ``auto`` takes here: on a CPU without native bf16
+    (the suite runs as one) and with it."""
+
+    def card(name: str) -> str:
+        out = cli("models", "list").out.splitlines()
+        return out[out.index(next(ln for ln in out if ln.startswith(name))) + 1]
+
+    assert card("gfpgan-1.4").endswith("engine on cpu: onnxruntime fp32")  # auto, as measured on CPUs
+    assert card("realesr-general-x4v3").endswith("engine on cpu: eager fp32")
+    assert card("codeformer").endswith("engine on cpu: eager fp32 (its fidelity is a call argument)")
+    monkeypatch.setenv("VIDRESTORE_CPU_BF16", "1")
+    if cpu_has_bf16():
+        assert card("gfpgan-1.4").endswith("engine on cpu: openvino bf16")
+        assert card("realesr-general-x4v3").endswith("engine on cpu: openvino bf16")
+        assert card("retinaface_resnet50").endswith("engine on cpu: eager fp32")  # its points moved in bf16
+    else:  # no bf16 to take: the f32 table still
+        assert card("gfpgan-1.4").endswith("engine on cpu: onnxruntime fp32")
 
 
 def test_a_reader_that_stops_early_is_no_error() -> None:

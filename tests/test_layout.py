@@ -5,7 +5,7 @@
     report       report
     work         stages/ and io/ (which never import each other)
     models       models/
-    base         records, errors, control, stats, config, presets, geometry, transfer, colour, device, progress
+    base         records, errors, control, stats, config, schema, presets, geometry, transfer, colour, device, progress
 
 The checks read the source (``ast``), so a planted upward import fails them without running it.
 """
@@ -26,6 +26,7 @@ BASE = (
     "control",
     "stats",
     "config",
+    "schema",
     "presets",
     "geometry",
     "transfer",
@@ -199,7 +200,7 @@ def test_no_module_over_400_lines() -> None:
 
 def test_base_modules_import_nothing_above_them() -> None:
     for name in BASE:
-        leaves = ("vidrestore.errors", "vidrestore.records", "vidrestore.colour")
+        leaves = ("vidrestore.errors", "vidrestore.records", "vidrestore.colour", "vidrestore.schema")
         bad = [m for m in top_imports(PKG / f"{name}.py") if m not in leaves]
         assert not bad, f"{name}.py imports {bad}"
 

@@ -93,11 +93,11 @@ def test_a_detection_error_on_its_thread_stops_the_run_naming_the_frames(
     real = CenterFaceDetector.detect
     calls = {"n": 0}
 
-    def failing(self: CenterFaceDetector, images: list[np.ndarray]) -> object:
+    def failing(self: CenterFaceDetector, images: list[np.ndarray], sar: float = 1.0) -> object:
         calls["n"] += 1
         if calls["n"] == 2:  # the second batch: frames 8-15 (detector.batch_size 8)
             raise RuntimeError("simulated detector crash")
-        return real(self, images)
+        return real(self, images, sar)
 
     monkeypatch.setattr(CenterFaceDetector, "detect", failing)
     err = _fails_cleanly(cli, face_clip.path, weights, tmp_path)

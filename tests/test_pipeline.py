@@ -57,10 +57,10 @@ class _MissesSomeFrames:
     def __init__(self, inner: object, missed: set[int]) -> None:
         self.inner, self.missed, self.seen = inner, missed, 0
 
-    def detect(self, images: list[np.ndarray]) -> list[object]:
+    def detect(self, images: list[np.ndarray], sar: float = 1.0) -> list[object]:
         from vidrestore.stages.detect import Detections
 
-        found = self.inner.detect(images)  # type: ignore[attr-defined]
+        found = self.inner.detect(images, sar)  # type: ignore[attr-defined]
         out = []
         for d in found:
             out.append(Detections.empty() if self.seen in self.missed else d)

@@ -472,10 +472,10 @@ def test_whole_stages_move_each_picture_a_bounded_number_of_times(face_clip: Any
     class Both:  # RetinaFace's cost and uploads on every frame, CenterFace's faces (random weights find none)
         io = retinaface.io
 
-        def detect(self, images: list[np.ndarray]) -> list[Any]:
+        def detect(self, images: list[np.ndarray], sar: float = 1.0) -> list[Any]:
             from dataclasses import replace
 
-            found = zip(retinaface.detect(images), centerface.detect(images), strict=True)
+            found = zip(retinaface.detect(images, sar), centerface.detect(images, sar), strict=True)
             return [replace(c, thumb=r.thumb, picture=r.picture) for r, c in found]
 
     stages.detector = Both()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.8.0"
+__version__ = "0.10.0"
 
 __all__ = ["Config", "__version__", "load_config", "restore", "restore_frames"]
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,6 +57,31 @@ def on_cuda(device: str) -> bool:
     return (device == "auto" or device.startswith("cuda")) and torch.cuda.is_available()
 
 
+@functools.cache
+def openvino_core() -> Any:
+    """OpenVINO's runtime, made once per process (ImportError where it is not installed)."""
+    import openvino as ov
+
+    return ov.Core()
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether this CPU does bf16 natively (AMX or AVX-512 BF16), as OpenVINO's CPU plugin reports
+    it among its optimisation capabilities (False where OpenVINO is not installed: nothing here
+    would run bf16 then)."""
+    try:
+        return "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except (ImportError, RuntimeError):
+        return False
+
+
+def native_bf16() -> bool:
+    """Whether bf16 is taken here: the CPU does it natively (:func:`cpu_has_bf16`), and
+    ``VIDRESTORE_CPU_BF16`` is not ``0`` (which runs vidrestore as on a CPU without it)."""
+    return os.environ.get("VIDRESTORE_CPU_BF16", "") != "0" and cpu_has_bf16()
+
+
 def resolve_placement(device: str, precision: str) -> Placement:
     """``device`` (auto|cpu|cuda|cuda:N|mps) and ``precision`` (auto|fp32|fp16|bf16) -> Placement.
 
@@ -68,8 +95,15 @@ def resolve_placement(device: str, precision: str) -> Placement:
         return Placement(dev, torch.bfloat16 if use_bf16 else torch.float32)
     if precision == "fp32":
         return Placement(dev, torch.float32)
+    if dev.type == "cpu" and precision == "bf16" and native_bf16():
+        return Placement(dev, torch.float32)  # torch stays fp32 on CPUs; OpenVINO's networks run bf16
+    if dev.type == "cpu" and precision == "bf16":
+        raise ConfigError(
+            "precision = 'bf16' on this CPU would be emulated, slower than fp32: it has neither AMX nor "
+            "AVX-512 BF16 (or OpenVINO is not installed); use precision=auto or fp32"
+        )
     if dev.type == "cpu":
-        raise ConfigError(f"precision = {precision!r} needs a GPU; on the CPU use precision=fp32 or auto")
+        raise ConfigError(f"precision = {precision!r} needs a GPU; on the CPU use precision=fp32, bf16 or auto")
     if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("precision = 'bf16' is not supported by this GPU; use fp16 or fp32")
     return Placement(dev, torch.float16 if precision == "fp16" else torch.bfloat16)

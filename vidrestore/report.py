@@ -9,8 +9,11 @@ from typing import Any
 from vidrestore import __version__
 from vidrestore.config import Config, config_to_dict
 from vidrestore.control import RunControl
+from vidrestore.device import resolve_placement
+from vidrestore.io.deinterlace import FieldSettings
 from vidrestore.io.images import is_image, read_image
 from vidrestore.io.reader import VideoReader
+from vidrestore.models.engine import planned_engine
 from vidrestore.models.store import ModelStore
 from vidrestore.models.usage import models_used
 from vidrestore.progress import speed
@@ -54,6 +57,7 @@ class Summary:
                 f"segments: {len(s.segments)} ({resumed} kept from an earlier run, {retried} retried) "
                 f"on {workers} worker(s)"
             )
+        out += [f["line"] for f in s.fields]
         out += s.notes
         if s.stage_seconds:
             out.append("time per stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in s.stage_seconds.items()))
@@ -96,8 +100,10 @@ def run_report(summary: Summary, config: Config, store: ModelStore) -> dict[str,
                 "temporal_files",
                 "segments",
                 "engines",
+                "fields",
             )
         },
+        "fields": summary.stats.fields,
         "engines": summary.stats.engines,
         "segments": summary.stats.segments,
         "temporal": {
@@ -128,20 +134,28 @@ def dry_run(inputs: list[Path], config: Config, store: ModelStore) -> list[str]:
             h, w = still.frame.image.shape[:2]
             lines.append(f"input {src}: image {w}x{h}" + (" with alpha" if still.alpha is not None else ""))
             continue
-        reader = VideoReader(src, RunControl())
+        reader = VideoReader(src, RunControl(), fields=FieldSettings.of(config))
         try:
             i = reader.info
+            rate = i.rate / i.fields.per_frame if i.rate and i.fields is not None else i.rate  # the stored frames'
             lines.append(
                 f"input {src}: video {i.codec} {i.width}x{i.height} {i.pix_fmt}, "
-                f"{float(i.rate or 0):.3f} fps, {i.duration_s or 0:.2f} s"
+                f"{float(rate or 0):.3f} fps, {i.duration_s or 0:.2f} s"
             )
+            if i.fields is not None:
+                lines.append("  " + i.fields.line(src.name, i.width, i.height))
             lines.extend(
                 f"  stream {s.index}: {s.kind} {s.codec}" + (f" [{s.language}]" if s.language else "")
                 for s in reader.stream_infos()
             )
         finally:
             reader.close()
+    placement = resolve_placement(config.device, config.precision)
     for name, m in models_used(config, store).items():
         sha = f"sha256 {m['sha256']}" if m["sha256"] else "no checksum"
-        lines.append(f"model {name}: {'present' if m['present'] else 'missing'} at {m['file']} ({m['source']}, {sha})")
+        engine = planned_engine(config, m["role"], m["arch"], placement)
+        lines.append(
+            f"model {name}: {'present' if m['present'] else 'missing'} at {m['file']} ({m['source']}, {sha}); "
+            f"runs {engine} on {placement.device}"
+        )
     return lines

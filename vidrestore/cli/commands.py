@@ -49,10 +49,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
     action = args.models_command
     if action == "list":
         from vidrestore.device import resolve_placement
-        from vidrestore.models.engine import choose_engine
+        from vidrestore.models.engine import planned_engine
 
         config = config_from(args)
-        device = resolve_placement(config.device, config.precision).device
+        placement = resolve_placement(config.device, config.precision)
         _out(f"weights folder: {store.root}")
         _out(f"{'name':24} {'role':9} {'status':8} {'size':>9}  {'licence':24} path")
         for name in store.registry:
@@ -67,10 +67,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
             if spec.extra is not None:
                 card += f"; needs {CODEFORMER_INSTALL if spec.extra == 'codeformer' else spec.extra}"
                 card += f" ({'installed' if _has_extra(spec.arch) else 'not installed'}); {spec.licence}"
-            asked = {"restorer": config.restorer.engine, "parser": config.restorer.engine}.get(spec.role)
-            asked = asked or {"upscaler": config.upscaler.engine, "detector": config.detector.engine}.get(spec.role)
-            engine = "eager (its fidelity is a call argument)" if spec.arch == "codeformer" else None
-            card += f"; engine on {device}: {engine or choose_engine(asked or config.engine, device, spec.role)}"
+            card += f"; engine on {placement.device}: {planned_engine(config, spec.role, spec.arch, placement)}"
             _out(card)
         _out_centerface()
         return 0

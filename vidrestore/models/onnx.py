@@ -27,7 +27,7 @@ from vidrestore.device import Placement
 from vidrestore.errors import ConfigError, ModelError
 from vidrestore.models.store import sha256_file
 
-__all__ = ["EXPORTER", "EXPORTS", "OPSET", "OnnxEngine", "exported_model"]
+__all__ = ["EXPORTER", "EXPORTS", "OPSET", "OnnxEngine", "exported_model", "write_replacing"]
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ EXPORTER = f"torch.onnx {torch.__version__} (TorchScript)"  # part of the cache 
 EXPORTS: list[Path] = []  # every export this process made, in order (what the cache tests count)
 
 
-def _write_replacing(path: Path, write: Any) -> None:
+def write_replacing(path: Path, write: Any) -> None:
     """``write(tmp)`` then rename over ``path``: readers see the old file or the whole new one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
@@ -105,9 +105,9 @@ def exported_model(
                     f"the {role} cannot be exported to ONNX ({type(exc).__name__}); use engine eager"
                 ) from exc
 
-    _write_replacing(path, write)
+    write_replacing(path, write)
     sums = {"key": key, "sha256": sha256_file(path)}
-    _write_replacing(record, lambda tmp: tmp.write_text(json.dumps(sums, indent=1)))
+    write_replacing(record, lambda tmp: tmp.write_text(json.dumps(sums, indent=1)))
     EXPORTS.append(path)
     return path
 
@@ -160,6 +160,7 @@ class OnnxEngine:
             log.warning(
                 "ONNX Runtime here has no CUDA provider (pip install onnxruntime-gpu): the %s runs on the CPU", role
             )
+        self.precision = "fp16" if kind == "tensorrt" and role != "restorer" else "fp32"
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.outputs = shape.outputs
 

