@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +22,46 @@ from vidrestore.cli import main
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _suite_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """What every run in the suite sees, module- and session-scoped fixtures included (they are
+    set up before any function-scoped fixture): no network, a weights cache of the suite's own, one
+    folder of exported engines, and a CPU without native bf16 (the results of ``auto`` then match
+    fp32 references on any machine; the bf16 tests turn it back on). The exported networks are
+    shared by the whole session: each is keyed by its weights' sha256 and verified on load, as for
+    a user's runs; the tests of that cache give it a folder of their own. Yields the engines folder."""
+    engines = tmp_path_factory.mktemp("engines")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VIDRESTORE_WEIGHTS", str(tmp_path_factory.mktemp("suite-cache")))
+        mp.setenv("VIDRESTORE_ENGINES", str(engines))
+        mp.setenv("VIDRESTORE_OFFLINE", "1")
+        mp.setenv("VIDRESTORE_CPU_BF16", "0")
+        yield engines
+
+
 @pytest.fixture(autouse=True)
-def _isolated_weights(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _fresh_logging() -> Iterator[None]:
+    """The CLI points the ``vidrestore`` logger at the stderr of its call (which capsys closes after
+    the test) and stops it propagating; every test starts from the logger as it was, so caplog sees
+    the library's warnings whichever test ran before."""
+    logger = logging.getLogger("vidrestore")
+    kept = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    logger.handlers[:], logger.propagate = kept[0], kept[1]
+    logger.setLevel(kept[2])
+
+
+@pytest.fixture(autouse=True)
+def _isolated_weights(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, _suite_environment: Path
+) -> None:
     """No test ever touches the user's real weights cache, or the network (tests of first-use
-    fetching turn VIDRESTORE_OFFLINE off and serve the download themselves)."""
+    fetching turn VIDRESTORE_OFFLINE off and serve the download themselves): each test has a cache
+    of its own, and the suite's environment (:func:`_suite_environment`) as it was."""
     monkeypatch.setenv("VIDRESTORE_WEIGHTS", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("VIDRESTORE_ENGINES", str(_suite_environment))
     monkeypatch.setenv("VIDRESTORE_OFFLINE", "1")
+    monkeypatch.setenv("VIDRESTORE_CPU_BF16", "0")
 
 
 @dataclass(frozen=True)
