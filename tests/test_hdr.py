@@ -110,7 +110,7 @@ def _hdr_of(path: Path) -> tuple[tuple[int, ...], dict[str, tuple[int, ...]]]:
         side: Any = frame.side_data
         meta = {
             sd.type.name: struct.unpack("<22i" if sd.type.name.startswith("MASTERING") else "<2I", bytes(sd))
-            for sd in side
+            for sd in (item if hasattr(item, "type") else side[item] for item in side)  # a mapping from 18.1.1
             if sd.type.name in ("MASTERING_DISPLAY_METADATA", "CONTENT_LIGHT_LEVEL")
         }
         return tags, meta

@@ -23,6 +23,7 @@ __all__ = [
     "bit_depth",
     "frame_count",
     "hdr_side_data",
+    "side_data_entries",
     "is_cover_art",
     "main_video_stream",
     "open_input",
@@ -142,8 +143,14 @@ def hdr_side_data(frame: av.VideoFrame, color_trc: int) -> dict[str, bytes] | No
     if view_for(color_trc) is None:
         return None
     keep = ("MASTERING_DISPLAY_METADATA", "CONTENT_LIGHT_LEVEL")
-    entries: Any = frame.side_data  # iterating gives the SideData objects (its typing says keys)
-    return {sd.type.name: bytes(sd) for sd in entries if sd.type.name in keep}
+    return {sd.type.name: bytes(sd) for sd in side_data_entries(frame) if sd.type.name in keep}
+
+
+def side_data_entries(frame: av.VideoFrame) -> list[Any]:
+    """A frame's SideData objects. Iterating the container gives them up to PyAV 18.1.0 (whose
+    values() fails); from 18.1.1 it is a mapping whose iteration gives their types."""
+    container: Any = frame.side_data
+    return [item if hasattr(item, "type") else container[item] for item in container]
 
 
 def bit_depth(pix_fmt: str | None) -> int:
