@@ -295,7 +295,7 @@ def end_to_end(
     store = ModelStore(default_weights_dir())
     det = save_random_weights("retinaface", tmp / "det.pth", small=small, key=None)
     up = save_random_weights("srvgg_compact", tmp / "up.pth", small=small, key="params")
-    parse = save_random_weights("parsenet", tmp / "parse.pth", key=None)
+    parse = save_random_weights("parsenet", tmp / "parse.pth", small=False, key=None)
     base = [
         f"device={device.type}",
         "detector.model=retinaface_resnet50",

@@ -52,7 +52,7 @@ def main() -> None:
         small = not args.full
         g = save_random_weights("gfpgan_v1_clean", d / "g.pth", small=small, scale=0.5)
         u = save_random_weights("srvgg_compact", d / "u.pth", small=small, key="params")
-        p = save_random_weights("parsenet", d / "p.pth", key=None)
+        p = save_random_weights("parsenet", d / "p.pth", small=False, key=None)
         # ParseNet has no small variant: with small models the parsing mask is off, else it is the default
         parse = ["--set", f"restorer.parsing_weights={p}"] if args.full else ["--set", "restorer.parsing_mask=false"]
         base = [

@@ -48,7 +48,7 @@ def run(tmp: Path) -> list[np.ndarray]:
     cpu = Placement(torch.device("cpu"), torch.float32)
     g = save_random_weights("gfpgan_v1_clean", tmp / "g.pth", small=True, scale=0.1)
     u = save_random_weights("srvgg_compact", tmp / "u.pth", small=True, key="params")
-    p = save_random_weights("parsenet", tmp / "p.pth", key=None)
+    p = save_random_weights("parsenet", tmp / "p.pth", small=False, key=None)  # as the reference was made
     stage = RestoreStage(
         GFPGANRestorer(load_model("gfpgan_v1_clean", g), cpu),
         cpu.device,

@@ -194,6 +194,18 @@ def test_each_registered_architecture_loads_from_a_random_weight_file(name: str,
     assert not model.training
 
 
+def test_a_narrower_parsenet_file_is_built_to_its_own_widths(tmp_path: Path) -> None:
+    """ParseNet's widths and depth come from the file: the release's (64 channels first, ten body
+    blocks) and the test kit's narrow one both load strictly and give masks at 512 px."""
+    small = load_model("parsenet", save_random_weights("parsenet", tmp_path / "s.pth", small=True, key=None))
+    full = load_model("parsenet", save_random_weights("parsenet", tmp_path / "f.pth", small=False, key=None))
+    assert len(small.body) == 2 and len(full.body) == 10  # type: ignore[arg-type]
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in full.parameters()) / 10
+    with torch.no_grad():
+        mask, img = small(torch.zeros(1, 3, 512, 512))
+    assert mask.shape == (1, 19, 512, 512) and img.shape == (1, 3, 512, 512)
+
+
 def test_gfpgan_12_and_13_use_the_same_family() -> None:
     assert DEFAULT_REGISTRY["gfpgan-1.3"].arch == DEFAULT_REGISTRY["gfpgan-1.4"].arch
     assert DEFAULT_REGISTRY["gfpgan-1.2"].arch == DEFAULT_REGISTRY["gfpgan-1.4"].arch

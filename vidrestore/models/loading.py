@@ -150,8 +150,17 @@ def _retinaface(state: StateDict) -> nn.Module:
 
 
 def _parsenet(state: StateDict) -> nn.Module:
+    """ParseNet at 512 px, its widths and depth read from ``state`` (the release: 64 channels first,
+    clipped to 32..256, ten body blocks; a narrower file is built narrower). Every width in the net
+    is the first one doubled or halved and clipped, so the first and the body's give the range."""
     module = import_research_module("facexlib.parsing.parsenet")
-    return module.ParseNet(in_size=512, out_size=512, parsing_ch=19)  # type: ignore[no-any-return]
+    base = int(state["encoder.0.conv2d.weight"].shape[0])
+    low = int(state["out_img_conv.conv2d.weight"].shape[1])  # the first width, clipped from below
+    high = int(state["body.0.conv1.conv2d.weight"].shape[0])  # the deepest width, clipped from above
+    depth = len({k.split(".")[1] for k in state if k.startswith("body.")})
+    return module.ParseNet(  # type: ignore[no-any-return]
+        in_size=512, out_size=512, parsing_ch=19, base_ch=base, res_depth=depth, ch_range=[low, high]
+    )
 
 
 _BUILDERS: dict[str, Callable[[StateDict], nn.Module]] = {
