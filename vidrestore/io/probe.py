@@ -23,12 +23,12 @@ __all__ = [
     "bit_depth",
     "frame_count",
     "hdr_side_data",
-    "side_data_entries",
     "is_cover_art",
     "main_video_stream",
     "open_input",
     "sample_aspect",
     "say_once",
+    "side_data_entries",
     "video_rate",
 ]
 
