@@ -19,7 +19,9 @@ from testkit.clips import FaceClip, make_face_clip
 from testkit.weights import save_random_weights
 from vidrestore.cli import main
 
-torch.set_num_threads(2)
+# Two threads for the networks (this project's machines have two cores); one per process where
+# pytest-xdist runs a process per core (ONNX Runtime and OpenVINO take torch's count too).
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(scope="session", autouse=True)

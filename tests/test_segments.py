@@ -365,4 +365,4 @@ def test_worker_processes_from_a_python_script(weights: Weights, tmp_path: Path)
     )
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["30", "2"] and probe(out).frames == 30
+    assert proc.stdout.split() == ["20", "2"] and probe(out).frames == 20  # two segments, one per worker
