@@ -53,7 +53,7 @@ class Server:
         return status, json.loads(raw) if raw else None
 
     def upload(
-        self, path: str, content: bytes, name: str = "x.bin", **fields: str
+        self, path: str, content: bytes, name: str = "x.bin", *, headers: dict[str, str] | None = None, **fields: str
     ) -> tuple[int, dict[str, str], bytes]:
         boundary = "vidrestore-test-boundary"
         parts = [
@@ -67,7 +67,9 @@ class Server:
             + b"\r\n"
         )
         body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-        return self.call("POST", path, body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        return self.call(
+            "POST", path, body, {"Content-Type": f"multipart/form-data; boundary={boundary}", **(headers or {})}
+        )
 
     def wait(self, job: str, states: tuple[str, ...] = ("succeeded", "failed", "canceled")) -> dict[str, Any]:
         deadline = time.monotonic() + 180

@@ -317,6 +317,9 @@ def test_fetching_refuses_inside_addresses_also_after_redirects_and_dns_tricks()
         fetch_url("http://127.0.0.1/a.png", ["127.0.0.1"], 100, resolve=resolve, get=get)
     with pytest.raises(FetchRefused, match="only http"):
         fetch_url("file:///etc/passwd", allow, 100, resolve=resolve, get=get)
+    for bad in ("http://127.0.0.1:99999/", "http://img.example.org:0x50/", "http://[::1/a.png"):
+        with pytest.raises(FetchRefused, match="not a URL that can be fetched"):  # was a ValueError: a 500
+            fetch_url(bad, ["127.0.0.1", ".example.org"], 100, resolve=resolve, get=get)
 
 
 def test_the_readme_client_example_works_with_only_the_base_url_and_key_changed(server: Server, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,10 +92,25 @@ def test_a_foreign_host_or_origin_is_refused_on_loopback(server: Server) -> None
         assert status == 200, host  # the server's own page
 
 
-def test_every_response_says_nosniff(server: Server) -> None:
+def test_a_page_with_no_origin_is_refused_on_loopback(server: Server) -> None:
+    """Sandboxed frames, data: and file: pages send ``Origin: null``, and a multipart POST from
+    them needs no preflight: neither an upload nor a restore gets in, and nothing is stored."""
+    files = server.data / "files"
+    before = sorted(files.iterdir()) if files.is_dir() else []
+    for origin in ("null", "NULL"):
+        status, _, answer = server.upload("/v1/files", png(astronaut()[:64, :64]), headers={"Origin": origin})
+        assert status == 403 and kind(answer) == "origin", (origin, answer)
+        status, _, answer = server.upload("/v1/restore", png(astronaut()[:64, :64]), headers={"Origin": origin})
+        assert status == 403 and kind(answer) == "origin", (origin, answer)
+    assert (sorted(files.iterdir()) if files.is_dir() else []) == before
+
+
+def test_every_response_says_nosniff_and_may_not_be_framed(server: Server) -> None:
     for path in ("/", "/v1/health", "/v1/files/nope"):
         _, headers, _ = raw(server, "GET", path)
         assert headers.get("x-content-type-options") == "nosniff", path
+        assert headers.get("x-frame-options") == "DENY", path
+        assert headers.get("content-security-policy") == "frame-ancestors 'none'", path
 
 
 def test_output_urls_come_from_the_server_not_the_clients_host_header(server: Server) -> None:
@@ -126,6 +142,20 @@ def test_a_png_bomb_is_a_413_not_a_500(server: Server) -> None:
     data[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR width and height (its CRC is left: PIL checks late)
     status, _, answer = server.upload("/v1/restore", bytes(data))
     assert status in (400, 413) and kind(answer) in ("limit", "input"), answer
+
+
+def test_a_png_with_no_image_data_is_a_400_that_names_no_server_path(server: Server) -> None:
+    """IHDR then IEND, no IDAT: PIL's check raised IndexError, and the answer was a 500."""
+
+    def chunk(kind_: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind_ + data + zlib.crc32(kind_ + data).to_bytes(4, "big")
+
+    ihdr = (8).to_bytes(4, "big") * 2 + bytes((8, 2, 0, 0, 0))
+    empty = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+    for path in ("/v1/restore", "/v1/files"):
+        status, _, answer = server.upload(path, empty)
+        assert status == 400 and kind(answer) == "input", answer
+        assert str(server.data) not in answer.decode() and "/tmp" not in answer.decode(), answer
 
 
 def test_a_16kb_request_for_a_huge_output_is_refused_before_any_work(server: Server) -> None:

@@ -135,13 +135,16 @@ def fetch_url(
     if not allow:
         raise FetchRefused("image_url: fetching other URLs is off on this server (use a data: URL or /v1/files)")
     for _ in range(redirects + 1):
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:  # urlsplit and .port raise ValueError on a bad bracket or a port out of range
+            parts = urlsplit(url)
+            host, given_port = parts.hostname, parts.port
+        except ValueError as exc:
+            raise FetchRefused(f"image_url: not a URL that can be fetched ({exc})") from exc
+        if parts.scheme not in ("http", "https") or not host:
             raise FetchRefused("image_url: only http and https URLs can be fetched")
-        host = parts.hostname
         if not _allowed(host, allow):
             raise FetchRefused(f"image_url: {host} is not on this server's list of hosts to fetch from")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = given_port or (443 if parts.scheme == "https" else 80)
         try:
             literal = ipaddress.ip_address(host)
             addresses = [str(literal)]

@@ -6,7 +6,9 @@ A web page the user visits can make the browser send requests to ``http://127.0.
 (a cross-origin form POST needs no permission), and DNS rebinding can make a foreign name
 resolve to it. So on loopback the ``Host`` header must be a loopback name or address (or one given
 with ``--allow-host``), and a request whose ``Origin`` is a foreign page (not this server's own
-page, not one given with ``--allow-origin``) is refused before any work.
+page, not one given with ``--allow-origin``) is refused before any work, as is ``Origin: null``
+(sandboxed frames, ``data:`` and ``file:`` pages send it; ``--allow-origin null`` admits it). No
+response may be framed by another site's page.
 """
 
 from __future__ import annotations
@@ -65,7 +67,12 @@ class Guard:
         async def checked(message: Message) -> None:
             nonlocal unsatisfiable
             if message["type"] == "http.response.start":
-                extra = [(b"x-content-type-options", b"nosniff")]
+                extra = [
+                    (b"x-content-type-options", b"nosniff"),
+                    # no page of another site may frame this one (clickjacking its buttons)
+                    (b"x-frame-options", b"DENY"),
+                    (b"content-security-policy", b"frame-ancestors 'none'"),
+                ]
                 if message["status"] == 416:  # a range past the end: said in JSON, as every error is
                     unsatisfiable = True
                     body = error_body("range", "the requested range is not in the file")
@@ -86,10 +93,15 @@ class Guard:
         if _host_name(host) not in self.hosts:
             return 421, "host", f"this server answers to loopback names only, not {host!r} (--allow-host adds one)"
         origin = headers.get("origin")
-        if origin is not None and origin != "null":
-            own = {f"http://{host}".lower(), f"https://{host}".lower()}
-            if origin.rstrip("/").lower() not in own | self.origins:
-                return 403, "origin", f"requests from the page {origin!r} are refused (--allow-origin admits one)"
+        if origin is None:  # a script, curl: no page is asking
+            return None
+        if origin.strip().lower() == "null" and "null" not in self.origins:
+            # an opaque origin: a sandboxed frame, a data: or file: page; any page can make one, and a
+            # multipart POST from it needs no preflight
+            return 403, "origin", "requests from a page with no origin (sandboxed, data: or file:) are refused"
+        own = {f"http://{host}".lower(), f"https://{host}".lower()}
+        if origin.rstrip("/").lower() not in own | self.origins:
+            return 403, "origin", f"requests from the page {origin!r} are refused (--allow-origin admits one)"
         return None
 
 

@@ -9,6 +9,7 @@ import base64
 import binascii
 import hashlib
 import io
+import struct
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -176,8 +177,8 @@ def _kind_of(path: Path) -> tuple[str, str]:
             im.verify()
     except Image.DecompressionBombError as exc:  # a small file that claims a huge picture
         raise ApiError(413, "limit", f"the image claims too many pixels to decode safely ({exc})") from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        fmt = ""
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, IndexError, EOFError, struct.error):
+        fmt = ""  # not an image PIL can check (a PNG without IDAT gave IndexError): maybe a video
     if fmt in _IMAGE_FORMATS:
         size = path.stat().st_size
         if size > most:
