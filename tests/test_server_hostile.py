@@ -65,6 +65,21 @@ def test_a_nan_blend_or_fidelity_is_refused(server: Server) -> None:
     assert status == 400 and kind(answer) == "config"
 
 
+def test_a_huge_unknown_operation_is_not_echoed_back_whole(server: Server) -> None:
+    status, _, answer = server.upload("/v1/restore", png(astronaut()[:64, :64]), operation="x" * 1_000_000)
+    assert status == 400 and kind(answer) == "config", answer[:200]
+    assert len(answer) < 1000 and b"unknown operation 'xxxx" in answer
+
+
+def test_a_tiff_result_says_it_is_a_tiff(server: Server) -> None:
+    buf = io.BytesIO()
+    Image.fromarray(astronaut()[:64, :64]).save(buf, "TIFF")
+    status, headers, answer = server.upload("/v1/restore", buf.getvalue(), name="x.tif")
+    assert status == 200, answer[:300]
+    assert headers.get("content-type") == "image/tiff"
+    assert Image.open(io.BytesIO(answer)).format == "TIFF"
+
+
 def test_json_nested_a_thousand_deep_is_a_400_not_a_500(server: Server) -> None:
     body = b"[" * 1000 + b"]" * 1000
     status, _, answer = raw(server, "POST", "/v1/edit", body, {"Content-Type": "application/json"})

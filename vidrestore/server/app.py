@@ -176,7 +176,8 @@ def create_app(settings: ServerSettings) -> Any:
             config = request_config(settings.config, {**params, "scale": scale or 4})
 
             return apply_overrides(config, {"detector": {"model": "none"}}, "upscale")
-        raise ConfigError(f"unknown operation {operation!r}; use 'restore' or 'upscale'")
+        shown = operation if len(operation) <= 40 else operation[:40] + "..."  # never a client's 10 MB back
+        raise ConfigError(f"unknown operation {shown!r}; use 'restore' or 'upscale'")
 
     # -- the API -------------------------------------------------------------------------------
 
@@ -260,9 +261,10 @@ def create_app(settings: ServerSettings) -> Any:
         why = "/v1/restore takes images; send videos to /v1/jobs"
         src, created = await asyncio.to_thread(files.save_for, source, "image", why)
         out = await run_image(src, config, created)
-        media = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp"}.get(
-            out.suffix, "application/octet-stream"
-        )
+        media = {
+            ".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp", ".tif": "image/tiff",
+            ".bmp": "image/bmp",
+        }.get(out.suffix, "application/octet-stream")  # fmt: skip
         return FileResponse(out, media_type=media)
 
     @app.post("/v1/jobs", status_code=202)
