@@ -267,6 +267,8 @@ def test_token_and_binding_defaults(weights: Weights, tmp_path: Path) -> None:
     try:
         open_ = Server(server.url, server.data, server.args, server.proc)  # the same server, no token sent
         assert open_.json("GET", "/v1/health")[0] == 200  # health needs no token
+        status, schema = open_.json("GET", "/openapi.json")
+        assert status == 404 and "paths" not in (schema or {}), schema  # the API's schema is not handed out
         _error(open_.json("POST", "/v1/edit", {"operation": "restore", "image_url": "x"}), 401, "auth")
         _error(open_.json("GET", "/v1/jobs/x", Authorization="Bearer wrong"), 401, "auth")
         status, out = server.json("POST", "/v1/edit", {"operation": "restore", "image_url": _data_url(png(FACE))})

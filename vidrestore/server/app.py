@@ -113,7 +113,10 @@ def create_app(settings: ServerSettings) -> Any:
         await asyncio.to_thread(runner.stop)
         store.close()
 
-    app = FastAPI(title="vidrestore", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # the API's schema lists every route and parameter: with a token it is not served at all (no
+    # route of it could check the token), without one it is as open as the rest
+    schema = None if settings.token else "/openapi.json"
+    app = FastAPI(title="vidrestore", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=schema)
 
     install_handlers(app)  # errors: always JSON with the CLI's kind, never a traceback
 

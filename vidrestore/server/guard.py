@@ -29,6 +29,22 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 _RANGE = re.compile(r"\s*bytes\s*=\s*(\d+-\d*|-\d+)(\s*,\s*(\d+-\d*|-\d+))*\s*", re.I)
 
 
+def _normal_range(value: str) -> str | None:
+    """``value`` as a Range header Starlette answers as the HTTP spec says, or None where the spec
+    says to ignore it: malformed, or a range whose end comes before its start (``bytes=5-2``). An
+    end of more than 18 digits lies past any file, so it is dropped (``bytes=5-``: to the end, the
+    same range), where Starlette would answer it with a plain-text 400."""
+    if not _RANGE.fullmatch(value):
+        return None
+    specs = []
+    for spec in value.split("=", 1)[1].split(","):
+        first, _, last = spec.strip().partition("-")
+        if first and last and int(last) < int(first):
+            return None
+        specs.append(f"{first}-{'' if first and len(last) > 18 else last}")
+    return "bytes=" + ",".join(specs)
+
+
 def _host_name(host: str) -> str:
     """``Host`` without its port: ``[::1]:8000`` -> ``::1``, ``localhost:8000`` -> ``localhost``."""
     host = host.strip().lower()
@@ -59,9 +75,11 @@ class Guard:
             await send({"type": "http.response.start", "status": status, "headers": _headers()})
             await send({"type": "http.response.body", "body": error_body(kind, message)})
             return
-        if "range" in headers and not _RANGE.fullmatch(headers["range"]):
+        if "range" in headers:
             # a malformed Range header is ignored, as the HTTP spec says: the whole file is sent
-            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"range"]}
+            wanted = _normal_range(headers["range"])
+            kept = [(k, v) for k, v in scope["headers"] if k.lower() != b"range"]
+            scope = {**scope, "headers": kept if wanted is None else [*kept, (b"range", wanted.encode())]}
         unsatisfiable = False
 
         async def checked(message: Message) -> None:
