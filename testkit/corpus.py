@@ -275,14 +275,24 @@ def make_corpus(
     return out
 
 
-def ffmpeg_frames(path: Path) -> int:
-    """How many video frames the ffmpeg command-line tool decodes from ``path`` (``ffmpeg -i PATH
-    -f null -``): the yardstick for damaged files. Raises FileNotFoundError without ``ffmpeg``."""
+def ffmpeg_cli() -> str:
+    """The ffmpeg command-line tool's path; FileNotFoundError where it is not installed."""
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         raise FileNotFoundError("the ffmpeg command-line tool is not installed (Debian: apt-get install ffmpeg)")
+    return ffmpeg
+
+
+def run_ffmpeg(args: list[str], timeout: float) -> None:
+    """Run the ffmpeg CLI quietly on ``args``, overwriting its outputs; an error raises."""
+    subprocess.run([ffmpeg_cli(), "-nostdin", "-v", "error", "-y", *args], check=True, timeout=timeout)
+
+
+def ffmpeg_frames(path: Path) -> int:
+    """How many video frames the ffmpeg command-line tool decodes from ``path`` (``ffmpeg -i PATH
+    -f null -``): the yardstick for damaged files. Raises FileNotFoundError without ``ffmpeg``."""
     out = subprocess.run(
-        [ffmpeg, "-nostdin", "-v", "quiet", "-i", str(path), "-f", "null", "-progress", "pipe:1", "-"],
+        [ffmpeg_cli(), "-nostdin", "-v", "quiet", "-i", str(path), "-f", "null", "-progress", "pipe:1", "-"],
         capture_output=True,
         text=True,
         timeout=600,

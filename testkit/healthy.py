@@ -15,13 +15,13 @@ timed by count (AVI) rather than by stored timestamps. Nothing here is used by a
 
 from __future__ import annotations
 
-import shutil
 import struct
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
+
+from testkit.corpus import run_ffmpeg
 
 __all__ = ["Healthy", "make_healthy", "pack_b_frames", "shorten_first_audio_packet", "strip_first_times"]
 
@@ -92,15 +92,8 @@ class Healthy:
     timed_by_count: bool  # AVI: frame times are frame counts, compared by count
 
 
-def _ffmpeg() -> str:
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        raise FileNotFoundError("the ffmpeg command-line tool is not installed (Debian: apt-get install ffmpeg)")
-    return ffmpeg
-
-
 def _run(args: list[str]) -> None:
-    subprocess.run([_ffmpeg(), "-nostdin", "-v", "error", "-y", *args], check=True, timeout=300)
+    run_ffmpeg(args, timeout=300)
 
 
 def _make(spec: Spec, folder: Path) -> Path:

@@ -14,12 +14,13 @@ aspect ratio, and how many frames it holds.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+
+from testkit.corpus import run_ffmpeg
 
 __all__ = ["MIXED", "TAPES", "Shelf", "Tape", "make_tape", "make_tapes", "write_photo"]
 
@@ -160,15 +161,8 @@ class Tape:
         return self.kind in ("tff", "bff")
 
 
-def _ffmpeg() -> str:
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        raise FileNotFoundError("the ffmpeg command-line tool is not installed (Debian: apt-get install ffmpeg)")
-    return ffmpeg
-
-
 def _run(args: list[str]) -> None:
-    subprocess.run([_ffmpeg(), "-nostdin", "-v", "error", "-y", *args], check=True, timeout=600)
+    run_ffmpeg(args, timeout=600)
 
 
 def write_photo(path: Path) -> Path:
