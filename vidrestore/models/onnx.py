@@ -27,7 +27,7 @@ from vidrestore.device import Placement
 from vidrestore.errors import ConfigError, ModelError
 from vidrestore.models.store import sha256_file
 
-__all__ = ["EXPORTER", "EXPORTS", "OPSET", "OnnxEngine", "exported_model", "write_replacing"]
+__all__ = ["EXPORTER", "EXPORTS", "OPSET", "OnnxEngine", "exported_fp32", "exported_model", "write_replacing"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,15 @@ def exported_model(
     return path
 
 
+def exported_fp32(module: nn.Module, role: str, shape: Any, folder: Path, weights_sha256: str) -> Path:
+    """The ONNX file of ``module`` in fp32 for a network of ``shape`` (:class:`NetShape`), exported
+    from a copy when the loaded module is in another precision: the module itself is shared with
+    the eager fallbacks. (ONNX Runtime has no bf16 kernels worth using on a CPU; OpenVINO turns
+    the f32 graph into bf16 itself.)"""
+    full = module if next(module.parameters()).dtype == torch.float32 else copy.deepcopy(module).float()
+    return exported_model(full, role, shape.example, shape.dynamic, shape.outputs, folder, weights_sha256)
+
+
 class OnnxEngine:
     """A network run by ONNX Runtime: on the CPU with the configured threads, on CUDA through the
     CUDA provider (``onnxruntime-gpu``), or through TensorRT (``engine: tensorrt``, its built
@@ -131,11 +140,7 @@ class OnnxEngine:
         import onnxruntime as ort
 
         self.name, self.role, self.device = kind, role, placement.device
-        # exported in fp32 (ONNX Runtime has no bf16 kernels worth using on a CPU), from a copy when the
-        # loaded module is in another precision: the module itself is shared with the eager fallbacks
-        full = module if next(module.parameters()).dtype == torch.float32 else copy.deepcopy(module).float()
-        path = exported_model(full, role, shape.example, shape.dynamic, shape.outputs, cache, weights_sha256)
-        self.path = path
+        path = self.path = exported_fp32(module, role, shape, cache, weights_sha256)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1

@@ -29,7 +29,7 @@ from torch import nn
 
 from vidrestore.device import Placement, native_bf16, openvino_core
 from vidrestore.errors import ConfigError
-from vidrestore.models.onnx import exported_model, write_replacing
+from vidrestore.models.onnx import exported_fp32, write_replacing
 from vidrestore.models.store import sha256_file
 
 __all__ = ["BF16_MIN_DB", "OpenVinoEngine", "bf16_parity", "native_bf16", "openvino_devices"]
@@ -152,10 +152,7 @@ class OpenVinoEngine:
             raise ConfigError(
                 f"openvino_device = {device!r} is not present here; OpenVINO sees {', '.join(openvino_devices())}"
             )
-        import copy
-
-        full = module if next(module.parameters()).dtype == torch.float32 else copy.deepcopy(module).float()
-        self.path = exported_model(full, role, shape.example, shape.dynamic, shape.outputs, cache, weights_sha256)
+        self.path = exported_fp32(module, role, shape, cache, weights_sha256)
         self.role, self.out_device, self.outputs = role, placement.device, shape.outputs
         threads = threads or torch.get_num_threads()
         self.precision = precision
