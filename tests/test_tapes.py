@@ -20,6 +20,7 @@ from pathlib import Path
 import av
 import pytest
 from conftest import CliResult
+from media import best_effort_seconds
 
 from testkit.tape import MIXED, TAPES, Shelf
 
@@ -43,7 +44,7 @@ def tapes(tmp_path_factory: pytest.TempPathFactory) -> Shelf:
 def _video(path: Path) -> dict[str, str]:
     out = subprocess.run(
         ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-of", "json", "-show_entries"]
-        + ["stream=width,height,sample_aspect_ratio,nb_read_frames,r_frame_rate,codec_name", str(path)],
+        + ["stream=width,height,sample_aspect_ratio,nb_read_frames,r_frame_rate,codec_name,field_order", str(path)],
         capture_output=True,
         text=True,
         check=True,
@@ -85,14 +86,7 @@ def _md5(path: Path, stream: str) -> str:
 
 
 def _duration(path: Path) -> float:
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=best_effort_timestamp_time"]
-        + ["-of", "csv=p=0", str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    times = [float(v.strip(",")) for v in out.split() if v.strip(",") not in ("", "N/A")]
+    times = [t for t in best_effort_seconds(path) if t is not None]
     return max(times) - min(times)
 
 
@@ -159,15 +153,9 @@ def test_deinterlace_off_keeps_the_woven_frames_flagged(cli: Cli, tapes: Shelf, 
     r = cli("restore", tape.path, "-o", dst, "--detector", "none", "--set", "input.deinterlace=off")
     assert r.code == 0, r.err
     assert "woven frames kept" in r.err
-    assert int(_video(dst)["nb_read_frames"]) == tape.frames
-    order = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=field_order"]
-        + ["-of", "csv=p=0", str(dst)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()[0]
-    assert order.startswith("b")  # bottom field first, as a player must know to show it
+    out = _video(dst)
+    assert int(out["nb_read_frames"]) == tape.frames
+    assert out["field_order"].startswith("b")  # bottom field first, as a player must know to show it
 
 
 def test_the_field_class_is_said_by_dry_run_inspect_and_the_closing_lines(
