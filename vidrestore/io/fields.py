@@ -20,6 +20,7 @@ What is then done with them is :mod:`.deinterlace`'s.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from collections.abc import Iterator
@@ -300,7 +301,25 @@ def analyse(
     """The field structure of ``path``'s video ``stream_index``: ``idet`` over ``WINDOWS`` stretches
     of ``WINDOW_FRAMES`` frames spread through the file (all of it when it is shorter), beside the
     codec's field order. A file that cannot be read for it is taken as progressive (the reader then
-    says what is wrong with it)."""
+    says what is wrong with it).
+
+    The answer is kept per file (its size and modification time) for this process: a segmented run
+    asks once when it plans the segments and again in each segment's reader."""
+    try:
+        st = path.stat()
+    except OSError:
+        return _analyse(path, stream_index, frames_total, duration_s, rate)
+    return _kept_scan(str(path), st.st_size, st.st_mtime_ns, stream_index, frames_total, duration_s, rate)
+
+
+@functools.lru_cache(maxsize=64)
+def _kept_scan(
+    path: str, size: int, mtime_ns: int, stream_index: int, frames: int, duration: float | None, rate: Fraction | None
+) -> Scan:
+    return _analyse(Path(path), stream_index, frames, duration, rate)
+
+
+def _analyse(path: Path, stream_index: int, frames_total: int, duration_s: float | None, rate: Fraction | None) -> Scan:
     windows: list[Window] = []
     try:
         container = av.open(str(path), metadata_errors="replace")
